@@ -1,0 +1,41 @@
+# Two commands on a fresh machine: `make run` and `make test`. Each builds .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+CONFIG ?= configs/danube-delta.yaml
+# torch is pinned so that a fresh venv gets the build this project is tested with; on a Jetson
+# set TORCH_SPEC= (empty) and VENV_FLAGS=--system-site-packages to use JetPack's torch and OpenCV.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+VENV_FLAGS ?=
+BIN := $(VENV)/bin
+
+.PHONY: run test lint bench models clean
+
+$(BIN)/python:
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "birdwatch needs Python 3.11+"'
+	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(if $(strip $(TORCH_SPEC)),$(BIN)/python -m pip install -q $(TORCH_SPEC))
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+run: $(VENV)/.installed
+	$(BIN)/birdwatch run --config $(CONFIG)
+
+test: $(VENV)/.installed
+	$(BIN)/ruff check birdwatch tests bench
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check birdwatch tests bench
+	$(BIN)/ruff format --check birdwatch tests bench
+
+bench: $(VENV)/.installed
+	$(BIN)/birdwatch bench
+
+models: $(VENV)/.installed
+	$(BIN)/birdwatch models pull $$($(BIN)/birdwatch check-config $(CONFIG) --print model.name)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

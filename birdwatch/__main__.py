@@ -1,0 +1,3 @@
+from birdwatch.cli import main
+
+raise SystemExit(main())

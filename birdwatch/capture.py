@@ -1,0 +1,315 @@
+"""Camera readers: one thread per camera that keeps only the newest frame.
+
+A reader reads as fast as the source delivers and overwrites its slot, so a slow model never
+builds up stream lag: frames it could not look at are dropped and counted. A supervisor thread per
+camera opens the source, reconnects with capped exponential backoff, and runs the stall watchdog,
+which judges a stream by its own frame interval (a 1 fps camera is not stalled after 5 s).
+A read that hangs inside FFmpeg cannot be interrupted safely, so the watchdog abandons that
+session (its thread exits when FFmpeg's read timeout fires) and opens a new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+
+from birdwatch.config import CameraConfig
+from birdwatch.redact import redact_text
+from birdwatch.redact import redact_url
+from birdwatch.types import Frame
+
+log = logging.getLogger(__name__)
+
+_MIN_STALL_S = 5.0
+_STALL_INTERVALS = 10.0
+
+
+def source_kind(url: str | int) -> str:
+    if isinstance(url, int) or (isinstance(url, str) and url.startswith("/dev/video")):
+        return "usb"
+    if "://" in str(url):
+        return str(url).split("://", 1)[0].lower()
+    return "file"
+
+
+class LatestFrameSlot:
+    """Holds at most one frame. Putting over an untaken frame drops it (counted)."""
+
+    def __init__(self, notify: threading.Condition | None = None) -> None:
+        self._lock = threading.Lock()
+        self._frame: Frame | None = None
+        self._notify = notify
+        self.dropped = 0
+
+    def put(self, frame: Frame) -> None:
+        with self._lock:
+            if self._frame is not None:
+                self.dropped += 1
+            self._frame = frame
+        if self._notify is not None:
+            with self._notify:
+                self._notify.notify_all()
+
+    def take(self) -> Frame | None:
+        with self._lock:
+            frame, self._frame = self._frame, None
+            return frame
+
+
+@dataclass
+class CameraStats:
+    frames_read: int = 0
+    reconnects: int = 0
+    state: str = "starting"  # starting, connecting, streaming, backoff, finished, failed, stopped
+    last_error: str = ""
+    interval_s: float = 0.0  # smoothed time between frames from the source
+    last_frame_mono: float = 0.0
+
+
+class CameraReader:
+    """Reads one camera into a LatestFrameSlot until stopped (or, for a file without loop, until its end)."""
+
+    def __init__(
+        self,
+        cfg: CameraConfig,
+        slot: LatestFrameSlot,
+        secrets: list[str] | None = None,
+        open_capture: Callable[[CameraConfig], cv2.VideoCapture] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.slot = slot
+        self.stats = CameraStats()
+        self.kind = source_kind(cfg.url)
+        self.display_url = redact_url(cfg.url)
+        self._secrets = list(secrets or [])
+        self._open = open_capture or open_capture_for
+        self._stop = threading.Event()
+        self._session = 0  # bumped to abandon a reading session (stall, stop)
+        self._seq = 0
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle --
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._supervise, name=f"camera-{self.cfg.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._session += 1
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self.stats.state not in ("finished", "failed"):
+            self.stats.state = "stopped"
+
+    @property
+    def done(self) -> bool:
+        """True once a source has ended for good (a file without loop, or a file that cannot be read)."""
+        return self.stats.state in ("finished", "failed")
+
+    def stall_timeout(self) -> float:
+        if self.cfg.stall_timeout_s is not None:
+            return self.cfg.stall_timeout_s
+        return max(_MIN_STALL_S, _STALL_INTERVALS * (self.stats.interval_s or 1.0))
+
+    # -- supervisor --
+
+    def _supervise(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            self._session += 1
+            session = self._session
+            self.stats.state = "connecting"
+            started = time.monotonic()
+            frames_before = self.stats.frames_read
+            worker = threading.Thread(
+                target=self._read_session, args=(session,), name=f"reader-{self.cfg.name}-{session}", daemon=True
+            )
+            worker.start()
+            self._watch(worker, session)
+            if self._stop.is_set() or self.done:
+                return
+            streamed = self.stats.frames_read - frames_before
+            # A session that delivered frames for a while resets the backoff: this is a new outage.
+            if streamed > 0 and time.monotonic() - started > 2 * self.cfg.reconnect.initial_s:
+                failures = 0
+            delay = min(self.cfg.reconnect.max_s, self.cfg.reconnect.initial_s * 2**failures)
+            delay *= random.uniform(0.9, 1.1)  # cameras that fail together do not retry in lockstep
+            failures += 1
+            self.stats.reconnects += 1
+            self.stats.state = "backoff"
+            log.warning(
+                "camera %s: %s; reconnecting to %s in %.1f s",
+                self.cfg.name,
+                self.stats.last_error or "stream ended",
+                self.display_url,
+                delay,
+            )
+            self._stop.wait(delay)
+
+    def _watch(self, worker: threading.Thread, session: int) -> None:
+        """Wait for a session to end, or abandon it when the stream stalls or opening hangs."""
+        opened_by = time.monotonic() + self.cfg.open_timeout_s + 5.0
+        while worker.is_alive() and not self._stop.is_set():
+            worker.join(0.25)
+            now = time.monotonic()
+            if self.stats.state == "connecting" and now > opened_by:
+                self.stats.last_error = f"no answer within {self.cfg.open_timeout_s:.0f} s while opening"
+                self._session += 1
+                return
+            if self.stats.state == "streaming":
+                silent = now - self.stats.last_frame_mono
+                if silent > self.stall_timeout():
+                    self.stats.last_error = (
+                        f"stalled: no frame for {silent:.1f} s (stream interval {self.stats.interval_s:.2f} s)"
+                    )
+                    self._session += 1
+                    return
+
+    # -- reading --
+
+    def _read_session(self, session: int) -> None:
+        try:
+            if self._session != session:
+                return
+            cap = self._open(self.cfg)
+            try:
+                if not cap.isOpened():
+                    self.stats.last_error = self._open_failure()
+                    if self.kind == "file":
+                        self._finish("failed", self.stats.last_error)
+                    return
+                self._read_frames(cap, session)
+            finally:
+                cap.release()
+        except cv2.error as exc:  # OpenCV raises on some broken streams; the supervisor reconnects
+            self.stats.last_error = redact_text(f"OpenCV error: {exc}".splitlines()[0], self._secrets)
+
+    def _read_frames(self, cap: cv2.VideoCapture, session: int) -> None:
+        fps = cap.get(cv2.CAP_PROP_FPS)
+        nominal = 1.0 / fps if 0 < fps < 1000 else 0.0
+        if nominal and not self.stats.interval_s:
+            self.stats.interval_s = nominal
+        pace = self.kind == "file" and self.cfg.realtime
+        next_due = time.monotonic()
+        last = 0.0
+        got_any = False
+        log.info("camera %s: reading %s (%s)", self.cfg.name, self.display_url, self.kind)
+        while self._session == session and not self._stop.is_set():
+            ok, image = cap.read()
+            if self._session != session:
+                return  # abandoned while blocked in read(): the new session owns the slot now
+            if not ok or image is None:
+                if self.kind == "file" and got_any and self.cfg.loop:
+                    cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+                    got_any = False
+                    continue
+                if self.kind == "file":
+                    if got_any:
+                        self._finish("finished", "end of file")
+                    else:
+                        self._finish("failed", f"cannot decode any frame from {self.display_url}")
+                    return
+                self.stats.last_error = "stream ended or read failed"
+                return
+            now = time.monotonic()
+            if pace:
+                next_due += nominal or 0.04
+                if next_due > now:
+                    time.sleep(next_due - now)
+                    now = time.monotonic()
+                else:
+                    next_due = now  # behind (slow disk, busy CPU): do not burst to catch up
+            if last:
+                gap = now - last
+                self.stats.interval_s = gap if not self.stats.interval_s else 0.9 * self.stats.interval_s + 0.1 * gap
+            last = now
+            got_any = True
+            self._seq += 1
+            self.stats.frames_read += 1
+            self.stats.last_frame_mono = now
+            if self.stats.state != "streaming":
+                self.stats.state = "streaming"
+                self.stats.last_error = ""
+            self.slot.put(Frame(self.cfg.name, self._seq, time.time(), image, now))
+
+    def _finish(self, state: str, why: str) -> None:
+        self.stats.state = state
+        self.stats.last_error = why
+        if state == "failed":
+            log.error("camera %s: %s; this camera stops, the others go on", self.cfg.name, why)
+        else:
+            log.info("camera %s: %s after %d frames", self.cfg.name, why, self.stats.frames_read)
+
+    def _open_failure(self) -> str:
+        if self.kind == "usb":
+            return (
+                f"cannot open USB camera {self.display_url} (missing, busy, or no permission: "
+                "is the service user in the 'video' group?)"
+            )
+        if self.kind == "file":
+            if not Path(str(self.cfg.url)).is_file():
+                return f"video file {self.display_url} does not exist"
+            return f"cannot open video file {self.display_url} (not a video OpenCV can decode)"
+        return f"cannot connect to {self.display_url} (unreachable, wrong path or credentials)"
+
+
+def open_capture_for(cfg: CameraConfig) -> cv2.VideoCapture:
+    """Open a source with the backend it needs."""
+    url = cfg.url
+    kind = source_kind(url)
+    if kind == "usb":
+        index = url if isinstance(url, int) else int(str(url).removeprefix("/dev/video") or 0)
+        return cv2.VideoCapture(index, cv2.CAP_V4L2)
+    if kind == "file":
+        return cv2.VideoCapture(str(Path(str(url)).expanduser()), cv2.CAP_FFMPEG)
+    open_ms = int(cfg.open_timeout_s * 1000)
+    # FFmpeg's own read timeout frees a blocked read soon after the watchdog gave up on it.
+    read_ms = int(max(cfg.stall_timeout_s or 30.0, 5.0) * 1000)
+    params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, open_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, read_ms]
+    if kind not in ("rtsp", "rtsps"):
+        return cv2.VideoCapture(str(url), cv2.CAP_FFMPEG, params)
+    with _FFMPEG_OPTIONS.use(f"rtsp_transport;{cfg.rtsp_transport}"):
+        return cv2.VideoCapture(str(url), cv2.CAP_FFMPEG, params)
+
+
+class _EnvGate:
+    """OpenCV reads FFmpeg options from one process-wide variable when a capture opens.
+
+    Opens that want the same value run together (an unreachable camera must not hold up the
+    others); an open that wants another value waits until those are done.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._cond = threading.Condition()
+        self._value: str | None = None
+        self._users = 0
+
+    @contextlib.contextmanager
+    def use(self, value: str) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: self._users == 0 or self._value == value)
+            if self._users == 0:
+                self._value = value
+                os.environ[self.name] = value
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._users -= 1
+                self._cond.notify_all()
+
+
+_FFMPEG_OPTIONS = _EnvGate("OPENCV_FFMPEG_CAPTURE_OPTIONS")

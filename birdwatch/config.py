@@ -1,0 +1,345 @@
+"""Typed config from YAML. Unknown keys, wrong types and bad values are errors that name the key path.
+
+Each section is a dataclass; `load_config` walks the type hints, so adding a field here is all it
+takes to add a key. A field's `metadata` can carry `min`/`max`/`choices`/`check` for values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+from typing import Any
+from typing import Literal
+
+import yaml
+
+from birdwatch.errors import ConfigError
+from birdwatch.redact import redact_url
+
+URL_SCHEMES = ("rtsp", "rtsps", "http", "https", "rtmp", "srt", "udp", "tcp")
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _range(lo: float | None = None, hi: float | None = None) -> dict[str, Any]:
+    return {"min": lo, "max": hi}
+
+
+@dataclass
+class ReconnectConfig:
+    initial_s: float = field(default=1.0, metadata=_range(0.05, 3600))
+    max_s: float = field(default=60.0, metadata=_range(0.1, 86400))
+
+
+@dataclass
+class MotionConfig:
+    """Background subtraction on a downscaled grey frame; regions are mapped back to full size."""
+
+    width: int = field(default=320, metadata=_range(64, 1920))  # analysis width in pixels
+    threshold: float = field(default=24.0, metadata=_range(1, 255))  # MOG2 variance threshold
+    min_area: float = field(default=0.002, metadata=_range(0.0, 1.0))  # fraction of the frame
+    max_regions: int = field(default=8, metadata=_range(1, 64))
+    padding: float = field(default=0.2, metadata=_range(0.0, 2.0))  # grow each box by this fraction
+    warmup_frames: int = field(default=10, metadata=_range(0, 10000))
+    history: int = field(default=300, metadata=_range(10, 100000))
+
+
+@dataclass
+class CameraConfig:
+    name: str = field(metadata={"check": "camera_name"})
+    url: str | int = field(metadata={"check": "camera_url"})
+    rtsp_transport: Literal["tcp", "udp"] = "tcp"
+    loop: bool = False  # video files: start again at the end
+    realtime: bool = True  # video files: read at the file's frame rate, as a camera would
+    stall_timeout_s: float | None = field(default=None, metadata=_range(0.5, 3600))  # None: 10 frame intervals, >= 5 s
+    open_timeout_s: float = field(default=10.0, metadata=_range(0.5, 600))
+    reconnect: ReconnectConfig = field(default_factory=ReconnectConfig)
+    motion: MotionConfig = field(default_factory=MotionConfig)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "hgnet_v2_b2_danube-delta"  # a birder pretrained name, fetched by `birdwatch models pull`
+    file: str | None = None  # a local birder .pt file; overrides `name`
+    network: str | None = None  # birder network of `file` when its file name does not start with it
+    models_dir: str = "models"
+    device: str = field(default="auto", metadata={"check": "device"})
+    top_k: int = field(default=3, metadata=_range(1, 50))
+    batch_size: int = field(default=16, metadata=_range(1, 512))
+    verify_sha256: bool = True  # check a pretrained file against birder's published hash
+
+
+@dataclass
+class MqttConfig:
+    host: str | None = None  # no host: events are only logged
+    port: int = field(default=1883, metadata=_range(1, 65535))
+    username: str | None = None
+    password: str | None = None
+    password_file: str | None = None
+    password_env: str | None = None
+    client_id: str = "birdwatch"
+    topic_prefix: str = field(default="birdwatch", metadata={"check": "topic_prefix"})
+    keepalive_s: int = field(default=30, metadata=_range(5, 3600))
+    qos: Literal[0, 1, 2] = 1
+    reconnect_max_s: float = field(default=60.0, metadata=_range(1, 3600))
+
+    def password_value(self) -> str | None:
+        """The password from wherever the config says it lives; read at start-up, never logged."""
+        if self.password_env:
+            value = os.environ.get(self.password_env)
+            if value is None:
+                raise ConfigError(
+                    f"mqtt.password_env: environment variable {self.password_env} is not set; "
+                    "export it or use mqtt.password_file"
+                )
+            return value
+        if self.password_file:
+            try:
+                return Path(self.password_file).read_text().strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"mqtt.password_file: cannot read {self.password_file!r} ({exc.strerror}); "
+                    "create it with the password on one line"
+                ) from None
+        return self.password
+
+
+@dataclass
+class EventsConfig:
+    min_score: float = field(default=0.5, metadata=_range(0.0, 1.0))  # species score below this is not told
+    throttle_s: float = field(default=60.0, metadata=_range(0.0, 86400))  # one event per camera and species
+
+
+@dataclass
+class Config:
+    cameras: list[CameraConfig]
+    model: ModelConfig = field(default_factory=ModelConfig)
+    localiser: Literal["motion"] = "motion"
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    stats_interval_s: float = field(default=60.0, metadata=_range(1, 86400))
+
+    def secrets(self) -> list[str]:
+        """Strings that must never reach a log line."""
+        out = [self.mqtt.password or ""]
+        return [s for s in out if s]
+
+
+# ---- loading -------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    return parse_config(text, source=str(path))
+
+
+def parse_config(text: str, source: str = "config") -> Config:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{source}:{where}: invalid YAML: {problem}") from None
+    except (ValueError, RecursionError) as exc:  # odd scalars, e.g. dates out of range
+        raise ConfigError(f"{source}: invalid YAML: {exc}") from None
+    if data is None:
+        raise ConfigError(f"{source}: the file is empty; it needs at least a `cameras:` list")
+    try:
+        config = _build(Config, data, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    _check_config(config, source)
+    return config
+
+
+def _describe(value: Any) -> str:
+    shown = redact_url(value) if isinstance(value, str) else repr(value)
+    if isinstance(value, str):
+        shown = repr(shown)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return f"{shown} ({type(value).__name__})"
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if tp is type(None):
+        return "null"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        item = typing.get_args(tp)[0]
+        return "a list of mappings" if dataclasses.is_dataclass(item) else f"a list of {_type_name(item)}"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(tp, str(tp))
+
+
+def _build(tp: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build_dataclass(tp, value, path)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _build(arg, value, path)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {_describe(value)}")
+    if origin is Literal:
+        if value in typing.get_args(tp) and type(value) in {type(a) for a in typing.get_args(tp)}:
+            return value
+        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {_describe(value)}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected {_type_name(tp)}, got {_describe(value)}")
+        (item_tp,) = typing.get_args(tp)
+        return [_build(item_tp, item, f"{path}[{i}]") for i, item in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool) and value == value:  # not NaN
+            return float(value)
+    elif tp is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"{path}: expected {_type_name(tp)}, got {_describe(value)}")
+
+
+def _build_dataclass(cls: Any, value: Any, path: str) -> Any:
+    where = path or "top level"
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys, got {_describe(value)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, item in value.items():
+        key_path = f"{path}.{key}" if path else str(key)
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else "expected one of: " + ", ".join(fields)
+            raise ConfigError(f"{key_path}: unknown key; {hint}")
+        f = fields[key]
+        built = _build(hints[key], item, key_path)
+        _check_value(f, built, key_path)
+        kwargs[key] = built
+    for name, f in fields.items():
+        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{path + '.' if path else ''}{name}: required key is missing")
+    return cls(**kwargs)
+
+
+def _check_value(f: dataclasses.Field, value: Any, path: str) -> None:
+    if value is None:
+        return
+    lo, hi = f.metadata.get("min"), f.metadata.get("max")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if lo is not None and value < lo:
+            raise ConfigError(f"{path}: {value} is too small; expected at least {lo}")
+        if hi is not None and value > hi:
+            raise ConfigError(f"{path}: {value} is too large; expected at most {hi}")
+    check = f.metadata.get("check")
+    if check:
+        _CHECKS[check](value, path)
+
+
+def _check_camera_name(value: str, path: str) -> None:
+    if not _NAME.match(value):
+        raise ConfigError(
+            f"{path}: {value!r} is not a valid camera name; use 1-64 letters, digits, '_' or '-' "
+            "(it becomes part of MQTT topics)"
+        )
+
+
+def _check_camera_url(value: str | int, path: str) -> None:
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(f"{path}: device index {value} is negative; use 0 for /dev/video0")
+        return
+    if not value.strip():
+        raise ConfigError(f"{path}: empty; expected rtsp://, http(s)://, /dev/videoN, a device index or a file")
+    if "://" in value:
+        scheme = value.split("://", 1)[0].lower()
+        if scheme not in URL_SCHEMES:
+            raise ConfigError(
+                f"{path}: unsupported scheme {scheme!r} in {redact_url(value)!r}; expected one of "
+                + ", ".join(f"{s}://" for s in URL_SCHEMES)
+            )
+        return
+    if value.startswith("/dev/"):
+        return  # a V4L2 device may appear later (USB hot-plug); capture retries
+    if not Path(value).expanduser().is_file():
+        raise ConfigError(f"{path}: video file {value!r} does not exist; give a camera URL, /dev/videoN or a file")
+
+
+def _check_device(value: str, path: str) -> None:
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
+        raise ConfigError(f"{path}: {value!r} is not a device; expected auto, cpu, cuda, cuda:N or mps")
+
+
+def _check_topic_prefix(value: str, path: str) -> None:
+    if not value or any(c in value for c in "#+\0") or value.startswith("/") or value.endswith("/"):
+        raise ConfigError(f"{path}: {value!r} is not a usable MQTT topic prefix; e.g. 'birdwatch' or 'home/birds'")
+
+
+_CHECKS: dict[str, Callable[[Any, str], None]] = {
+    "camera_name": _check_camera_name,
+    "camera_url": _check_camera_url,
+    "device": _check_device,
+    "topic_prefix": _check_topic_prefix,
+}
+
+
+def _check_config(config: Config, source: str) -> None:
+    """Rules that span several keys."""
+    if not config.cameras:
+        raise ConfigError(f"{source}: cameras: the list is empty; add at least one camera")
+    seen: dict[str, int] = {}
+    for i, cam in enumerate(config.cameras):
+        if cam.name in seen:
+            raise ConfigError(f"{source}: cameras[{i}].name: {cam.name!r} is already used by cameras[{seen[cam.name]}]")
+        seen[cam.name] = i
+        if cam.reconnect.max_s < cam.reconnect.initial_s:
+            raise ConfigError(
+                f"{source}: cameras[{i}].reconnect.max_s: {cam.reconnect.max_s} is below initial_s "
+                f"{cam.reconnect.initial_s}"
+            )
+    mqtt = config.mqtt
+    given = [k for k in ("password", "password_file", "password_env") if getattr(mqtt, k)]
+    if len(given) > 1:
+        raise ConfigError(f"{source}: mqtt: give only one of {', '.join('mqtt.' + k for k in given)}")
+    if given and not mqtt.username:
+        raise ConfigError(f"{source}: mqtt.username: required when a password is given")
+
+
+def to_redacted_dict(config: Config) -> dict[str, Any]:
+    """The config as check-config prints it: secrets and URL passwords hidden."""
+    data = dataclasses.asdict(config)
+    for cam in data["cameras"]:
+        cam["url"] = redact_url(cam["url"])
+    if data["mqtt"]["password"]:
+        data["mqtt"]["password"] = "***"
+    return data

@@ -1,0 +1,95 @@
+"""Classification of crops in batches, with preprocessing that matches birder's own.
+
+birder's `classification_transform` resizes a PIL RGB image to the network size (bicubic,
+antialiased), converts to float in [0, 1] and normalises. Here the frame goes to the device once,
+crops are cut there as views and resized with torchvision's tensor resize (the same bicubic
+antialias kernel), so there is no per-crop round trip through PIL. Crops from every camera share
+one forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from birdwatch.models import Classifier
+from birdwatch.types import Box
+from birdwatch.types import Frame
+from birdwatch.types import SpeciesScore
+
+
+class ClassifierEngine:
+    def __init__(self, classifier: Classifier, *, top_k: int = 3, batch_size: int = 16) -> None:
+        self.classifier = classifier
+        self.device = classifier.device
+        self.top_k = min(top_k, len(classifier.class_names))
+        self.batch_size = batch_size
+        mean = torch.tensor(classifier.rgb_stats["mean"], dtype=torch.float32, device=self.device)
+        std = torch.tensor(classifier.rgb_stats["std"], dtype=torch.float32, device=self.device)
+        self._mean = mean.view(1, 3, 1, 1)
+        self._std = std.view(1, 3, 1, 1)
+
+    def preprocess(self, crops: Sequence[tuple[torch.Tensor, Box]]) -> torch.Tensor:
+        """(frame as 3xHxW uint8 RGB on the device, box) pairs -> normalised N x 3 x h x w float batch."""
+        size = list(self.classifier.size)
+        resized = []
+        for image, (x1, y1, x2, y2) in crops:
+            crop = image[:, y1:y2, x1:x2]
+            resized.append(TF.resize(crop, size, interpolation=InterpolationMode.BICUBIC, antialias=True))
+        batch = torch.stack(resized).to(torch.float32).div_(255.0)
+        return (batch - self._mean) / self._std
+
+    @torch.inference_mode()
+    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        """Softmax over species, in chunks of batch_size; stays on the device."""
+        outs = [
+            torch.softmax(self.classifier.net(chunk).float(), dim=1) for chunk in batch.split(self.batch_size)
+        ]
+        return torch.cat(outs) if outs else torch.zeros((0, len(self.classifier.class_names)), device=self.device)
+
+    def classify(self, frames: Sequence[Frame], boxes: Sequence[Sequence[Box]]) -> list[list[tuple[SpeciesScore, ...]]]:
+        """Top-k species for every box of every frame, in one pass; result[i][j] is frame i, box j."""
+        crops: list[tuple[torch.Tensor, Box]] = []
+        for frame, frame_boxes in zip(frames, boxes, strict=True):
+            if not frame_boxes:
+                continue
+            image = frame_to_tensor(frame.image, self.device)
+            crops.extend((image, clip_box(box, frame.size)) for box in frame_boxes)
+        if not crops:
+            return [[] for _ in frames]
+        probs = self.probabilities(self.preprocess(crops))
+        scores, indices = probs.topk(self.top_k, dim=1)
+        scores_np, indices_np = scores.cpu().numpy(), indices.cpu().numpy()
+        names = self.classifier.class_names
+        results: list[list[tuple[SpeciesScore, ...]]] = []
+        row = 0
+        for frame_boxes in boxes:
+            per_frame = []
+            for _ in frame_boxes:
+                pairs = zip(indices_np[row], scores_np[row], strict=True)
+                per_frame.append(tuple(SpeciesScore(names[i], float(s)) for i, s in pairs))
+                row += 1
+            results.append(per_frame)
+        return results
+
+
+def frame_to_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
+    """BGR HxWx3 uint8 (OpenCV) -> RGB 3xHxW uint8 on the device; one copy to the device per frame."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image))
+    if device.type == "cuda":
+        tensor = tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.permute(2, 0, 1).flip(0)
+
+
+def clip_box(box: Box, size: tuple[int, int]) -> Box:
+    """Clamp to the frame and keep at least one pixel each way."""
+    width, height = size
+    x1 = min(max(0, int(box[0])), width - 1)
+    y1 = min(max(0, int(box[1])), height - 1)
+    x2 = min(max(x1 + 1, int(box[2])), width)
+    y2 = min(max(y1 + 1, int(box[3])), height)
+    return (x1, y1, x2, y2)

@@ -1,0 +1,48 @@
+"""Untrained networks of the real architectures, saved in birder's format (no model hub offline).
+
+Session-scoped: building and saving takes a second or two each. Species names are made up but the
+class counts and input sizes are those of the pretrained models birdwatch ships configs for.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from birdwatch.models import save_untrained
+
+DANUBE = {"network": "hgnet_v2_b2", "classes": 368, "size": (256, 256), "name": "hgnet_v2_b2_danube-delta"}
+EU_COMMON = {"network": "regnet_y_8g", "classes": 707, "size": (384, 384), "name": "regnet_y_8g_intermediate-eu-common"}
+
+
+def species_names(n: int) -> list[str]:
+    return [f"Test species {i:03d}" for i in range(n)]
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def danube_weights(models_dir: Path) -> Path:
+    """hgnet_v2_b2, 368 classes, 256 px, with a decisive (non-uniform) untrained head."""
+    return save_untrained(
+        DANUBE["network"],
+        models_dir / "hgnet_v2_b2_untrained-danube.pt",
+        species_names(DANUBE["classes"]),
+        DANUBE["size"],
+        decisive=True,
+    )
+
+
+@pytest.fixture(scope="session")
+def eu_common_weights(models_dir: Path) -> Path:
+    """regnet_y_8g, 707 classes, 384 px (148 MB, like the real file)."""
+    return save_untrained(
+        EU_COMMON["network"],
+        models_dir / "regnet_y_8g_untrained-eu.pt",
+        species_names(EU_COMMON["classes"]),
+        EU_COMMON["size"],
+    )

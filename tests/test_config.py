@@ -1,0 +1,151 @@
+"""Config: YAML into typed objects; every mistake is one line naming the key path, value and expectation."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from birdwatch.config import Config
+from birdwatch.config import load_config
+from birdwatch.config import parse_config
+from birdwatch.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+MINIMAL = "cameras:\n  - name: feeder\n    url: rtsp://cam.local/stream\n"
+
+
+def error_of(text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, source="c.yaml")
+    message = str(info.value)
+    assert "\n" not in message, "errors are one line"
+    return message
+
+
+def test_minimal_config_gets_sensible_defaults() -> None:
+    config = parse_config(MINIMAL)
+    assert isinstance(config, Config)
+    cam = config.cameras[0]
+    assert (cam.name, cam.url, cam.rtsp_transport, cam.loop) == ("feeder", "rtsp://cam.local/stream", "tcp", False)
+    assert config.model.name == "hgnet_v2_b2_danube-delta"
+    assert config.mqtt.host is None and config.mqtt.topic_prefix == "birdwatch" and config.mqtt.qos == 1
+    assert config.events.throttle_s > 0
+
+
+def test_several_cameras_of_every_kind(tmp_path: Path) -> None:
+    clip = tmp_path / "clip.avi"
+    clip.write_bytes(b"x")
+    config = parse_config(
+        f"""
+cameras:
+  - {{name: a, url: "rtsp://u:p@10.0.0.2:554/s", rtsp_transport: udp}}
+  - {{name: b, url: "http://cam/mjpeg"}}
+  - {{name: c, url: /dev/video0}}
+  - {{name: d, url: 1}}
+  - {{name: e, url: "{clip}", loop: true}}
+"""
+    )
+    assert [c.url for c in config.cameras][2:4] == ["/dev/video0", 1]
+    assert config.cameras[0].rtsp_transport == "udp"
+    assert config.cameras[4].loop is True
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("cameras: [\n", "c.yaml: line"),
+        ("cameras:\n  - name: a\n\turl: x\n", "invalid YAML"),
+        ("", "empty"),
+        ("- 1\n", "top level: expected a mapping"),
+        ("cameras: []\n", "cameras: the list is empty"),
+        ("cameras: {}\n", "cameras: expected a list of mappings, got {} (dict)"),
+        ("cameras:\n  - name: a\n", "cameras[0].url: required key is missing"),
+        (MINIMAL + "    lop: true\n", "cameras[0].lop: unknown key; did you mean 'loop'?"),
+        (MINIMAL + "colour: red\n", "colour: unknown key; expected one of: cameras, model"),
+        ("cameras:\n  - {name: a, url: 5.5}\n", "cameras[0].url: expected a string or an integer, got 5.5 (float)"),
+        (MINIMAL + "    loop: yes please\n", "cameras[0].loop: expected true or false, got 'yes please' (str)"),
+        (MINIMAL + "mqtt: {port: '1883'}\n", "mqtt.port: expected an integer, got '1883' (str)"),
+        (MINIMAL + "mqtt: {port: 70000}\n", "mqtt.port: 70000 is too large; expected at most 65535"),
+        (MINIMAL + "events: {min_score: -0.1}\n", "events.min_score: -0.1 is too small; expected at least 0.0"),
+        (MINIMAL + "events: {throttle_s: .nan}\n", "events.throttle_s: expected a number"),
+        (MINIMAL + "localiser: yolo\n", "localiser: expected one of 'motion', got 'yolo' (str)"),
+        (MINIMAL + "    rtsp_transport: http\n", "cameras[0].rtsp_transport: expected one of 'tcp', 'udp'"),
+        (MINIMAL + "model: {device: gpu}\n", "model.device: 'gpu' is not a device"),
+        ("cameras:\n  - {name: 'front door', url: rtsp://x/y}\n", "cameras[0].name: 'front door' is not a valid"),
+        ("cameras:\n  - {name: a, url: 'ftp://x/y'}\n", "cameras[0].url: unsupported scheme 'ftp'"),
+        ("cameras:\n  - {name: a, url: /no/such/clip.mp4}\n", "cameras[0].url: video file '/no/such/clip.mp4' does not"),
+        ("cameras:\n  - {name: a, url: rtsp://x/1}\n  - {name: a, url: rtsp://x/2}\n", "cameras[1].name: 'a' is already"),
+        (MINIMAL + "mqtt: {topic_prefix: 'birds/#'}\n", "mqtt.topic_prefix: 'birds/#' is not a usable"),
+        (MINIMAL + "mqtt: {username: u, password: p, password_env: X}\n", "give only one of mqtt.password"),
+        (MINIMAL + "mqtt: {password: p}\n", "mqtt.username: required when a password is given"),
+    ],
+)
+def test_bad_input_is_one_clear_line(text: str, expected: str) -> None:
+    assert expected in error_of(text)
+
+
+def test_errors_never_echo_a_url_password() -> None:
+    message = error_of("cameras:\n  - {name: a, url: 'rtmpx://admin:hunter2@cam/x'}\n")
+    assert "hunter2" not in message and "admin:***@cam" in message
+
+
+def test_password_from_environment_or_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BW_TEST_PW", "s3cret")
+    config = parse_config(MINIMAL + "mqtt: {host: h, username: u, password_env: BW_TEST_PW}\n")
+    assert config.mqtt.password_value() == "s3cret"
+
+    secret = tmp_path / "mqtt.secret"
+    secret.write_text("from-file\n")
+    config = parse_config(MINIMAL + f"mqtt: {{host: h, username: u, password_file: {secret}}}\n")
+    assert config.mqtt.password_value() == "from-file"
+
+    monkeypatch.delenv("BW_TEST_PW")
+    config = parse_config(MINIMAL + "mqtt: {host: h, username: u, password_env: BW_TEST_PW}\n")
+    with pytest.raises(ConfigError, match="mqtt.password_env: environment variable BW_TEST_PW is not set"):
+        config.mqtt.password_value()
+    config = parse_config(MINIMAL + "mqtt: {host: h, username: u, password_file: /nonexistent/pw}\n")
+    with pytest.raises(ConfigError, match="mqtt.password_file: cannot read '/nonexistent/pw'"):
+        config.mqtt.password_value()
+
+
+@pytest.mark.parametrize("name", ["danube-delta.yaml", "eu-common.yaml", "example.yaml"])
+def test_shipped_configs_are_valid(name: str) -> None:
+    config = load_config(REPO / "configs" / name)
+    assert config.cameras
+
+
+def test_shipped_configs_name_the_two_models() -> None:
+    assert load_config(REPO / "configs/danube-delta.yaml").model.name == "hgnet_v2_b2_danube-delta"
+    assert load_config(REPO / "configs/eu-common.yaml").model.name == "regnet_y_8g_intermediate-eu-common"
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "birdwatch", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+@pytest.mark.timeout(120)
+def test_check_config_exit_codes_and_redaction(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(
+        "cameras:\n  - {name: a, url: 'rtsp://admin:hunter2@cam/x'}\n"
+        "mqtt: {host: h, username: u, password: topsecret}\n"
+    )
+    result = run_cli("check-config", str(good))
+    assert result.returncode == 0, result.stderr
+    assert "OK (1 camera(s)" in result.stdout
+    assert "hunter2" not in result.stdout and "topsecret" not in result.stdout
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(MINIMAL + "    lop: true\n")
+    result = run_cli("check-config", str(bad))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"birdwatch: error: {bad}: cameras[0].lop: unknown key; did you mean 'loop'?"
+    assert "Traceback" not in result.stderr
+
+    result = run_cli("check-config", str(tmp_path / "missing.yaml"))
+    assert result.returncode == 2 and "cannot read config" in result.stderr and "Traceback" not in result.stderr
