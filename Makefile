@@ -24,18 +24,18 @@ run: $(VENV)/.installed
 	$(BIN)/birdwatch run --config $(CONFIG)
 
 test: $(VENV)/.installed
-	$(BIN)/ruff check birdwatch tests bench
+	$(BIN)/ruff check birdwatch tests
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check birdwatch tests bench
-	$(BIN)/ruff format --check birdwatch tests bench
+	$(BIN)/ruff check birdwatch tests
+	$(BIN)/ruff format --check birdwatch tests
 
 bench: $(VENV)/.installed
 	$(BIN)/birdwatch bench
 
 models: $(VENV)/.installed
-	$(BIN)/birdwatch models pull $$($(BIN)/birdwatch check-config $(CONFIG) --print model.name)
+	$(BIN)/birdwatch models pull --config $(CONFIG)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -67,14 +67,14 @@ class Pipeline:
     # -- lifecycle --
 
     def start(self) -> None:
-        """Models first, so a missing weights file fails before any camera is opened."""
+        """Everything a user can get wrong fails here, before any camera is opened: secrets, then weights."""
+        if self._sink is None:
+            mqtt = self.config.mqtt
+            self._sink = MqttSink(mqtt, mqtt.password_value()) if mqtt.host else LogSink()
         classifier = self._classifier or load_classifier(self.config.model)
         self.engine = ClassifierEngine(
             classifier, top_k=self.config.model.top_k, batch_size=self.config.model.batch_size
         )
-        if self._sink is None:
-            mqtt = self.config.mqtt
-            self._sink = MqttSink(mqtt, mqtt.password_value()) if mqtt.host else LogSink()
         self._sink.start()
         secrets = self.config.secrets()
         for cam_cfg in self.config.cameras:
@@ -91,6 +91,8 @@ class Pipeline:
         )
 
     def stop(self) -> None:
+        if self.engine is None:
+            return  # start() failed before anything ran: nothing to stop or report
         for cam in self.cameras:
             cam.reader.stop()
         if self._sink is not None:
