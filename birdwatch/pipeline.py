@@ -25,6 +25,7 @@ from birdwatch.motion import MotionDetector
 from birdwatch.mqtt import EventSink
 from birdwatch.mqtt import LogSink
 from birdwatch.mqtt import MqttSink
+from birdwatch.types import Detections
 from birdwatch.types import Event
 from birdwatch.types import Frame
 from birdwatch.types import Sighting
@@ -132,15 +133,29 @@ class Pipeline:
                 self._wake.wait(min(remaining, 0.1))
 
     def process(self, frames: list[Frame]) -> list[Event]:
-        assert self.engine is not None
+        """One step for the newest frames of several cameras: where -> what -> which events -> out."""
+        detections = self.localise(frames)
+        sightings = self.classify(frames, detections)
+        events = self.decide(sightings, frames)
+        self.publish(events)
+        return events
+
+    def localise(self, frames: list[Frame]) -> list[Detections]:
+        """Where to look in each frame."""
         by_name = {cam.cfg.name: cam for cam in self.cameras}
-        boxes = []
+        out = []
         for frame in frames:
             cam = by_name[frame.camera]
             cam.processed += 1
-            found = cam.motion(frame.image).int_boxes()
+            found = cam.motion(frame.image)
             cam.regions += len(found)
-            boxes.append(found)
+            out.append(found)
+        return out
+
+    def classify(self, frames: list[Frame], detections: list[Detections]) -> list[Sighting]:
+        """Species for every box of every frame, in one batch."""
+        assert self.engine is not None
+        boxes = [d.int_boxes() for d in detections]
         n_crops = sum(len(b) for b in boxes)
         if n_crops == 0:
             return []
@@ -149,19 +164,24 @@ class Pipeline:
         self.stats.infer_s += time.perf_counter() - started
         self.stats.batches += 1
         self.stats.crops += n_crops
-        sightings = [
-            Sighting(frame.camera, frame.seq, frame.ts, frame.mono, box, top_k)
-            for frame, frame_boxes, frame_top in zip(frames, boxes, top_ks, strict=True)
-            for box, top_k in zip(frame_boxes, frame_top, strict=True)
+        return [
+            Sighting(frame.camera, frame.seq, frame.ts, frame.mono, box, top_k, float(score))
+            for frame, det, frame_boxes, frame_top in zip(frames, detections, boxes, top_ks, strict=True)
+            for box, score, top_k in zip(frame_boxes, det.scores, frame_top, strict=True)
         ]
-        events = self.throttle.admit(sightings, self.engine.classifier.name)
+
+    def decide(self, sightings: list[Sighting], frames: list[Frame]) -> list[Event]:
+        """Which sightings are worth telling (frames are there for snapshots)."""
+        assert self.engine is not None
+        return self.throttle.admit(sightings, self.engine.classifier.name)
+
+    def publish(self, events: list[Event]) -> None:
         for event in events:
             log.info(
                 "%s on %s: %s (%.2f) at %s", event.kind, event.camera, event.species, event.score, list(event.box)
             )
             self.sink.publish(event)
         self.stats.events += len(events)
-        return events
 
     # -- stats --
 
