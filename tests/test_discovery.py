@@ -59,7 +59,10 @@ def configs(cameras: list[str], snapshots: bool = True) -> list[tuple[str, dict[
     out = []
     for camera in cameras:
         topics = CameraTopics(
-            camera, f"birdwatch/{camera}/state", f"birdwatch/{camera}/snapshot" if snapshots else None, "birdwatch/status"
+            camera,
+            f"birdwatch/{camera}/state",
+            f"birdwatch/{camera}/snapshot" if snapshots else None,
+            "birdwatch/status",
         )
         out += camera_configs(topics, discovery_prefix="homeassistant", node=node_id("birdwatch", camera), model="m")
     return out
@@ -124,7 +127,11 @@ def render(template: str, payload: str) -> str:
 def test_value_templates_read_the_state_payload() -> None:
     state = CameraState("feeder", True, "Eurasian Blue Tit", 0.91, 7, "2026-11-24", "v1", time.time())
     text = json.dumps(state.to_payload())
-    values = {topic.split("/")[3]: render(p["value_template"], text) for topic, p in configs(["feeder"]) if "value_template" in p}
+    values = {
+        topic.split("/")[3]: render(p["value_template"], text)
+        for topic, p in configs(["feeder"])
+        if "value_template" in p
+    }
     assert values == {"species": "Eurasian Blue Tit", "present": "ON", "visits_today": "7"}
     present = next(p for t, p in configs(["feeder"]) if "/binary_sensor/" in t)
     gone = CameraState("feeder", False, None, None, 0, "2026-11-24", None, None)
@@ -157,7 +164,9 @@ def test_configs_are_retained_on_the_broker_and_point_at_live_topics(
             payload = json.loads(m.payload)
             check_payload(m.topic.replace("hadisc/", "homeassistant/", 1), payload)
             assert payload["device"]["model"] == "hgnet_v2_b2_danube-delta"
-        listened = {json.loads(m.payload).get(k) for m in got for k in ("state_topic", "image_topic", "availability_topic")}
+        listened = {
+            json.loads(m.payload).get(k) for m in got for k in ("state_topic", "image_topic", "availability_topic")
+        }
         assert listened - {None} == {"hatest/feeder/state", "hatest/feeder/snapshot", "hatest/status"}
         status = mqtt_collector("hatest/status").wait_for(lambda m: m.retain, timeout=10)
         state = mqtt_collector("hatest/feeder/state").wait_for(lambda m: m.retain, timeout=10)

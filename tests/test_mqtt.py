@@ -32,7 +32,9 @@ DOCUMENTED_FIELDS = {
 def make_event(kind: str = "new", camera: str = "feeder", species: str = "Eurasian Blue Tit") -> VisitEvent:
     now = time.time()
     top = (SpeciesScore(species, 0.91), SpeciesScore("Great Tit", 0.05))
-    return VisitEvent(kind, "v1", camera, now, species, 0.91, top, now - 3, now, 12, (10, 20, 110, 120), "hgnet_v2_b2_danube-delta")
+    return VisitEvent(
+        kind, "v1", camera, now, species, 0.91, top, now - 3, now, 12, (10, 20, 110, 120), "hgnet_v2_b2_danube-delta"
+    )
 
 
 def payload(event: VisitEvent) -> str:

@@ -29,7 +29,11 @@ DAY = 86400.0
 
 
 def event(
-    kind: str = "new", species: str = "Eurasian Blue Tit", camera: str = "feeder", visit: str = "v1", ts: float | None = None
+    kind: str = "new",
+    species: str = "Eurasian Blue Tit",
+    camera: str = "feeder",
+    visit: str = "v1",
+    ts: float | None = None,
 ) -> VisitEvent:
     ts = time.time() if ts is None else ts
     top = (SpeciesScore(species, 0.8),)
@@ -50,7 +54,9 @@ class RecordingPublisher:
         self.seen_on_disk: list[tuple] = []
         self.handed: list[tuple[str, Callable[[], None], bytes | None]] = []
 
-    def publish_event(self, camera: str, payload: str, on_sent: Callable[[], None], snapshot: bytes | None = None) -> bool:
+    def publish_event(
+        self, camera: str, payload: str, on_sent: Callable[[], None], snapshot: bytes | None = None
+    ) -> bool:
         if not self.accept:
             return False
         event_id = json.loads(payload)["id"]
@@ -205,7 +211,11 @@ def test_stats_count_each_visit_once_by_its_final_species(tmp_path: Path) -> Non
     fill(store)
     today = time.strftime("%Y-%m-%d")
     yesterday = time.strftime("%Y-%m-%d", time.localtime(time.time() - DAY))
-    assert store.species_per_day(7) == [(today, "Great Tit", 2), (today, "Eurasian Jay", 1), (yesterday, "Great Tit", 1)]
+    assert store.species_per_day(7) == [
+        (today, "Great Tit", 2),
+        (today, "Eurasian Jay", 1),
+        (yesterday, "Great Tit", 1),
+    ]
     assert store.species_per_day(1, camera="window") == [(today, "Eurasian Jay", 1)]
     assert store.visits_on("feeder", today) == 2
 
@@ -237,7 +247,9 @@ def test_a_file_that_is_not_a_database_is_one_clear_error(tmp_path: Path) -> Non
 
 
 def birdwatch(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "birdwatch", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "birdwatch", *args], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
 
 
 @pytest.mark.timeout(120)

@@ -42,7 +42,14 @@ class Feeder:
         image = np.full((240, 320, 3), self.seq % 255, np.uint8)
         frame = Frame(self.camera, self.seq, T0 + self.now, image, self.now)
         sightings = [
-            Sighting(self.camera, self.seq, frame.ts, frame.mono, tuple(int(v) for v in box), tuple(SpeciesScore(n, s) for n, s in top))  # type: ignore[arg-type]
+            Sighting(
+                self.camera,
+                self.seq,
+                frame.ts,
+                frame.mono,
+                tuple(int(v) for v in box),
+                tuple(SpeciesScore(n, s) for n, s in top),
+            )  # type: ignore[arg-type]
             for box, top in crops
         ]
         events = self.visits.observe([frame], sightings)
@@ -65,7 +72,9 @@ class Feeder:
 
 def make(**events: object) -> Visits:
     cfg = EventsConfig(**{"min_score": 0.3, "cooldown_s": 0.0, "update_min_interval_s": 0.0, **events})  # type: ignore[arg-type]
-    return Visits(TrackingConfig(min_hits=3, timeout_s=1.0), cfg, "test-model", top_k=3, wall=lambda: T0, mono=lambda: 0.0)
+    return Visits(
+        TrackingConfig(min_hits=3, timeout_s=1.0), cfg, "test-model", top_k=3, wall=lambda: T0, mono=lambda: 0.0
+    )
 
 
 BLUE_TIT = [("Eurasian Blue Tit", 0.9), ("Great Tit", 0.06), ("Coal Tit", 0.02)]
@@ -309,5 +318,8 @@ def test_camera_state_counts_todays_visits_and_presence() -> None:
 def test_species_lists_are_checked_against_the_model() -> None:
     names = ["Eurasian Blue Tit", "Great Tit"]
     check_species_lists(EventsConfig(allow=["Great Tit"]), names, "m")
-    with pytest.raises(ConfigError, match=r"events.block\[0\]: 'Blue Tit' is not a species of model m; did you mean 'Eurasian Blue Tit'\?"):
+    with pytest.raises(
+        ConfigError,
+        match=r"events.block\[0\]: 'Blue Tit' is not a species of model m; did you mean 'Eurasian Blue Tit'\?",
+    ):
         check_species_lists(EventsConfig(block=["Blue Tit"]), names, "m")
