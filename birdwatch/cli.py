@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -44,11 +45,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     pipeline = Pipeline(config)
+    code = 1
     try:
         pipeline.start()
-        return pipeline.run(stop)
+        code = pipeline.run(stop)
+        return code
     finally:
-        pipeline.stop()
+        if not pipeline.stop():
+            # A camera read hung inside FFmpeg cannot be interrupted; letting the interpreter tear
+            # down around it aborts the process. Everything else is stopped and flushed by now.
+            log.warning("a camera read is still blocked in FFmpeg; exiting without waiting for it")
+            logging.shutdown()
+            os._exit(code)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

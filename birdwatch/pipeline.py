@@ -91,14 +91,15 @@ class Pipeline:
             classifier.device,
         )
 
-    def stop(self) -> None:
+    def stop(self) -> bool:
+        """Stop cameras, then the sink. False if a camera read is still blocked in native code."""
         if self.engine is None:
-            return  # start() failed before anything ran: nothing to stop or report
-        for cam in self.cameras:
-            cam.reader.stop()
+            return True  # start() failed before anything ran: nothing to stop or report
+        clean = all([cam.reader.stop() for cam in self.cameras])
         if self._sink is not None:
             self._sink.stop()
         self.report(final=True)
+        return clean
 
     @property
     def sink(self) -> EventSink:
