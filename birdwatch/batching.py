@@ -104,8 +104,9 @@ class Batcher(Generic[T]):
                 self._cond.wait(deadline - time.monotonic())
 
     def _take(self) -> list[T]:
-        """One item per key per round until the batch is full; the next batch starts one key later,
-        so no camera is always served last. Called with the lock held."""
+        """One item per key per round until the batch is full (the last item may overfill it: a
+        frame's crops stay together); the next batch starts one key later, so no camera is always
+        served last. Called with the lock held."""
         batch: list[T] = []
         size = 0
         keys = self._order
@@ -114,7 +115,7 @@ class Batcher(Generic[T]):
             took = False
             for offset in range(len(keys)):
                 queue = self._queues[keys[(start + offset) % len(keys)]]
-                if queue and (not batch or size + queue[0].size <= self.max_batch):
+                if queue:
                     entry = queue.popleft()
                     batch.append(entry.item)
                     size += entry.size

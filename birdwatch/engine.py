@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Iterator
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -113,8 +114,10 @@ class ClassifierEngine:
         if self.precision.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         outs = []
+        # Near-equal chunks: 9 crops at batch 8 run as 5 + 4, not 8 + an inefficient 1.
+        chunks = max(1, math.ceil(len(batch) / self.batch_size))
         with self.precision.autocast(self.device):
-            for chunk in batch.split(self.batch_size):
+            for chunk in batch.tensor_split(chunks):
                 outs.append(torch.softmax(self._forward(chunk).float(), dim=1))
         return torch.cat(outs) if outs else torch.zeros((0, len(self.classifier.class_names)), device=self.device)
 

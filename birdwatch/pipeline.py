@@ -212,7 +212,7 @@ class Pipeline:
                 started = time.monotonic()
                 detections = self._guard("detect", frames, self.localise, frames)
                 done = time.monotonic()
-                self._account("detect", frames, started, done, [started - f.mono for f in frames])
+                self._account("detect", len(frames), started, done, [started - f.mono for f in frames])
                 for frame, found in zip(frames, detections or [], strict=False):
                     if len(found):
                         self.classify_queue.put(frame.camera, ClassifyJob(frame, found, done))
@@ -230,7 +230,8 @@ class Pipeline:
             started = time.monotonic()
             events = self._guard("classify", frames, self._classify_jobs, jobs)
             done = time.monotonic()
-            self._account("classify", frames, started, done, [started - job.queued for job in jobs])
+            crops = sum(len(job.detections) for job in jobs)
+            self._account("classify", crops, started, done, [started - job.queued for job in jobs])
             self.stats.read_to_decision_s.extend(done - f.mono for f in frames)
             for event in events or []:
                 self.stats.read_to_event_s.append(done - self._frame_mono(event, frames))
@@ -257,10 +258,11 @@ class Pipeline:
         stats.consecutive_failures = 0
         return result
 
-    def _account(self, stage: str, frames: list[Frame], started: float, done: float, waits: list[float]) -> None:
+    def _account(self, stage: str, items: int, started: float, done: float, waits: list[float]) -> None:
+        """items: frames for detect, crops for classify (what a batch's size means to that model)."""
         stats = self.stages[stage]
         stats.batches += 1
-        stats.items += len(frames)
+        stats.items += items
         stats.busy_s += done - started
         stats.batch_s.append(done - started)
         stats.wait_s.extend(waits)

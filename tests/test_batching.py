@@ -50,13 +50,13 @@ def test_round_robin_no_camera_starves() -> None:
 
 
 def test_batch_size_counts_work_not_items() -> None:
-    # Classify batches count crops: a frame with 3 boxes is 3 units of work.
+    # Classify batches count crops: a frame with 3 boxes is 3 units of work, and stays whole.
     b: Batcher[tuple[str, int]] = Batcher(max_batch=4, max_wait_s=0, capacity_per_key=10, size_of=lambda x: x[1])
     b.put("a", ("a0", 3))
-    b.put("b", ("b0", 3))
     b.put("a", ("a1", 1))
-    assert b.get_batch(timeout=1) == [("a0", 3), ("a1", 1)]
-    assert b.get_batch(timeout=1) == [("b0", 3)]
+    b.put("b", ("b0", 3))
+    assert b.get_batch(timeout=1) == [("a0", 3), ("b0", 3)]
+    assert b.get_batch(timeout=1) == [("a1", 1)]
 
 
 @pytest.mark.timeout(10)
