@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import signal
 import sys
-import threading
 from pathlib import Path
-from types import FrameType
 
 import yaml
 
@@ -33,31 +29,13 @@ def setup_logging(level: str) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from birdwatch.config import load_config
-    from birdwatch.pipeline import Pipeline
+    from birdwatch.service import Service
 
     config = load_config(args.config)
     setup_logging(args.log_level or config.log_level)
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("%s received; stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    pipeline = Pipeline(config)
-    code = 1
-    try:
-        pipeline.start()
-        code = pipeline.run(stop)
-        return code
-    finally:
-        if not pipeline.stop():
-            # A camera read hung inside FFmpeg cannot be interrupted; letting the interpreter tear
-            # down around it aborts the process. Everything else is stopped and flushed by now.
-            log.warning("a camera read is still blocked in FFmpeg; exiting without waiting for it")
-            logging.shutdown()
-            os._exit(code)
+    service = Service(args.config, config)
+    service.install_signal_handlers()
+    return service.run()
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
