@@ -97,6 +97,7 @@ class CameraReader:
         self._session = 0  # bumped to abandon a reading session (stall, stop)
         self._seq = 0
         self._thread: threading.Thread | None = None
+        self._worker: threading.Thread | None = None
 
     # -- lifecycle --
 
@@ -104,13 +105,17 @@ class CameraReader:
         self._thread = threading.Thread(target=self._supervise, name=f"camera-{self.cfg.name}", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Stop reading; False if a read is still blocked inside FFmpeg after `timeout`."""
         self._stop.set()
         self._session += 1
-        if self._thread is not None:
-            self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        for thread in (self._thread, self._worker):
+            if thread is not None:
+                thread.join(max(0.0, deadline - time.monotonic()))
         if self.stats.state not in ("finished", "failed"):
             self.stats.state = "stopped"
+        return not any(t is not None and t.is_alive() for t in (self._thread, self._worker))
 
     @property
     def done(self) -> bool:
@@ -135,6 +140,7 @@ class CameraReader:
             worker = threading.Thread(
                 target=self._read_session, args=(session,), name=f"reader-{self.cfg.name}-{session}", daemon=True
             )
+            self._worker = worker
             worker.start()
             self._watch(worker, session)
             if self._stop.is_set() or self.done:

@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
-import threading
-from types import FrameType
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
@@ -36,24 +34,13 @@ def setup_logging(level: str) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from birdwatch.config import load_config
-    from birdwatch.pipeline import Pipeline
+    from birdwatch.service import Service
 
     config = load_config(args.config)
     setup_logging(args.log_level or config.log_level)
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("%s received; stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    pipeline = Pipeline(config)
-    try:
-        pipeline.start()
-        return pipeline.run(stop)
-    finally:
-        pipeline.stop()
+    service = Service(args.config, config)
+    service.install_signal_handlers()
+    return service.run()
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -155,6 +142,29 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from birdwatch.bench import MODELS
+    from birdwatch.bench import BenchOptions
+    from birdwatch.bench import main as bench_main
+
+    setup_logging("INFO")
+    models = list(MODELS) if args.model == "all" else [args.model]
+    opts = BenchOptions(
+        models=models,
+        cameras=args.cameras,
+        seconds=args.seconds,
+        fps=args.fps,
+        device=args.device,
+        precision=args.precision,
+        batch_size=args.batch_size,
+        crops=args.crops,
+        tune=args.tune,
+        workdir=Path(args.workdir) if args.workdir else None,
+        min_s=0.2 if args.quick else 2.0,
+    )
+    return bench_main(opts, args.json)
+
+
 def _models_dir(args: argparse.Namespace) -> str:
     if args.models_dir:
         return args.models_dir
@@ -179,6 +189,21 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file")
     check.add_argument("--quiet", "-q", action="store_true", help="print only the verdict")
     check.set_defaults(func=cmd_check_config)
+
+    bench = sub.add_parser("bench", help="measure throughput and latency on this machine (offline)")
+    bench.add_argument("--model", choices=["danube-delta", "eu-common", "all"], default="danube-delta")
+    bench.add_argument("--cameras", type=int, default=4, help="synthetic file cameras in the pipeline run")
+    bench.add_argument("--fps", type=float, default=10.0, help="frame rate of each synthetic camera")
+    bench.add_argument("--seconds", type=float, default=30.0, help="length of the pipeline run")
+    bench.add_argument("--device", default="auto")
+    bench.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
+    bench.add_argument("--batch-size", type=int, default=8)
+    bench.add_argument("--crops", type=int, default=64, help="crops for the batched-against-naive comparison")
+    bench.add_argument("--tune", action="store_true", help="also measure every precision and memory format")
+    bench.add_argument("--workdir", help="keep generated weights and clips here (default: a temp dir)")
+    bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    bench.add_argument("--quick", action="store_true", help="short measurements (a smoke test, not figures)")
+    bench.set_defaults(func=cmd_bench)
 
     models = sub.add_parser("models", help="list or fetch birder classifiers")
     models_sub = models.add_subparsers(dest="models_command", required=True)

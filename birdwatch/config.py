@@ -72,8 +72,20 @@ class ModelConfig:
     models_dir: str = "models"
     device: str = field(default="auto", metadata={"check": "device"})
     top_k: int = field(default=3, metadata=_range(1, 50))
-    batch_size: int = field(default=16, metadata=_range(1, 512))
+    batch_size: int = field(default=8, metadata=_range(1, 512))  # crops per forward pass; 32-64 suit a GPU
     verify_sha256: bool = True  # check a pretrained file against birder's published hash
+
+
+@dataclass
+class EngineConfig:
+    """How inference runs. `birdwatch bench --tune` measures the choices on this machine."""
+
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16/fp16 where the hardware has it
+    channels_last: bool | None = None  # None: on (faster for birder's convnets on CPU and GPU)
+    compile: bool = False  # torch.compile the classifier (slow start, faster steady state on GPU)
+    threads: int = field(default=0, metadata=_range(0, 256))  # torch CPU threads; 0: one per core
+    max_wait_ms: float = field(default=20.0, metadata=_range(0, 5000))  # a partial batch waits at most this
+    queue_per_camera: int = field(default=4, metadata=_range(1, 256))  # frames waiting for the classifier
 
 
 @dataclass
@@ -163,6 +175,7 @@ class Config:
     cameras: list[CameraConfig]
     model: ModelConfig = field(default_factory=ModelConfig)
     localiser: Literal["motion"] = "motion"
+    engine: EngineConfig = field(default_factory=EngineConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     events: EventsConfig = field(default_factory=EventsConfig)

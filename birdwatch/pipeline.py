@@ -1,8 +1,15 @@
-"""Wiring: cameras -> motion regions -> batched classification -> tracks and visits -> outbox -> MQTT.
+"""Wiring: cameras -> localise -> classify -> decide -> publish, as two stage threads over
+bounded batch queues. The only module that knows every stage.
 
-The only module that knows every stage. One inference loop takes the newest frame of every camera
-that has one, so a camera with a fast stream cannot starve a slow one, and classifies the crops of
-all of them in one forward pass.
+    readers ──► detect queue (1 frame per camera: newest wins) ──► detect worker: localise(frames)
+            ──► classify queue (a few frames per camera, oldest dropped) ──► classify worker:
+                classify(frames, detections) -> decide(sightings) -> publish(events)
+                                                 tracks, visits,     outbox (SQLite) -> MQTT
+                                                 snapshots
+
+Capture never waits for the model: both queues drop the oldest frame of a camera when full, and
+count it. Both take round-robin across cameras so none starves. The main thread only supervises:
+stats, the end of file sources, and a worker that keeps failing (exit non-zero for systemd).
 """
 
 from __future__ import annotations
@@ -11,14 +18,21 @@ import dataclasses
 import logging
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field
+from typing import TypeVar
 
+import numpy as np
+import torch
+
+from birdwatch.batching import Batcher
 from birdwatch.capture import CameraReader
-from birdwatch.capture import LatestFrameSlot
 from birdwatch.config import CameraConfig
 from birdwatch.config import Config
 from birdwatch.engine import ClassifierEngine
+from birdwatch.engine import Precision
 from birdwatch.models import Classifier
 from birdwatch.models import load_classifier
 from birdwatch.motion import MotionDetector
@@ -38,27 +52,55 @@ from birdwatch.visits import check_species_lists
 
 log = logging.getLogger(__name__)
 
-_FLUSH_S = 5.0  # at stop, wait this long for the broker to acknowledge what is still in flight
-_PRUNE_EVERY_S = 3600.0  # event history retention
+T = TypeVar("T")
+MAX_CONSECUTIVE_FAILURES = 5  # a stage that fails this often in a row is broken, not unlucky
+FLUSH_S = 5.0  # at stop, wait this long for the broker to acknowledge what is still in flight
+PRUNE_EVERY_S = 3600.0  # event history and snapshot retention
 
 
 @dataclass
 class Camera:
     cfg: CameraConfig
-    slot: LatestFrameSlot
     reader: CameraReader
     motion: MotionDetector
-    processed: int = 0
+    processed: int = 0  # frames localised
+    classified: int = 0  # frames whose crops went through the classifier
     regions: int = 0
+
+
+@dataclass
+class ClassifyJob:
+    frame: Frame
+    detections: Detections
+    queued: float  # monotonic, when the detect stage handed it on
+
+
+@dataclass
+class StageStats:
+    batches: int = 0
+    items: int = 0
+    busy_s: float = 0.0
+    failures: int = 0
+    consecutive_failures: int = 0
+    # Recent samples only: percentiles of the last few thousand, memory stays flat.
+    wait_s: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
+    batch_s: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
 
 
 @dataclass
 class RunStats:
     started: float = field(default_factory=time.monotonic)
-    batches: int = 0
     crops: int = 0
     events: int = 0
-    infer_s: float = 0.0
+    read_to_decision_s: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
+    read_to_event_s: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
+
+
+def percentiles_ms(samples: deque[float]) -> dict[str, float | None]:
+    if not samples:
+        return {"p50": None, "p95": None}
+    p50, p95 = np.percentile(np.fromiter(samples, float), [50, 95])
+    return {"p50": round(1000 * float(p50), 1), "p95": round(1000 * float(p95), 1)}
 
 
 class Pipeline:
@@ -66,16 +108,30 @@ class Pipeline:
         self.config = config
         self._classifier = classifier
         self._sink = sink
-        self._wake = threading.Condition()
         self.cameras: list[Camera] = []
         self.stats = RunStats()
+        self.stages = {"detect": StageStats(), "classify": StageStats()}
         self.engine: ClassifierEngine | None = None
         self.visits: Visits | None = None
         self.store: EventStore | None = None
         self.outbox: Outbox | None = None
         self.snapshots = SnapshotWriter(config.snapshots) if config.snapshots.enabled else None
+        # decide/tick/close touch the visits; the classify worker calls them, stop() too once it is done.
+        self._visits_lock = threading.Lock()
         self._day = ""
         self._last_prune = time.monotonic()
+        self.fatal: str | None = None
+        engine_cfg = config.engine
+        self.detect_queue: Batcher[Frame] = Batcher(
+            max_batch=len(config.cameras), max_wait_s=engine_cfg.max_wait_ms / 1000, capacity_per_key=1
+        )
+        self.classify_queue: Batcher[ClassifyJob] = Batcher(
+            max_batch=config.model.batch_size,
+            max_wait_s=engine_cfg.max_wait_ms / 1000,
+            capacity_per_key=engine_cfg.queue_per_camera,
+            size_of=lambda job: len(job.detections),
+        )
+        self._workers: list[threading.Thread] = []
         self._last_report = time.monotonic()
         self._report_marks: dict[str, tuple[int, int]] = {}
 
@@ -86,19 +142,28 @@ class Pipeline:
         cfg = self.config
         if self._sink is None:
             mqtt = cfg.mqtt
+            snapshots_on_mqtt = cfg.snapshots.enabled and cfg.snapshots.mqtt
             self._sink = (
-                MqttSink(mqtt, mqtt.password_value(), cfg.homeassistant, cfg.snapshots.enabled and cfg.snapshots.mqtt)
-                if mqtt.host
-                else LogSink()
+                MqttSink(mqtt, mqtt.password_value(), cfg.homeassistant, snapshots_on_mqtt) if mqtt.host else LogSink()
             )
-        classifier = self._classifier or load_classifier(cfg.model)
+        engine_cfg = self.config.engine
+        if engine_cfg.threads:
+            torch.set_num_threads(engine_cfg.threads)
+        classifier = self._classifier or load_classifier(self.config.model)
+        precision = Precision.resolve(classifier.device, engine_cfg.precision, engine_cfg.channels_last)
+        self.engine = ClassifierEngine(
+            classifier,
+            top_k=self.config.model.top_k,
+            batch_size=self.config.model.batch_size,
+            precision=precision,
+            compile=engine_cfg.compile,
+        )
         check_species_lists(cfg.events, classifier.class_names, classifier.name)
         self.store = EventStore(cfg.store.path)
-        self.engine = ClassifierEngine(classifier, top_k=cfg.model.top_k, batch_size=cfg.model.batch_size)
         self.visits = Visits(cfg.tracking, cfg.events, classifier.name, top_k=self.engine.top_k)
         names = [cam.name for cam in cfg.cameras]
         self._day = local_day(time.time())
-        for name in names:
+        for name in names:  # "last species" and "visits today" carry over a restart
             self.visits.seed(name, self.store.last_event(name), self._day, self.store.visits_on(name, self._day))
         self.store.prune(cfg.store.retention_days)
         self._sink.describe(names, classifier.name)
@@ -112,28 +177,62 @@ class Pipeline:
         self.outbox.pump()
         secrets = self.config.secrets()
         for cam_cfg in self.config.cameras:
-            slot = LatestFrameSlot(self._wake)
-            reader = CameraReader(cam_cfg, slot, secrets)
-            self.cameras.append(Camera(cam_cfg, slot, reader, MotionDetector(cam_cfg.motion)))
+            reader = CameraReader(cam_cfg, self.detect_queue.inlet(cam_cfg.name), secrets)
+            self.cameras.append(Camera(cam_cfg, reader, MotionDetector(cam_cfg.motion)))
+        self._workers = [
+            threading.Thread(target=self._detect_worker, name="detect", daemon=True),
+            threading.Thread(target=self._classify_worker, name="classify", daemon=True),
+        ]
+        for worker in self._workers:
+            worker.start()
         for cam in self.cameras:
             cam.reader.start()
         log.info(
-            "birdwatch running: %d camera(s), model %s on %s",
+            "birdwatch running: %d camera(s), model %s on %s (%s%s, batch %d)",
             len(self.cameras),
             classifier.name,
             classifier.device,
+            precision.dtype,
+            ", channels_last" if precision.channels_last else "",
+            self.config.model.batch_size,
         )
 
-    def stop(self) -> None:
+    def run(self, stop: threading.Event) -> int:
+        """Supervise until `stop` is set, every source has ended (files without loop), or a stage is
+        broken. Returns the exit code."""
+        while not stop.wait(0.25):
+            if self.fatal:
+                log.error("stopping: %s", self.fatal)
+                return 1
+            if self.cameras and all(cam.reader.done for cam in self.cameras):
+                self.detect_queue.close()  # the workers drain what is queued, then end
+                if not any(w.is_alive() for w in self._workers):
+                    log.info("every source has ended")
+                    ok = any(cam.reader.stats.state == "finished" for cam in self.cameras)
+                    return 0 if ok else 1
+            if time.monotonic() - self._last_report >= self.config.stats_interval_s:
+                self.report()
+        return 0
+
+    def stop(self, timeout: float = 8.0) -> bool:
+        """Stop capture, drain the queued work through both stages, then the sink. False if a camera
+        read is still blocked in native code (the caller then exits without waiting for it)."""
         if self.engine is None:
             if self.store is not None:
                 self.store.close()
-            return  # start() failed before anything ran: nothing to stop or report
-        for cam in self.cameras:
-            cam.reader.stop()
+            return True  # start() failed before anything ran: nothing to stop or report
+        deadline = time.monotonic() + timeout
+        clean = all([cam.reader.stop(timeout=min(5.0, timeout / 2)) for cam in self.cameras])
+        self.detect_queue.close()
+        for worker in self._workers:
+            worker.join(max(0.1, deadline - time.monotonic()))
+        if any(w.is_alive() for w in self._workers):
+            log.warning("a pipeline stage did not finish its batch in time; stopping without it")
         if self.visits is not None:
-            self.publish(self._with_snapshots(self.visits.close()))  # birds still there: their visits end now
-        if self.outbox is not None and not self.outbox.flush(_FLUSH_S):
+            with self._visits_lock:
+                ended = self._with_snapshots(self.visits.close())  # birds still there: their visits end now
+            self.publish(ended)
+        if self.outbox is not None and not self.outbox.flush(FLUSH_S):
             assert self.store is not None
             log.warning(
                 "%d event(s) not acknowledged by the broker yet; they are kept and sent at the next start",
@@ -144,47 +243,101 @@ class Pipeline:
         if self.store is not None:
             self.store.close()
         self.report(final=True)
+        return clean
 
     @property
     def sink(self) -> EventSink:
         assert self._sink is not None
         return self._sink
 
-    def run(self, stop: threading.Event) -> int:
-        """Process until `stop` is set or every source has ended (files without loop). Returns an exit code."""
-        while not stop.is_set():
-            frames = self.take_frames(timeout=0.5)
-            if frames:
-                self.process(frames)
-            self.tick()
-            if not frames and all(cam.reader.done for cam in self.cameras):
-                ok = any(cam.reader.stats.state == "finished" for cam in self.cameras)
-                log.info("every source has ended")
-                return 0 if ok else 1
-            if time.monotonic() - self._last_report >= self.config.stats_interval_s:
-                self.report()
-        return 0
+    # -- stage threads --
 
-    # -- one step --
+    def _detect_worker(self) -> None:
+        try:
+            while True:
+                frames = self.detect_queue.get_batch(timeout=0.5)
+                if not frames:
+                    if self.detect_queue.closed and self.detect_queue.depth() == 0:
+                        return
+                    continue
+                started = time.monotonic()
+                detections = self._guard("detect", frames, self.localise, frames)
+                done = time.monotonic()
+                self._account("detect", len(frames), started, done, [started - f.mono for f in frames])
+                for frame, found in zip(frames, detections or [], strict=False):
+                    if len(found):
+                        self.classify_queue.put(frame.camera, ClassifyJob(frame, found, done))
+        finally:
+            self.classify_queue.close()
 
-    def take_frames(self, timeout: float) -> list[Frame]:
-        """The newest frame of each camera that has one; waits up to `timeout` for the first."""
-        deadline = time.monotonic() + timeout
+    def _classify_worker(self) -> None:
         while True:
-            frames = [f for cam in self.cameras if (f := cam.slot.take()) is not None]
-            remaining = deadline - time.monotonic()
-            if frames or remaining <= 0:
-                return frames
-            with self._wake:
-                self._wake.wait(min(remaining, 0.1))
+            jobs = self.classify_queue.get_batch(timeout=0.5)
+            # Frames without motion never come this far, so visits of birds that left end here.
+            try:
+                self.tick()
+            except Exception as exc:  # a full disk, say: logged, and the next tick tries again
+                log.exception("visit bookkeeping failed: %s", exc)
+            if not jobs:
+                if self.classify_queue.closed and self.classify_queue.depth() == 0:
+                    return
+                continue
+            frames = [job.frame for job in jobs]
+            started = time.monotonic()
+            events = self._guard("classify", frames, self._classify_jobs, jobs)
+            done = time.monotonic()
+            crops = sum(len(job.detections) for job in jobs)
+            self._account("classify", crops, started, done, [started - job.queued for job in jobs])
+            self.stats.read_to_decision_s.extend(done - f.mono for f in frames)
+            for event in events or []:
+                if event.kind == "new":  # the moment a visit is told; updates and ends follow later by design
+                    self.stats.read_to_event_s.append(done - self._frame_mono(event, frames))
+
+    def _classify_jobs(self, jobs: list[ClassifyJob]) -> list[VisitEvent]:
+        frames = [job.frame for job in jobs]
+        sightings = self.classify(frames, [job.detections for job in jobs])
+        return self.publish(self.decide(sightings, frames))
+
+    def _guard(self, stage: str, frames: list[Frame], work: Callable[[T], list], arg: T) -> list | None:
+        """Run one batch; a failure is logged with its frames and skipped, and repeated failures stop the
+        service (exit 1, systemd restarts it) instead of spinning on a broken model."""
+        stats = self.stages[stage]
+        try:
+            result = work(arg)
+        except Exception as exc:  # the boundary of a worker thread: anything else would kill it silently
+            stats.failures += 1
+            stats.consecutive_failures += 1
+            which = ", ".join(f"{f.camera}#{f.seq}" for f in frames[:8])
+            log.exception("%s stage failed on frames %s: %s", stage, which, exc)
+            if stats.consecutive_failures >= MAX_CONSECUTIVE_FAILURES and self.fatal is None:
+                self.fatal = f"the {stage} stage failed {stats.consecutive_failures} times in a row (last: {exc})"
+            return None
+        stats.consecutive_failures = 0
+        return result
+
+    def _account(self, stage: str, items: int, started: float, done: float, waits: list[float]) -> None:
+        """items: frames for detect, crops for classify (what a batch's size means to that model)."""
+        stats = self.stages[stage]
+        stats.batches += 1
+        stats.items += items
+        stats.busy_s += done - started
+        stats.batch_s.append(done - started)
+        stats.wait_s.extend(waits)
+
+    @staticmethod
+    def _frame_mono(event: VisitEvent, frames: list[Frame]) -> float:
+        """Read time of the newest frame of the event's camera in the batch: the one that confirmed it."""
+        monos = [f.mono for f in frames if f.camera == event.camera]
+        return max(monos) if monos else min(f.mono for f in frames)
+
+    # -- the stages --
 
     def process(self, frames: list[Frame]) -> list[VisitEvent]:
-        """One step for the newest frames of several cameras: where -> what -> which events -> out."""
+        """All four stages for some frames, in the calling thread (tests, benchmarks)."""
         detections = self.localise(frames)
         sightings = self.classify(frames, detections)
         events = self.decide(sightings, frames)
-        self.publish(events)
-        return events
+        return self.publish(events)
 
     def localise(self, frames: list[Frame]) -> list[Detections]:
         """Where to look in each frame."""
@@ -205,11 +358,12 @@ class Pipeline:
         n_crops = sum(len(b) for b in boxes)
         if n_crops == 0:
             return []
-        started = time.perf_counter()
         top_ks = self.engine.classify(frames, boxes)
-        self.stats.infer_s += time.perf_counter() - started
-        self.stats.batches += 1
         self.stats.crops += n_crops
+        by_name = {cam.cfg.name: cam for cam in self.cameras}
+        for frame, frame_boxes in zip(frames, boxes, strict=True):
+            if frame_boxes and frame.camera in by_name:
+                by_name[frame.camera].classified += 1
         return [
             Sighting(frame.camera, frame.seq, frame.ts, frame.mono, box, top_k, float(score))
             for frame, det, frame_boxes, frame_top in zip(frames, detections, boxes, top_ks, strict=True)
@@ -219,31 +373,33 @@ class Pipeline:
     def decide(self, sightings: list[Sighting], frames: list[Frame]) -> list[VisitEvent]:
         """Tracks and visits: which crops are which bird, and what is worth telling; writes snapshots."""
         assert self.visits is not None
-        return self._with_snapshots(self.visits.observe(frames, sightings))
+        with self._visits_lock:
+            return self._with_snapshots(self.visits.observe(frames, sightings))
 
     def tick(self, now: float | None = None) -> list[VisitEvent]:
-        """Time passing without frames: visits of birds that left end, heartbeats, midnight, retention.
-
-        Call it from the run loop every iteration (cheap): a camera that goes quiet or dead sends
-        no frames, and its visits must end all the same.
-        """
+        """Time passing: visits of birds that left end, heartbeats, midnight, retention. Cheap; the
+        classify worker calls it after every batch and whenever it waited for one in vain."""
         assert self.visits is not None and self.store is not None and self.outbox is not None
-        events = self._with_snapshots(self.visits.tick(now))
+        with self._visits_lock:
+            events = self._with_snapshots(self.visits.tick(now))
         self.publish(events)
         day = local_day(time.time())
         if day != self._day:  # "visits today" falls back to 0 at midnight
             self._day = day
-            for cam in self.config.cameras:
-                self.sink.publish_state(self.visits.state(cam.name))
-        if time.monotonic() - self._last_prune >= _PRUNE_EVERY_S:
+            with self._visits_lock:
+                states = [self.visits.state(cam.name) for cam in self.config.cameras]
+            for state in states:
+                self.sink.publish_state(state)
+        if time.monotonic() - self._last_prune >= PRUNE_EVERY_S:
             self._last_prune = time.monotonic()
             self.store.prune(self.config.store.retention_days)
             if self.snapshots is not None:
                 self.snapshots.prune_if_due()
-        self.outbox.pump()  # what the publisher could not take before (queue full)
+        self.outbox.pump()  # what the publisher could not take before (its queue was full)
         return events
 
     def _with_snapshots(self, events: list[VisitEvent]) -> list[VisitEvent]:
+        """Write the pictures of events that carry a better one, and record where they went."""
         out = []
         for event in events:
             if event.image is not None and self.snapshots is not None:
@@ -257,8 +413,8 @@ class Pipeline:
             out.append(dataclasses.replace(event, image=None) if event.image is not None else event)
         return out
 
-    def publish(self, events: list[VisitEvent]) -> None:
-        """Each event into the outbox (SQLite, then MQTT); then the cameras' states."""
+    def publish(self, events: list[VisitEvent]) -> list[VisitEvent]:
+        """Each event into the outbox (SQLite first, then MQTT); then the states of their cameras."""
         assert self.outbox is not None and self.visits is not None
         for event in events:
             log.info(
@@ -271,9 +427,12 @@ class Pipeline:
                 event.frames,
             )
             self.outbox.submit(event)
-        for camera in dict.fromkeys(e.camera for e in events):
-            self.sink.publish_state(self.visits.state(camera))
+        with self._visits_lock:
+            states = [self.visits.state(camera) for camera in dict.fromkeys(e.camera for e in events)]
+        for state in states:
+            self.sink.publish_state(state)
         self.stats.events += len(events)
+        return events
 
     # -- stats --
 
@@ -283,46 +442,71 @@ class Pipeline:
         cameras = {}
         for cam in self.cameras:
             st = cam.reader.stats
-            cameras[cam.cfg.name] = {
+            name = cam.cfg.name
+            cameras[name] = {
                 "state": st.state,
                 "frames_read": st.frames_read,
                 "frames_processed": cam.processed,
-                "frames_dropped": cam.slot.dropped,
+                "frames_classified": cam.classified,
+                "frames_dropped": self.detect_queue.dropped.get(name, 0) + self.classify_queue.dropped.get(name, 0),
                 "reconnects": st.reconnects,
                 "regions": cam.regions,
+                "queue_depth": self.detect_queue.depth(name) + self.classify_queue.depth(name),
                 "last_error": st.last_error,
+            }
+        stages = {}
+        for name, queue in (("detect", self.detect_queue), ("classify", self.classify_queue)):
+            st = self.stages[name]
+            stages[name] = {
+                "queue_depth": queue.depth(),
+                "dropped": sum(queue.dropped.values()),
+                "batches": st.batches,
+                "mean_batch": round(st.items / st.batches, 2) if st.batches else 0.0,
+                "ms_per_batch": round(1000 * st.busy_s / st.batches, 1) if st.batches else 0.0,
+                "busy": round(st.busy_s / elapsed, 3),
+                "failures": st.failures,
+                "wait_ms": percentiles_ms(st.wait_s),
+                "batch_ms": percentiles_ms(st.batch_s),
             }
         return {
             "elapsed_s": round(elapsed, 2),
             "cameras": cameras,
+            "stages": stages,
             "crops": self.stats.crops,
             "crops_per_s": round(self.stats.crops / elapsed, 2),
             "events": self.stats.events,
-            "ms_per_batch": round(1000 * self.stats.infer_s / max(1, self.stats.batches), 1),
+            "ms_per_batch": stages["classify"]["ms_per_batch"],
+            "latency_ms": {
+                "read_to_decision": percentiles_ms(self.stats.read_to_decision_s),
+                "read_to_event": percentiles_ms(self.stats.read_to_event_s),
+            },
         }
 
     def report(self, final: bool = False) -> None:
         now = time.monotonic()
         span = max(1e-9, now - self._last_report)
+        snap = self.snapshot()
         parts = []
         for cam in self.cameras:
             st = cam.reader.stats
             read0, done0 = self._report_marks.get(cam.cfg.name, (0, 0))
             self._report_marks[cam.cfg.name] = (st.frames_read, cam.processed)
+            c = snap["cameras"][cam.cfg.name]  # type: ignore[index]
             parts.append(
                 f"{cam.cfg.name} [{st.state}] read {(st.frames_read - read0) / span:.1f} fps, "
-                f"processed {(cam.processed - done0) / span:.1f} fps, dropped {cam.slot.dropped}, "
-                f"reconnects {st.reconnects}"
+                f"processed {(cam.processed - done0) / span:.1f} fps, dropped {c['frames_dropped']}, "
+                f"queued {c['queue_depth']}, reconnects {st.reconnects}"
             )
         self._last_report = now
-        snap = self.snapshot()
-        summary = "; ".join(parts)
+        latency = snap["latency_ms"]["read_to_decision"]  # type: ignore[index]
         log.info(
-            "%s %s | crops %d (%.1f/s), %.0f ms per batch, events %d",
+            "%s %s | crops %d (%.1f/s), classify %.0f ms per batch, read-to-decision p50 %s ms p95 %s ms, events %d",
             "final stats:" if final else "stats:",
-            summary,
+            "; ".join(parts),
             snap["crops"],
             snap["crops_per_s"],
             snap["ms_per_batch"],
+            latency["p50"],
+            latency["p95"],
             snap["events"],
         )

@@ -243,6 +243,7 @@ class Outbox:
         self.publisher = publisher
         self.max_in_flight = max_in_flight
         self._cond = threading.Condition()
+        self._pumping = threading.Lock()  # one hand-over at a time, so the order holds across threads
         self._in_flight: set[str] = set()
         self._handed_seq = 0  # every row up to here was handed in this process
         self.sent = 0
@@ -258,6 +259,10 @@ class Outbox:
 
     def pump(self) -> int:
         """Hand over what is pending, in order; returns how many were handed."""
+        with self._pumping:
+            return self._pump()
+
+    def _pump(self) -> int:
         handed = 0
         while True:
             with self._cond:

@@ -79,8 +79,9 @@ def test_rtsp_clip_to_visit_events_snapshots_and_discovery(
         by_visit.setdefault(e["visit_id"], []).append(e["kind"])
     for kinds in by_visit.values():  # stopping ends the visits still going on
         assert kinds[0] == "new" and kinds[-1] == "end" and kinds.count("new") == kinds.count("end") == 1, kinds
-    configs = [m for m in collector.messages if m.topic.startswith("homeassistant/") and m.topic.endswith("/config")]
-    assert len(configs) == 4 and all(m.retain for m in configs)
+    late = mqtt_collector("homeassistant/+/e2e_feeder/+/config")  # retained for Home Assistant starting later
+    configs = late.wait_for(lambda m: m.retain, timeout=10, count=4)
+    assert {m.topic.split("/")[1] for m in configs} == {"sensor", "binary_sensor", "image"}
     history = subprocess.run(
         [sys.executable, "-m", "birdwatch", "events", "--config", "config.yaml", "--json", "--limit", "1000"],
         cwd=tmp_path, capture_output=True, text=True, timeout=60,

@@ -110,3 +110,16 @@ def test_frame_tensor_is_rgb_channels_first() -> None:
     tensor = frame_to_tensor(bgr, torch.device("cpu"))
     assert tensor.shape == (3, 2, 3)
     assert tensor[2].min() == 255 and tensor[0].max() == 0
+
+
+def test_bf16_channels_last_agrees_with_fp32(classifier: Classifier, scene_frames: list[Frame]) -> None:
+    from birdwatch.engine import Precision
+
+    boxes = [CROPS[:2], CROPS[2:], CROPS[:1], CROPS[3:]]
+    exact = ClassifierEngine(classifier, top_k=1).classify(scene_frames, boxes)
+    fast = ClassifierEngine(classifier, top_k=1, precision=Precision("bf16", True)).classify(scene_frames, boxes)
+    classifier.net.to(memory_format=torch.contiguous_format)  # the module is shared with other tests
+    for frame_exact, frame_fast in zip(exact, fast, strict=True):
+        for a, b in zip(frame_exact, frame_fast, strict=True):
+            assert a[0].name == b[0].name
+            assert abs(a[0].score - b[0].score) < 0.05

@@ -1,0 +1,323 @@
+"""`birdwatch bench`: what this machine does with the real architectures, offline.
+
+Weights are untrained networks of the real architectures (no model hub is needed, and the cost of
+a forward pass does not depend on the weights' values). Every ratio is measured within one run, on
+the same crops, so a busy machine shifts both sides alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import resource
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from birder import classification_transform
+from birder.inference.classification import infer_image
+from PIL import Image
+
+from birdwatch.config import CameraConfig
+from birdwatch.config import Config
+from birdwatch.config import EngineConfig
+from birdwatch.config import EventsConfig
+from birdwatch.config import ModelConfig
+from birdwatch.config import MotionConfig
+from birdwatch.config import SnapshotsConfig
+from birdwatch.config import StoreConfig
+from birdwatch.config import TrackingConfig
+from birdwatch.engine import ClassifierEngine
+from birdwatch.engine import Precision
+from birdwatch.models import Classifier
+from birdwatch.models import load_classifier
+from birdwatch.models import resolve_device
+from birdwatch.models import save_untrained
+from birdwatch.pipeline import Pipeline
+from birdwatch.synthetic import Scene
+from birdwatch.synthetic import write_video
+from birdwatch.types import Box
+from birdwatch.types import Frame
+
+log = logging.getLogger(__name__)
+
+MODELS = {
+    "danube-delta": ("hgnet_v2_b2", 368, (256, 256)),
+    "eu-common": ("regnet_y_8g", 707, (384, 384)),
+}
+NOTE = "untrained weights of the real architectures: the same cost per forward pass as the trained ones"
+
+
+@dataclass
+class BenchOptions:
+    models: list[str]
+    cameras: int = 4
+    seconds: float = 30.0
+    fps: float = 10.0
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool | None = None
+    batch_size: int = 8
+    crops: int = 64
+    tune: bool = False
+    workdir: Path | None = None
+    min_s: float = 2.0  # each throughput figure averages at least this long
+
+
+
+def timed(fn: Callable[[], object], min_s: float, *, min_runs: int = 3) -> float:
+    """Seconds per call, after one warm-up call, over at least min_s seconds and min_runs calls."""
+    fn()
+    runs, started = 0, time.perf_counter()
+    while runs < min_runs or time.perf_counter() - started < min_s:
+        fn()
+        runs += 1
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return (time.perf_counter() - started) / runs
+
+
+def synthetic_crops(n: int, seed: int = 0) -> tuple[list[Frame], list[list[Box]]]:
+    """Feeder frames and the true bird boxes in them: the crops every classifier measurement uses."""
+    scene = Scene(640, 360, 200, n_birds=3, seed=seed, present_fraction=1.0)
+    frames: list[Frame] = []
+    boxes: list[list[Box]] = []
+    t = 20
+    while sum(len(b) for b in boxes) < n:
+        image, truth = scene.render(t)
+        truth = [b for b in truth if (b[2] - b[0]) * (b[3] - b[1]) >= 256][: n - sum(len(b) for b in boxes)]
+        if truth:
+            frames.append(Frame("bench", t, 0.0, image))
+            boxes.append(truth)
+        t += 3
+    return frames, boxes
+
+
+def model_only(clf: Classifier, precision: Precision, batch: int, min_s: float) -> float:
+    """Images per second of the network's forward pass alone, on ready tensors."""
+    engine = ClassifierEngine(clf, batch_size=batch, precision=precision)
+    x = torch.randn(batch, 3, *clf.size, device=clf.device)
+    return batch / timed(lambda: engine.probabilities(x), min_s)
+
+
+def naive_loop(clf: Classifier, frames: list[Frame], boxes: list[list[Box]], min_s: float) -> float:
+    """Crops per second the way birder's model cards classify: infer_image on one PIL crop at a time."""
+    transform = classification_transform(clf.size, clf.rgb_stats)
+    pils = [
+        Image.fromarray(np.ascontiguousarray(f.image[y1:y2, x1:x2, ::-1]))
+        for f, bs in zip(frames, boxes, strict=True)
+        for x1, y1, x2, y2 in bs
+    ]
+
+    def run() -> None:
+        with torch.inference_mode():
+            for pil in pils:
+                infer_image(clf.net, pil, transform, device=clf.device)
+
+    return len(pils) / timed(run, min_s, min_runs=1)
+
+
+def batched(
+    clf: Classifier, precision: Precision, batch: int, frames: list[Frame], boxes: list[list[Box]], min_s: float
+) -> float:
+    """Crops per second through birdwatch's engine: same crops, preprocessing included."""
+    engine = ClassifierEngine(clf, batch_size=batch, precision=precision)
+    n = sum(len(b) for b in boxes)
+    return n / timed(lambda: engine.classify(frames, boxes), min_s, min_runs=1)
+
+
+def tune(clf_loader: Callable[[], Classifier], batch: int, min_s: float) -> list[dict[str, Any]]:
+    """Every precision x memory format this device offers, fastest first."""
+    rows = []
+    device = clf_loader().device
+    dtypes = ["fp32", "bf16"] + (["fp16"] if device.type == "cuda" else [])
+    for dtype in dtypes:
+        for channels_last in (False, True):
+            clf = clf_loader()  # fresh module: channels_last converts it in place
+            ips = model_only(clf, Precision(dtype, channels_last), batch, min_s)
+            rows.append(
+                {"precision": dtype, "channels_last": channels_last, "batch": batch, "img_per_s": round(ips, 1)}
+            )
+    rows.sort(key=lambda r: r["img_per_s"], reverse=True)
+    return rows
+
+
+def pipeline_run(weights: Path, opts: BenchOptions, workdir: Path) -> dict[str, Any]:
+    """N synthetic file cameras, paced like real ones, through the whole pipeline."""
+    cameras = []
+    for i in range(opts.cameras):
+        clip = workdir / f"camera{i}.avi"
+        if not clip.exists():
+            scene = Scene(640, 360, 100, n_birds=3, seed=100 + i, present_fraction=1.0)
+            write_video(clip, scene, fps=opts.fps)
+        cameras.append(
+            CameraConfig(name=f"cam{i}", url=str(clip), loop=True, realtime=True, motion=MotionConfig(warmup_frames=5))
+        )
+    config = Config(
+        cameras=cameras,
+        model=ModelConfig(file=str(weights), device=opts.device, batch_size=opts.batch_size),
+        engine=EngineConfig(precision=opts.precision, channels_last=opts.channels_last),  # type: ignore[arg-type]
+        # Every new track is a visit at once and told: read-to-event latency is measured on `new` events.
+        tracking=TrackingConfig(min_hits=1),
+        events=EventsConfig(min_score=0.0, cooldown_s=0.0),
+        snapshots=SnapshotsConfig(dir=str(workdir / "snapshots")),
+        store=StoreConfig(path=str(workdir / "bench.db")),
+        stats_interval_s=3600,
+    )
+    pipeline = Pipeline(config)
+    quiet = logging.getLogger("birdwatch.pipeline")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # one INFO line per event otherwise
+    try:
+        pipeline.start()
+        stop = threading.Event()
+        warmup = min(5.0, opts.seconds / 4)
+        time.sleep(warmup)
+        crops0, t0 = pipeline.stats.crops, time.monotonic()
+        timer = threading.Timer(opts.seconds, stop.set)
+        timer.start()
+        pipeline.run(stop)
+        crops = pipeline.stats.crops - crops0
+        elapsed = time.monotonic() - t0
+        snap = pipeline.snapshot()
+    finally:
+        pipeline.stop()
+        quiet.setLevel(level)
+    assert pipeline.engine is not None
+    return {
+        "crops_per_s": round(crops / elapsed, 1),
+        "mean_batch": snap["stages"]["classify"]["mean_batch"],  # type: ignore[index]
+        "precision": pipeline.engine.precision,
+        "snapshot": snap,
+    }
+
+
+def bench_model(key: str, opts: BenchOptions, workdir: Path) -> dict[str, Any]:
+    network, classes, size = MODELS[key]
+    weights = workdir / f"{network}_untrained-{key}.pt"
+    if not weights.exists():
+        save_untrained(network, weights, [f"species {i}" for i in range(classes)], size)
+    device = resolve_device(opts.device)
+
+    def fresh() -> Classifier:
+        return load_classifier(ModelConfig(file=str(weights), device=str(device)))
+
+    precision = Precision.resolve(device, opts.precision, opts.channels_last)
+    result: dict[str, Any] = {"model": key, "network": network, "input": list(size), "device": str(device)}
+    result["precision"] = {"dtype": precision.dtype, "channels_last": precision.channels_last}
+    frames, boxes = synthetic_crops(opts.crops)
+
+    log.info("%s: model-only throughput", key)
+    clf = fresh()
+    result["model_only"] = {str(b): round(model_only(clf, precision, b, opts.min_s), 1) for b in (1, 8, 32)}
+
+    log.info("%s: batched engine against the naive loop on %d crops", key, opts.crops)
+    naive = naive_loop(fresh(), frames, boxes, opts.min_s)
+    ours = batched(fresh(), precision, opts.batch_size, frames, boxes, opts.min_s)
+    result["naive_vs_batched"] = {
+        "crops": opts.crops,
+        "naive_crops_per_s": round(naive, 1),
+        "batched_crops_per_s": round(ours, 1),
+        "ratio": round(ours / naive, 2),
+    }
+    if opts.tune:
+        log.info("%s: tuning precision and memory format", key)
+        result["tune"] = tune(fresh, opts.batch_size, opts.min_s)
+
+    log.info("%s: pipeline with %d cameras for %.0f s", key, opts.cameras, opts.seconds)
+    run = pipeline_run(weights, opts, workdir)
+    mean_batch = max(1, round(run["mean_batch"]))
+    same_work = model_only(fresh(), run["precision"], mean_batch, opts.min_s)
+    snap = run["snapshot"]
+    result["pipeline"] = {
+        "cameras": opts.cameras,
+        "camera_fps": opts.fps,
+        "seconds": opts.seconds,
+        "crops_per_s": run["crops_per_s"],
+        "mean_classify_batch": run["mean_batch"],
+        "model_only_same_batch_crops_per_s": round(same_work, 1),
+        "ratio": round(run["crops_per_s"] / same_work, 2),
+        "frames_read": sum(c["frames_read"] for c in snap["cameras"].values()),
+        "frames_dropped": sum(c["frames_dropped"] for c in snap["cameras"].values()),
+        "latency_ms": snap["latency_ms"],
+        "stages": {
+            name: {k: stage[k] for k in ("wait_ms", "batch_ms", "mean_batch", "busy")}
+            for name, stage in snap["stages"].items()
+        },
+    }
+    return result
+
+
+def run_bench(opts: BenchOptions) -> dict[str, Any]:
+    with contextlib.ExitStack() as stack:
+        workdir = opts.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="birdwatch-bench-")))
+        workdir.mkdir(parents=True, exist_ok=True)
+        results = [bench_model(key, opts, workdir) for key in opts.models]
+    return {
+        "note": NOTE,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "results": results,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+def format_table(report: dict[str, Any]) -> str:
+    lines = [f"birdwatch bench ({report['note']}); torch {report['torch']}, {report['threads']} threads", ""]
+    for r in report["results"]:
+        p = r["precision"]
+        lines.append(
+            f"== {r['model']} ({r['network']}, {r['input'][0]} px) on {r['device']}, "
+            f"{p['dtype']}{' channels_last' if p['channels_last'] else ''}"
+        )
+        mo = r["model_only"]
+        lines.append(f"model only (img/s):  batch 1 {mo['1']:>7}   batch 8 {mo['8']:>7}   batch 32 {mo['32']:>7}")
+        nb = r["naive_vs_batched"]
+        lines.append(
+            f"naive infer_image loop:     {nb['naive_crops_per_s']:>7} crops/s   batched engine "
+            f"{nb['batched_crops_per_s']:>7} crops/s   ratio {nb['ratio']}x  ({nb['crops']} crops)"
+        )
+        pl = r["pipeline"]
+        lines.append(
+            f"pipeline, {pl['cameras']} cameras @ {pl['camera_fps']:g} fps: {pl['crops_per_s']:>7} crops/s "
+            f"(mean batch {pl['mean_classify_batch']}); model only at that batch "
+            f"{pl['model_only_same_batch_crops_per_s']} -> ratio {pl['ratio']}"
+        )
+        lat = pl["latency_ms"]
+        lines.append(
+            f"latency read->event:        p50 {lat['read_to_event']['p50']} ms   p95 {lat['read_to_event']['p95']} ms"
+        )
+        for name, st in pl["stages"].items():
+            lines.append(
+                f"  {name:<9} queue wait p50 {st['wait_ms']['p50']} / p95 {st['wait_ms']['p95']} ms, "
+                f"batch p50 {st['batch_ms']['p50']} / p95 {st['batch_ms']['p95']} ms, "
+                f"mean batch {st['mean_batch']}, busy {100 * st['busy']:.0f}%"
+            )
+        lines.append(f"frames read {pl['frames_read']}, dropped {pl['frames_dropped']}")
+        for row in r.get("tune", []):
+            lines.append(
+                f"  tune: {row['precision']:<5} channels_last={row['channels_last']!s:<5} "
+                f"batch {row['batch']}: {row['img_per_s']} img/s"
+            )
+        if r.get("tune"):
+            best = r["tune"][0]
+            lines.append(
+                f"  best here -> engine: {{precision: {best['precision']}, "
+                f"channels_last: {str(best['channels_last']).lower()}}}"
+            )
+        lines.append("")
+    lines.append(f"peak RSS {report['peak_rss_mb']} MB")
+    return "\n".join(lines)
+
+
+def main(opts: BenchOptions, as_json: bool) -> int:
+    report = run_bench(opts)
+    print(json.dumps(report, indent=2, default=str) if as_json else format_table(report))
+    return 0
