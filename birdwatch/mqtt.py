@@ -42,6 +42,8 @@ _UNTRACKED = None  # a publish nobody waits for (status, discovery, state, snaps
 
 
 class EventSink(Protocol):
+    @property
+    def online(self) -> bool: ...  # can events be delivered now
     def describe(self, cameras: list[str], model: str) -> None: ...
     def start(self) -> None: ...
     def publish_event(
@@ -71,6 +73,10 @@ class Topics:
 
 class LogSink:
     """No broker configured: events are only logged (the pipeline logs each) and kept in the history."""
+
+    @property
+    def online(self) -> bool:
+        return True
 
     def describe(self, cameras: list[str], model: str) -> None:
         pass
@@ -123,6 +129,10 @@ class MqttSink:
         client.on_connect_fail = self._on_connect_fail
         client.on_publish = self._on_publish
         self.client = client
+
+    @property
+    def online(self) -> bool:
+        return self.connected.is_set()
 
     @property
     def where(self) -> str:

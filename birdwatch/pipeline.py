@@ -138,7 +138,8 @@ class Pipeline:
     # -- lifecycle --
 
     def start(self) -> None:
-        """Everything a user can get wrong fails here, before any camera is opened: secrets, then weights."""
+        """Everything a user can get wrong fails here, before any camera is opened: secrets, weights, the
+        species lists, the database."""
         cfg = self.config
         if self._sink is None:
             mqtt = cfg.mqtt
@@ -150,6 +151,8 @@ class Pipeline:
         if engine_cfg.threads:
             torch.set_num_threads(engine_cfg.threads)
         classifier = self._classifier or load_classifier(self.config.model)
+        check_species_lists(cfg.events, classifier.class_names, classifier.name)
+        self.store = EventStore(cfg.store.path)
         precision = Precision.resolve(classifier.device, engine_cfg.precision, engine_cfg.channels_last)
         self.engine = ClassifierEngine(
             classifier,
@@ -158,8 +161,6 @@ class Pipeline:
             precision=precision,
             compile=engine_cfg.compile,
         )
-        check_species_lists(cfg.events, classifier.class_names, classifier.name)
-        self.store = EventStore(cfg.store.path)
         self.visits = Visits(cfg.tracking, cfg.events, classifier.name, top_k=self.engine.top_k)
         names = [cam.name for cam in cfg.cameras]
         self._day = local_day(time.time())
@@ -232,7 +233,8 @@ class Pipeline:
             with self._visits_lock:
                 ended = self._with_snapshots(self.visits.close())  # birds still there: their visits end now
             self.publish(ended)
-        if self.outbox is not None and not self.outbox.flush(FLUSH_S):
+        # Waiting for acknowledgements only makes sense with a broker to give them.
+        if self.outbox is not None and not self.outbox.flush(FLUSH_S if self.sink.online else 0.0):
             assert self.store is not None
             log.warning(
                 "%d event(s) not acknowledged by the broker yet; they are kept and sent at the next start",

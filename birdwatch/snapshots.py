@@ -3,7 +3,7 @@
 Files live under `<dir>/<camera>/<YYYY-MM-DD>/` (local date of the visit's start), one pair per
 visit, rewritten when a later event of the visit has a better picture. Retention keeps the
 directory within an age, a total size and a file count, oldest files first; it runs after writes
-at most once a minute, so a busy feeder does not rescan the disk for every picture.
+at most every ten minutes, so a busy feeder does not rescan the disk for every picture.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from birdwatch.types import local_day
 
 log = logging.getLogger(__name__)
 
-_PRUNE_EVERY_S = 60.0
+_PRUNE_EVERY_S = 600.0
 _BOX_COLOUR = (0, 200, 255)  # BGR amber: visible on sky and on foliage
 
 

@@ -112,7 +112,7 @@ def check_species_lists(cfg: EventsConfig, class_names: Iterable[str], model: st
     for key in ("allow", "block"):
         for i, name in enumerate(getattr(cfg, key)):
             if name not in known:
-                close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+                close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
                 hint = f"did you mean {close[0]!r}?" if close else "species names are as the model spells them"
                 raise ConfigError(f"events.{key}[{i}]: {name!r} is not a species of model {model}; {hint}")
 

@@ -245,5 +245,27 @@ def test_bad_input_stops_with_one_line(config: str, expected: str, tmp_path: Pat
     assert "Traceback" not in log
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (
+            {"events": {"block": ["Test specis 042"]}},
+            "events.block[0]: 'Test specis 042' is not a species of model hgnet_v2_b2_untrained-danube; "
+            "did you mean 'Test species 042'?",
+        ),
+        ({"store": {"path": "."}}, "store.path: cannot use . as birdwatch's event database"),
+    ],
+)
+def test_what_needs_the_model_or_the_disk_stops_with_one_line(
+    extra: dict[str, Any], expected: str, danube_weights: Path, tmp_path: Path
+) -> None:
+    cameras = [{"name": "feeder", "url": "rtsp://127.0.0.1:9/none"}]
+    code, log = run_to_exit({**base_config(danube_weights, cameras, None), **extra}, tmp_path)
+    assert code == 2, log[-2000:]
+    assert log.strip().splitlines()[-1].startswith(f"birdwatch: error: {expected}")
+    assert "Traceback" not in log and "cannot connect" not in log, "it stops before opening any camera"
+
+
 def test_untrained_weights_name_matches_fixture() -> None:
     assert DANUBE["network"] == "hgnet_v2_b2"

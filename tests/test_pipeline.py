@@ -34,6 +34,8 @@ SIZES = {"small": (320, 240), "wide": (640, 360), "mid": (480, 272)}
 class ListSink:
     """Keeps what the pipeline publishes, in this process; acknowledges at once."""
 
+    online = True
+
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
         self.states: list[CameraState] = []
