@@ -32,9 +32,11 @@ def setup_logging(level: str) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from birdwatch.config import load_config
     from birdwatch.pipeline import Pipeline
+    from birdwatch.redact import install_log_redaction
 
     config = load_config(args.config)
     setup_logging(args.log_level or config.log_level)
+    install_log_redaction([*config.secrets(), config.mqtt.password_value() or ""])
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
