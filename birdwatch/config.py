@@ -408,7 +408,7 @@ def _check_camera_url(value: str | int, path: str) -> None:
             parts.port  # noqa: B018 (parsing it is the check)
         except ValueError as exc:
             raise ConfigError(f"{path}: {redact_url(value)!r} is not a valid URL ({exc})") from None
-        if not parts.hostname:
+        if not parts.hostname and scheme not in ("udp", "tcp", "srt"):  # those may listen: udp://@:1234
             raise ConfigError(f"{path}: {redact_url(value)!r} has no host; e.g. rtsp://192.168.1.20:554/stream1")
         return
     if value.startswith("/dev/"):
