@@ -24,6 +24,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from birdwatch import systemd
 from birdwatch.batching import Batcher
 from birdwatch.capture import CameraReader
 from birdwatch.config import CameraConfig
@@ -31,6 +32,8 @@ from birdwatch.config import Config
 from birdwatch.engine import ClassifierEngine
 from birdwatch.engine import Precision
 from birdwatch.events import Throttle
+from birdwatch.metrics import StatsReport
+from birdwatch.metrics import summary_line
 from birdwatch.models import Classifier
 from birdwatch.models import load_classifier
 from birdwatch.motion import MotionDetector
@@ -46,6 +49,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MAX_CONSECUTIVE_FAILURES = 5  # a stage that fails this often in a row is broken, not unlucky
+STAGE_HUNG_S = 30.0  # a stage thread silent this long is hung: the systemd watchdog ping is withheld
 
 
 @dataclass
@@ -115,6 +119,12 @@ class Pipeline:
             size_of=lambda job: len(job.detections),
         )
         self._workers: list[threading.Thread] = []
+        # Each stage thread stamps this on every pass (work or idle), so a thread stuck inside a
+        # model call shows up as a stale stamp and the watchdog ping stops.
+        self._heartbeat = {"detect": time.monotonic(), "classify": time.monotonic()}
+        self._watchdog = systemd.Watchdog()
+        self._hung_reported = False
+        self._stats_report = StatsReport()
         self._last_report = time.monotonic()
         self._report_marks: dict[str, tuple[int, int]] = {}
 
@@ -164,6 +174,7 @@ class Pipeline:
         """Supervise until `stop` is set, every source has ended (files without loop), or a stage is
         broken. Returns the exit code."""
         while not stop.wait(0.25):
+            self._beat()
             if self.fatal:
                 log.error("stopping: %s", self.fatal)
                 return 1
@@ -176,6 +187,26 @@ class Pipeline:
             if time.monotonic() - self._last_report >= self.config.stats_interval_s:
                 self.report()
         return 0
+
+    def _beat(self) -> None:
+        """Ping systemd's watchdog only while every stage thread is alive and making progress."""
+        now = time.monotonic()
+        stale = [
+            (name, now - stamp)
+            for (name, stamp), worker in zip(self._heartbeat.items(), self._workers, strict=False)
+            if worker.is_alive() and now - stamp > STAGE_HUNG_S
+        ]
+        if not stale:
+            self._hung_reported = False
+            self._watchdog.beat(now)
+        elif not self._hung_reported:
+            self._hung_reported = True
+            name, silent = stale[0]
+            log.error(
+                "the %s stage has made no progress for %.0f s; withholding the watchdog so systemd restarts us",
+                name,
+                silent,
+            )
 
     def stop(self, timeout: float = 8.0) -> bool:
         """Stop capture, drain the queued work through both stages, then the sink. False if a camera
@@ -205,6 +236,7 @@ class Pipeline:
         try:
             while True:
                 frames = self.detect_queue.get_batch(timeout=0.5)
+                self._heartbeat["detect"] = time.monotonic()
                 if not frames:
                     if self.detect_queue.closed and self.detect_queue.depth() == 0:
                         return
@@ -222,6 +254,7 @@ class Pipeline:
     def _classify_worker(self) -> None:
         while True:
             jobs = self.classify_queue.get_batch(timeout=0.5)
+            self._heartbeat["classify"] = time.monotonic()
             if not jobs:
                 if self.classify_queue.closed and self.classify_queue.depth() == 0:
                     return
@@ -362,10 +395,19 @@ class Pipeline:
                 "wait_ms": percentiles_ms(st.wait_s),
                 "batch_ms": percentiles_ms(st.batch_s),
             }
+        classify = self.stages["classify"]
+        sink = self._sink
+        connected = getattr(sink, "connected", None)
         return {
             "elapsed_s": round(elapsed, 2),
             "cameras": cameras,
             "stages": stages,
+            "queues": {name: stage["queue_depth"] for name, stage in stages.items()},
+            "batches": classify.batches,
+            "infer_s": round(classify.busy_s, 3),
+            "events_published": getattr(sink, "published", self.stats.events),
+            "events_pending": getattr(sink, "pending", None),
+            "mqtt_connected": connected.is_set() if isinstance(connected, threading.Event) else None,
             "crops": self.stats.crops,
             "crops_per_s": round(self.stats.crops / elapsed, 2),
             "events": self.stats.events,
@@ -392,6 +434,9 @@ class Pipeline:
                 f"queued {c['queue_depth']}, reconnects {st.reconnects}"
             )
         self._last_report = now
+        systemd.status(summary_line(snap))
+        if self._sink is not None and not final:
+            self._sink.publish_stats(self._stats_report.json(snap))
         latency = snap["latency_ms"]["read_to_decision"]  # type: ignore[index]
         log.info(
             "%s %s | crops %d (%.1f/s), classify %.0f ms per batch, read-to-decision p50 %s ms p95 %s ms, events %d",

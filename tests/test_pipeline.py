@@ -36,6 +36,8 @@ class ListSink:
     def publish(self, event: Event) -> None:
         self.events.append(event)
 
+    def publish_stats(self, payload: str) -> None: ...
+
     def stop(self) -> None: ...
 
 
