@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 VENV_FLAGS ?=
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bench models clean
+.PHONY: run test lint bench soak models clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "birdwatch needs Python 3.11+"'
@@ -24,15 +24,20 @@ run: $(VENV)/.installed
 	$(BIN)/birdwatch run --config $(CONFIG)
 
 test: $(VENV)/.installed
-	$(BIN)/ruff check birdwatch tests
+	$(BIN)/ruff check birdwatch tests bench
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check birdwatch tests
-	$(BIN)/ruff format --check birdwatch tests
+	$(BIN)/ruff check birdwatch tests bench
+	$(BIN)/ruff format --check birdwatch tests bench
 
 bench: $(VENV)/.installed
 	$(BIN)/birdwatch bench
+
+# Leak check: the pipeline at full speed on looping clips; SOAK_SECONDS=3600 for a long one.
+SOAK_SECONDS ?= 180
+soak: $(VENV)/.installed
+	$(BIN)/python bench/soak.py --seconds $(SOAK_SECONDS)
 
 models: $(VENV)/.installed
 	$(BIN)/birdwatch models pull --config $(CONFIG)

@@ -34,10 +34,12 @@ def setup_logging(level: str) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from birdwatch.config import load_config
+    from birdwatch.redact import install_log_redaction
     from birdwatch.service import Service
 
     config = load_config(args.config)
     setup_logging(args.log_level or config.log_level)
+    install_log_redaction([*config.secrets(), config.mqtt.password_value() or ""])
     service = Service(args.config, config)
     service.install_signal_handlers()
     return service.run()

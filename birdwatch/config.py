@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
+import logging
 import os
 import re
 import types
@@ -18,14 +20,18 @@ from dataclasses import field
 from pathlib import Path
 from typing import Any
 from typing import Literal
+from urllib.parse import urlsplit
 
 import yaml
 
 from birdwatch.errors import ConfigError
 from birdwatch.redact import redact_url
 
+log = logging.getLogger(__name__)
+
 URL_SCHEMES = ("rtsp", "rtsps", "http", "https", "rtmp", "srt", "udp", "tcp")
-_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_MAX_DEVICE_INDEX = 1023  # V4L2 allows at most 1024 /dev/videoN nodes
 
 
 def _range(lo: float | None = None, hi: float | None = None) -> dict[str, Any]:
@@ -89,6 +95,16 @@ class EngineConfig:
 
 
 @dataclass
+class MqttTlsConfig:
+    """TLS to the broker. Present (even empty, `tls: {}`) means TLS on, verified against the system CAs."""
+
+    ca_file: str | None = field(default=None, metadata={"check": "readable_file"})  # CA that signed the broker
+    cert_file: str | None = field(default=None, metadata={"check": "readable_file"})  # client certificate (PEM)
+    key_file: str | None = field(default=None, metadata={"check": "readable_file"})  # its private key (PEM)
+    insecure: bool = False  # skip the host name check (the certificate chain is still verified)
+
+
+@dataclass
 class MqttConfig:
     host: str | None = None  # no host: events are only logged
     port: int = field(default=1883, metadata=_range(1, 65535))
@@ -101,6 +117,7 @@ class MqttConfig:
     keepalive_s: int = field(default=30, metadata=_range(5, 3600))
     qos: Literal[0, 1, 2] = 1
     reconnect_max_s: float = field(default=60.0, metadata=_range(1, 3600))
+    tls: MqttTlsConfig | None = None  # null: plain TCP
 
     def password_value(self) -> str | None:
         """The password from wherever the config says it lives; read at start-up, never logged."""
@@ -113,6 +130,7 @@ class MqttConfig:
                 )
             return value
         if self.password_file:
+            warn_if_exposed(self.password_file, "the MQTT password")
             try:
                 return Path(self.password_file).read_text().strip()
             except OSError as exc:
@@ -120,6 +138,8 @@ class MqttConfig:
                     f"mqtt.password_file: cannot read {self.password_file!r} ({exc.strerror}); "
                     "create it with the password on one line"
                 ) from None
+            except (UnicodeDecodeError, ValueError) as exc:
+                raise ConfigError(f"mqtt.password_file: {self.password_file!r} is not text ({exc})") from None
         return self.password
 
 
@@ -171,6 +191,15 @@ class StoreConfig:
 
 
 @dataclass
+class MetricsConfig:
+    """Prometheus /metrics and /healthz over HTTP. Off by default; loopback only unless `bind` says otherwise."""
+
+    enabled: bool = False
+    bind: str = field(default="127.0.0.1", metadata={"check": "bind_address"})  # 0.0.0.0: every interface
+    port: int = field(default=9464, metadata=_range(1, 65535))
+
+
+@dataclass
 class Config:
     cameras: list[CameraConfig]
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -182,6 +211,7 @@ class Config:
     snapshots: SnapshotsConfig = field(default_factory=SnapshotsConfig)
     homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     stats_interval_s: float = field(default=60.0, metadata=_range(1, 86400))
 
@@ -189,6 +219,12 @@ class Config:
         """Strings that must never reach a log line."""
         out = [self.mqtt.password or ""]
         return [s for s in out if s]
+
+    def inline_secrets(self) -> list[str]:
+        """Key paths whose value in the file itself is a secret (so the file must not be readable by others)."""
+        out = ["mqtt.password"] if self.mqtt.password else []
+        out += [f"cameras[{i}].url" for i, cam in enumerate(self.cameras) if url_has_password(cam.url)]
+        return out
 
 
 # ---- loading -------------------------------------------------------------------------------
@@ -200,19 +236,59 @@ def load_config(path: str | Path) -> Config:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
-    return parse_config(text, source=str(path))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a text file ({exc})") from None
+    config = parse_config(text, source=str(path))
+    holds = config.inline_secrets()
+    if holds:
+        warn_if_exposed(path, ", ".join(holds))
+    if config.mqtt.tls and config.mqtt.tls.key_file:
+        warn_if_exposed(config.mqtt.tls.key_file, "the MQTT client key")
+    return config
+
+
+_warned_exposed: set[tuple[str, int]] = set()
+
+
+def warn_if_exposed(path: str | Path, holds: str) -> bool:
+    """Warn (one line, once per file and mode) when a file holding a secret can be read by its group or
+    by others. True if it warned. The service reads its files as the `birdwatch` user, which should own
+    them with mode 600."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False  # a missing file is reported where it is read
+    if not mode & 0o044 or (str(path), mode) in _warned_exposed:
+        return False
+    _warned_exposed.add((str(path), mode))
+    who = " and ".join(w for bit, w in ((0o040, "its group"), (0o004, "others")) if mode & bit)
+    log.warning(
+        "%s holds %s and can be read by %s (mode %04o); restrict it: chmod 600 %s",
+        path,
+        holds,
+        who,
+        mode & 0o7777,
+        path,
+    )
+    return True
+
+
+def url_has_password(url: str | int) -> bool:
+    return isinstance(url, str) and redact_url(url) != url
 
 
 def parse_config(text: str, source: str = "config") -> Config:
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: no arbitrary objects
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{source}:{where}: invalid YAML: {problem}") from None
-    except (ValueError, RecursionError) as exc:  # odd scalars, e.g. dates out of range
-        raise ConfigError(f"{source}: invalid YAML: {exc}") from None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{source}:{where}: invalid YAML: {_one_line(problem)}") from None
+    except (ValueError, OverflowError) as exc:  # odd scalars, e.g. an integer of 5000 digits
+        raise ConfigError(f"{source}: invalid YAML: {_one_line(str(exc))}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: invalid YAML: nested too deeply") from None
     if data is None:
         raise ConfigError(f"{source}: the file is empty; it needs at least a `cameras:` list")
     try:
@@ -223,10 +299,39 @@ def parse_config(text: str, source: str = "config") -> Config:
     return config
 
 
+class _Loader(yaml.SafeLoader):
+    """yaml.SafeLoader whose bad scalars fail as YAML errors with a position. PyYAML's own constructors
+    raise ValueError, IndexError or AttributeError for values its resolver accepted or a tag forced
+    (`!!float ''`, a timestamp with a +02:09:20 offset)."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, TypeError, AttributeError, IndexError, KeyError, OverflowError) as exc:
+            kind = node.tag.rsplit(":", 1)[-1]
+            shown = f" {node.value!r}"[:60] if isinstance(node, yaml.ScalarNode) else ""
+            problem = f"invalid {kind}{shown} ({_one_line(str(exc), 80)}); quote it if it is text"
+            raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark) from None
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _key_name(key: Any) -> str:
+    """A mapping key as it may appear in a key path: plain names as they are, anything odd quoted."""
+    if isinstance(key, str) and key.isprintable() and key and len(key) <= 64:
+        return key
+    shown = repr(key)
+    return shown if len(shown) <= 64 else shown[:61] + "..."
+
+
 def _describe(value: Any) -> str:
-    shown = redact_url(value) if isinstance(value, str) else repr(value)
-    if isinstance(value, str):
-        shown = repr(shown)
+    try:
+        shown = repr(redact_url(value)) if isinstance(value, str) else repr(value)
+    except (ValueError, RecursionError):  # an int past Python's digit limit, a value nested too deeply
+        shown = f"<{type(value).__name__}>"
     if len(shown) > 60:
         shown = shown[:57] + "..."
     return f"{shown} ({type(value).__name__})"
@@ -256,6 +361,9 @@ def _build(tp: Any, value: Any, path: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        sections = [a for a in args if dataclasses.is_dataclass(a)]
+        if sections and isinstance(value, dict):
+            return _build(sections[0], value, path)  # an optional section: its own errors are the useful ones
         for arg in args:
             if arg is type(None):
                 continue
@@ -281,7 +389,10 @@ def _build(tp: Any, value: Any, path: str) -> Any:
             return value
     elif tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool) and value == value:  # not NaN
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an integer beyond any float
+                raise ConfigError(f"{path}: {_describe(value)} is too large") from None
     elif tp is str and isinstance(value, str):
         return value
     raise ConfigError(f"{path}: expected {_type_name(tp)}, got {_describe(value)}")
@@ -295,9 +406,10 @@ def _build_dataclass(cls: Any, value: Any, path: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
     for key, item in value.items():
-        key_path = f"{path}.{key}" if path else str(key)
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), fields, n=1)
+        name = _key_name(key)
+        key_path = f"{path}.{name}" if path else name
+        if not isinstance(key, str) or key not in fields:
+            close = difflib.get_close_matches(name, fields, n=1)
             hint = f"did you mean {close[0]!r}?" if close else "expected one of: " + ", ".join(fields)
             raise ConfigError(f"{key_path}: unknown key; {hint}")
         f = fields[key]
@@ -315,17 +427,18 @@ def _check_value(f: dataclasses.Field, value: Any, path: str) -> None:
         return
     lo, hi = f.metadata.get("min"), f.metadata.get("max")
     if isinstance(value, int | float) and not isinstance(value, bool):
+        shown = _describe(value).rsplit(" (", 1)[0]
         if lo is not None and value < lo:
-            raise ConfigError(f"{path}: {value} is too small; expected at least {lo}")
+            raise ConfigError(f"{path}: {shown} is too small; expected at least {lo}")
         if hi is not None and value > hi:
-            raise ConfigError(f"{path}: {value} is too large; expected at most {hi}")
+            raise ConfigError(f"{path}: {shown} is too large; expected at most {hi}")
     check = f.metadata.get("check")
     if check:
         _CHECKS[check](value, path)
 
 
 def _check_camera_name(value: str, path: str) -> None:
-    if not _NAME.match(value):
+    if not _NAME.fullmatch(value):
         raise ConfigError(
             f"{path}: {value!r} is not a valid camera name; use 1-64 letters, digits, '_' or '-' "
             "(it becomes part of MQTT topics)"
@@ -336,6 +449,8 @@ def _check_camera_url(value: str | int, path: str) -> None:
     if isinstance(value, int):
         if value < 0:
             raise ConfigError(f"{path}: device index {value} is negative; use 0 for /dev/video0")
+        if value > _MAX_DEVICE_INDEX:
+            raise ConfigError(f"{path}: device index {_describe(value)} is too large; use N for /dev/videoN")
         return
     if not value.strip():
         raise ConfigError(f"{path}: empty; expected rtsp://, http(s)://, /dev/videoN, a device index or a file")
@@ -346,10 +461,17 @@ def _check_camera_url(value: str | int, path: str) -> None:
                 f"{path}: unsupported scheme {scheme!r} in {redact_url(value)!r}; expected one of "
                 + ", ".join(f"{s}://" for s in URL_SCHEMES)
             )
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 (parsing it is the check)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: {redact_url(value)!r} is not a valid URL ({exc})") from None
+        if not parts.hostname and scheme not in ("udp", "tcp", "srt"):  # those may listen: udp://@:1234
+            raise ConfigError(f"{path}: {redact_url(value)!r} has no host; e.g. rtsp://192.168.1.20:554/stream1")
         return
     if value.startswith("/dev/"):
         return  # a V4L2 device may appear later (USB hot-plug); capture retries
-    if not Path(value).expanduser().is_file():
+    if "\0" in value or not Path(value).expanduser().is_file():
         raise ConfigError(f"{path}: video file {value!r} does not exist; give a camera URL, /dev/videoN or a file")
 
 
@@ -363,11 +485,34 @@ def _check_topic_prefix(value: str, path: str) -> None:
         raise ConfigError(f"{path}: {value!r} is not a usable MQTT topic prefix; e.g. 'birdwatch' or 'home/birds'")
 
 
+def _check_readable_file(value: str, path: str) -> None:
+    if "\0" in value or not value.strip():
+        raise ConfigError(f"{path}: {value!r} is not a file name")
+    file = Path(value).expanduser()
+    if not file.is_file():
+        raise ConfigError(f"{path}: file {value!r} does not exist; give the path of a PEM file")
+    if not os.access(file, os.R_OK):
+        raise ConfigError(f"{path}: {value!r} is not readable by this user; check its owner and mode")
+
+
+def _check_bind_address(value: str, path: str) -> None:
+    if value == "localhost":
+        return
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ConfigError(
+            f"{path}: {value!r} is not an IP address; e.g. 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)"
+        ) from None
+
+
 _CHECKS: dict[str, Callable[[Any, str], None]] = {
     "camera_name": _check_camera_name,
     "camera_url": _check_camera_url,
     "device": _check_device,
     "topic_prefix": _check_topic_prefix,
+    "readable_file": _check_readable_file,
+    "bind_address": _check_bind_address,
 }
 
 
@@ -391,6 +536,12 @@ def _check_config(config: Config, source: str) -> None:
         raise ConfigError(f"{source}: mqtt: give only one of {', '.join('mqtt.' + k for k in given)}")
     if given and not mqtt.username:
         raise ConfigError(f"{source}: mqtt.username: required when a password is given")
+    tls = mqtt.tls
+    if tls is not None and bool(tls.cert_file) != bool(tls.key_file):
+        have, missing = ("cert_file", "key_file") if tls.cert_file else ("key_file", "cert_file")
+        raise ConfigError(
+            f"{source}: mqtt.tls.{missing}: required with mqtt.tls.{have} (a client certificate needs its key)"
+        )
     events = config.events
     for key in ("allow", "block"):
         names = getattr(events, key)

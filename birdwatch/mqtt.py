@@ -8,9 +8,10 @@ Topics under `<prefix>` (mqtt.topic_prefix):
 | `<prefix>/<camera>/event` | visit event JSON (`new`, `update`, `end`) | no |
 | `<prefix>/<camera>/snapshot` | the visit's best crop, raw JPEG bytes | yes |
 | `<prefix>/<camera>/state` | camera state JSON for Home Assistant | yes |
+| `<prefix>/stats` | periodic counters JSON (QoS 0) | no |
 | `<discovery_prefix>/<component>/<node>/<object>/config` | Home Assistant discovery | yes |
 
-paho's network thread reconnects by itself (connect_async + loop_start). QoS 1 messages published
+TLS per `mqtt.tls`. paho's network thread reconnects by itself (connect_async + loop_start). QoS 1 messages published
 while disconnected wait in paho's queue and go out on reconnect; the outbox (store.py) keeps the
 authoritative copy of events and is told of each broker acknowledgement through `on_sent`.
 """
@@ -20,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import ssl
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -30,9 +33,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from birdwatch.config import HomeAssistantConfig
 from birdwatch.config import MqttConfig
+from birdwatch.config import MqttTlsConfig
 from birdwatch.discovery import CameraTopics
 from birdwatch.discovery import camera_configs
 from birdwatch.discovery import node_id
+from birdwatch.errors import ConfigError
 from birdwatch.types import CameraState
 
 log = logging.getLogger(__name__)
@@ -50,6 +55,7 @@ class EventSink(Protocol):
         self, camera: str, payload: str, on_sent: Callable[[], None], snapshot: bytes | None = None
     ) -> bool: ...
     def publish_state(self, state: CameraState) -> None: ...
+    def publish_stats(self, payload: str) -> None: ...
     def stop(self) -> None: ...
 
 
@@ -69,6 +75,77 @@ class Topics:
 
     def state(self, camera: str) -> str:
         return f"{self.prefix}/{camera}/state"
+
+
+def stats_topic(prefix: str) -> str:
+    return f"{prefix}/stats"
+
+
+def tls_context(tls: MqttTlsConfig) -> ssl.SSLContext:
+    """A client context: the broker's chain verified against `ca_file` (or the system CAs), our own
+    certificate and key when given. Unreadable or mismatched PEM files are config errors, at start-up."""
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.ca_file)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise ConfigError(
+            f"mqtt.tls.ca_file: {tls.ca_file!r} holds no usable CA certificate ({_ssl_reason(exc)}); give a PEM file"
+        ) from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if tls.cert_file:
+
+        def no_passphrase() -> str:
+            # OpenSSL would otherwise prompt on the terminal, or hang a service that has none.
+            raise ConfigError(
+                f"mqtt.tls.key_file: {tls.key_file!r} is encrypted; birdwatch needs it unencrypted "
+                "(openssl pkey -in KEY -out KEY.plain; chmod 600 KEY.plain)"
+            )
+
+        try:
+            context.load_cert_chain(tls.cert_file, tls.key_file, password=no_passphrase)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(
+                f"mqtt.tls.cert_file/key_file: cannot load {tls.cert_file!r} with {tls.key_file!r} "
+                f"({_ssl_reason(exc)}); give the PEM client certificate and its own private key"
+            ) from None
+    if tls.insecure:
+        context.check_hostname = False  # the chain is still verified (verify_mode stays CERT_REQUIRED)
+    return context
+
+
+def configure_tls(client: mqtt.Client, tls: MqttTlsConfig | None) -> None:
+    """TLS on `client` per `mqtt.tls` (no-op for None). tls_set_context rather than tls_set: our own
+    context lets an encrypted key fail cleanly instead of prompting, and enforces TLS 1.2+."""
+    if tls is None:
+        return
+    client.tls_set_context(tls_context(tls))
+    if tls.insecure:
+        client.tls_insecure_set(True)
+        log.warning("mqtt.tls.insecure: the broker's host name is not checked against its certificate")
+
+
+def _ssl_reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return exc.verify_message or str(exc)
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return exc.reason.replace("_", " ").lower()
+    return getattr(exc, "strerror", None) or str(exc)
+
+
+def tls_failure_hint(exc: BaseException | None) -> str | None:
+    """One line for a failed TLS handshake, naming the config key to look at; None if `exc` is no TLS error."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (
+            f"TLS: the broker's certificate was not accepted ({_ssl_reason(exc)}); check mqtt.tls.ca_file "
+            "(the CA that signed the broker's certificate) and that mqtt.host is a name in that certificate"
+        )
+    if isinstance(exc, ssl.SSLError):
+        reason = _ssl_reason(exc)
+        if "certificate" in reason:  # e.g. tlsv13 alert certificate required, sslv3 alert bad certificate
+            return f"TLS: the broker refused the client certificate ({reason}); check mqtt.tls.cert_file and key_file"
+        if "wrong version" in reason or "record layer" in reason:
+            return f"TLS handshake failed ({reason}); is mqtt.port the broker's TLS listener (usually 8883)?"
+        return f"TLS handshake failed ({reason})"
+    return None
 
 
 class LogSink:
@@ -91,6 +168,9 @@ class LogSink:
         return True
 
     def publish_state(self, state: CameraState) -> None:
+        pass
+
+    def publish_stats(self, payload: str) -> None:
         pass
 
     def stop(self) -> None:
@@ -124,6 +204,7 @@ class MqttSink:
         client.will_set(self.topics.status, "offline", qos=1, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=int(cfg.reconnect_max_s))
         client.max_queued_messages_set(MAX_QUEUED)
+        configure_tls(client, cfg.tls)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_connect_fail = self._on_connect_fail
@@ -184,6 +265,11 @@ class MqttSink:
             self._retained[topic] = payload
         self._publish(topic, payload, retain=True)
 
+    def publish_stats(self, payload: str) -> None:
+        """Periodic counters on `<prefix>/stats`: QoS 0 and not retained, a stale figure is worthless."""
+        if self.connected.is_set():
+            self._publish(stats_topic(self.topics.prefix), payload, qos=0, warn=False)
+
     def stop(self, timeout: float = 3.0) -> None:
         """Say `offline` (retained) before leaving, so Home Assistant shows it at once, not after the keepalive."""
         if self.connected.is_set():
@@ -201,11 +287,13 @@ class MqttSink:
         retain: bool = False,
         qos: int = 1,
         on_sent: Callable[[], None] | None = _UNTRACKED,
+        warn: bool = True,
     ) -> bool:
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE or (qos == 0 and info.rc != mqtt.MQTT_ERR_SUCCESS):
             self.refused += 1
-            log.warning("MQTT: %s not queued (%s; broker %s)", topic, mqtt.error_string(info.rc), self.where)
+            if warn:
+                log.warning("MQTT: %s not queued (%s; broker %s)", topic, mqtt.error_string(info.rc), self.where)
             return False
         # Every publish is registered, so an early ack can always be matched to its own message and
         # a message id reused later (paho wraps at 65535) never finds a stale entry.
@@ -260,9 +348,31 @@ class MqttSink:
         self.connected.clear()
         if was:
             log.warning("MQTT connection to %s lost (%s); reconnecting, events are queued", self.where, reason)
+        elif getattr(reason, "is_failure", False) and not self._warned_down:
+            # Dropped before CONNACK: typically TLS expected by the listener, or our certificate refused
+            # after a TLS 1.3 handshake (which the client sees only on its first read).
+            self._warned_down = True
+            log.error(
+                "MQTT broker %s closed the connection before accepting it (%s); %s",
+                self.where,
+                reason,
+                self._tls_hint(),
+            )
+
+    def _tls_hint(self) -> str:
+        if self.cfg.tls is None:
+            return "if its listener uses TLS, set mqtt.tls (and cert_file/key_file if it requires client certificates)"
+        if not self.cfg.tls.cert_file:
+            return "if it requires client certificates, set mqtt.tls.cert_file and key_file"
+        return "check that it accepts the client certificate in mqtt.tls.cert_file (signed by a CA it trusts)"
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
-        if not self._warned_down:
+        # paho calls this inside its `except OSError:` block, so the failure itself is at hand.
+        hint = tls_failure_hint(sys.exc_info()[1])
+        if hint and not self._warned_down:
+            self._warned_down = True
+            log.error("MQTT broker %s: %s; retrying every %d s", self.where, hint, int(self.cfg.reconnect_max_s))
+        elif not self._warned_down:
             self._warned_down = True
             log.warning(
                 "MQTT broker %s unreachable; retrying every %d s at most, events are queued",

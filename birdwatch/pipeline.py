@@ -27,12 +27,15 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from birdwatch import systemd
 from birdwatch.batching import Batcher
 from birdwatch.capture import CameraReader
 from birdwatch.config import CameraConfig
 from birdwatch.config import Config
 from birdwatch.engine import ClassifierEngine
 from birdwatch.engine import Precision
+from birdwatch.metrics import StatsReport
+from birdwatch.metrics import summary_line
 from birdwatch.models import Classifier
 from birdwatch.models import load_classifier
 from birdwatch.motion import MotionDetector
@@ -54,6 +57,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MAX_CONSECUTIVE_FAILURES = 5  # a stage that fails this often in a row is broken, not unlucky
+STAGE_HUNG_S = 30.0  # a stage thread silent this long is hung: the systemd watchdog ping is withheld
 FLUSH_S = 5.0  # at stop, wait this long for the broker to acknowledge what is still in flight
 PRUNE_EVERY_S = 3600.0  # event history and snapshot retention
 
@@ -132,6 +136,12 @@ class Pipeline:
             size_of=lambda job: len(job.detections),
         )
         self._workers: list[threading.Thread] = []
+        # Each stage thread stamps this on every pass (work or idle), so a thread stuck inside a
+        # model call shows up as a stale stamp and the watchdog ping stops.
+        self._heartbeat = {"detect": time.monotonic(), "classify": time.monotonic()}
+        self._watchdog = systemd.Watchdog()
+        self._hung_reported = False
+        self._stats_report = StatsReport()
         self._last_report = time.monotonic()
         self._report_marks: dict[str, tuple[int, int]] = {}
 
@@ -202,6 +212,7 @@ class Pipeline:
         """Supervise until `stop` is set, every source has ended (files without loop), or a stage is
         broken. Returns the exit code."""
         while not stop.wait(0.25):
+            self._beat()
             if self.fatal:
                 log.error("stopping: %s", self.fatal)
                 return 1
@@ -214,6 +225,26 @@ class Pipeline:
             if time.monotonic() - self._last_report >= self.config.stats_interval_s:
                 self.report()
         return 0
+
+    def _beat(self) -> None:
+        """Ping systemd's watchdog only while every stage thread is alive and making progress."""
+        now = time.monotonic()
+        stale = [
+            (name, now - stamp)
+            for (name, stamp), worker in zip(self._heartbeat.items(), self._workers, strict=False)
+            if worker.is_alive() and now - stamp > STAGE_HUNG_S
+        ]
+        if not stale:
+            self._hung_reported = False
+            self._watchdog.beat(now)
+        elif not self._hung_reported:
+            self._hung_reported = True
+            name, silent = stale[0]
+            log.error(
+                "the %s stage has made no progress for %.0f s; withholding the watchdog so systemd restarts us",
+                name,
+                silent,
+            )
 
     def stop(self, timeout: float = 8.0) -> bool:
         """Stop capture, drain the queued work through both stages, then the sink. False if a camera
@@ -258,6 +289,7 @@ class Pipeline:
         try:
             while True:
                 frames = self.detect_queue.get_batch(timeout=0.5)
+                self._heartbeat["detect"] = time.monotonic()
                 if not frames:
                     if self.detect_queue.closed and self.detect_queue.depth() == 0:
                         return
@@ -275,6 +307,7 @@ class Pipeline:
     def _classify_worker(self) -> None:
         while True:
             jobs = self.classify_queue.get_batch(timeout=0.5)
+            self._heartbeat["classify"] = time.monotonic()
             # Frames without motion never come this far, so visits of birds that left end here.
             try:
                 self.tick()
@@ -470,10 +503,20 @@ class Pipeline:
                 "wait_ms": percentiles_ms(st.wait_s),
                 "batch_ms": percentiles_ms(st.batch_s),
             }
+        classify = self.stages["classify"]
+        sink = self._sink
+        connected = getattr(sink, "connected", None)
         return {
             "elapsed_s": round(elapsed, 2),
             "cameras": cameras,
             "stages": stages,
+            "queues": {name: stage["queue_depth"] for name, stage in stages.items()},
+            "batches": classify.batches,
+            "infer_s": round(classify.busy_s, 3),
+            # Acknowledged by the broker (or logged, without one), and still waiting in the outbox.
+            "events_published": self.outbox.sent if self.outbox is not None else self.stats.events,
+            "events_pending": self.store.count_pending() if self.store is not None and not self.store.closed else None,
+            "mqtt_connected": connected.is_set() if isinstance(connected, threading.Event) else None,
             "crops": self.stats.crops,
             "crops_per_s": round(self.stats.crops / elapsed, 2),
             "events": self.stats.events,
@@ -500,6 +543,9 @@ class Pipeline:
                 f"queued {c['queue_depth']}, reconnects {st.reconnects}"
             )
         self._last_report = now
+        systemd.status(summary_line(snap))
+        if self._sink is not None and not final:
+            self._sink.publish_stats(self._stats_report.json(snap))
         latency = snap["latency_ms"]["read_to_decision"]  # type: ignore[index]
         log.info(
             "%s %s | crops %d (%.1f/s), classify %.0f ms per batch, read-to-decision p50 %s ms p95 %s ms, events %d",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Iterable
 from urllib.parse import urlsplit
 from urllib.parse import urlunsplit
 
@@ -15,13 +17,14 @@ def redact_url(url: str | int) -> str:
         return str(url)
     try:
         parts = urlsplit(url)
-    except ValueError:
+        port = parts.port
+    except ValueError:  # e.g. an unclosed IPv6 bracket or a port out of range
         return _USERINFO.sub(lambda m: f"{m['scheme']}***@", url)
     if parts.password is None and "@" not in parts.netloc:
         return url
     host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
+    if port is not None:
+        host = f"{host}:{port}"
     user = parts.username or ""
     netloc = f"{user}:***@{host}" if parts.password is not None else f"{user}@{host}"
     query = re.sub(r"(?i)(password|passwd|pwd|token|key)=[^&]*", r"\1=***", parts.query)
@@ -35,3 +38,34 @@ def redact_text(text: str, secrets: list[str]) -> str:
         if secret:
             text = text.replace(secret, "***")
     return text
+
+
+class SecretFilter(logging.Filter):
+    """A handler filter that rewrites each record's message (and traceback) with secrets and URL
+    passwords replaced by ***: a last line of defence for messages that carry a URL or a password
+    from a library, an exception, or code that forgot to redact."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        super().__init__()
+        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)  # longest first: no partial leftovers
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # a record with mismatched args: leave it to the formatter's own error
+            return True
+        clean = redact_text(message, self.secrets)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redact_text(logging.Formatter().formatException(record.exc_info), self.secrets)
+        return True
+
+
+def install_log_redaction(secrets: Iterable[str], logger: logging.Logger | None = None) -> SecretFilter:
+    """Attach a SecretFilter to every handler of `logger` (default: the root logger, where records from
+    every module end up); call it after logging is configured."""
+    secret_filter = SecretFilter(secrets)
+    for handler in (logger or logging.getLogger()).handlers:
+        handler.addFilter(secret_filter)
+    return secret_filter

@@ -78,6 +78,7 @@ class EventStore:
     def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+        self.closed = False
         try:
             if readonly:
                 if not self.path.is_file():
@@ -102,6 +103,7 @@ class EventStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            self.closed = True
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:

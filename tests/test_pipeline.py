@@ -54,6 +54,8 @@ class ListSink:
     def publish_state(self, state: CameraState) -> None:
         self.states.append(state)
 
+    def publish_stats(self, payload: str) -> None: ...
+
     def stop(self) -> None: ...
 
 

@@ -21,9 +21,10 @@ class BirdwatchProcess:
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         self.log_path = self.workdir / "birdwatch.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.env: dict[str, str] = {}  # extra environment, e.g. NOTIFY_SOCKET as systemd sets it
 
     def start(self) -> BirdwatchProcess:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "birdwatch", "run", "--config", str(self.config_path)],

@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import NamedTuple
@@ -166,12 +167,23 @@ class _ServerProcess:
 
 
 class MosquittoBroker(_ServerProcess):
-    """Mosquitto on 127.0.0.1:port, anonymous, no persistence, verbose log in workdir."""
+    """Mosquitto on 127.0.0.1:port, anonymous, no persistence, verbose log in workdir.
+
+    `extra_config` lines go after the listener line, so listener options (cafile, certfile, keyfile,
+    require_certificate) apply to it; a further `listener` line in them opens a second listener.
+    """
 
     name = "mosquitto"
 
     def __init__(
-        self, workdir: Path, port: int | None = None, binary: str = "/usr/sbin/mosquitto", persistent: bool = False
+        self,
+        workdir: Path,
+        port: int | None = None,
+        binary: str = "/usr/sbin/mosquitto",
+        *,
+        allow_anonymous: bool = True,
+        extra_config: Sequence[str] = (),
+        persistent: bool = False,
     ) -> None:
         """persistent=True keeps sessions, subscriptions and queued messages across a restart (saved on
         SIGTERM), as a production broker does; the default broker forgets everything."""
@@ -183,7 +195,7 @@ class MosquittoBroker(_ServerProcess):
         )
         lines = [
             f"listener {self.port} {HOST}",
-            "allow_anonymous true",
+            f"allow_anonymous {'true' if allow_anonymous else 'false'}",
             *persistence,
             # Log to stderr, which start() sends to the log file: a file opened by mosquitto
             # itself would be opened after it drops root privileges and could be unwritable.
@@ -194,6 +206,7 @@ class MosquittoBroker(_ServerProcess):
         ]
         if os.geteuid() == 0:
             lines.append("user root")  # as root, mosquitto would otherwise switch to user "mosquitto"
+        lines += extra_config
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def _command(self) -> list[str]:

@@ -1,0 +1,1 @@
+"""Benchmarks and the soak test; run as scripts (`python bench/soak.py`), imported by tests."""
