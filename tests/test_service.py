@@ -145,6 +145,8 @@ def test_a_hung_stage_withholds_the_watchdog(
     monkeypatch.setenv("WATCHDOG_USEC", "400000")
     monkeypatch.setattr(pipeline_module, "STAGE_HUNG_S", 2.0)
     config = parse_config(yaml.safe_dump(looping_config(clip, danube_weights, ["a"])))
+    config.store.path = str(clip.parent / "hung.db")  # in this process: keep its state out of the cwd
+    config.snapshots.dir = str(clip.parent / "snapshots")
     classifier = load_classifier(config.model)
     release = threading.Event()
 
