@@ -8,6 +8,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 
 import numpy as np
@@ -42,7 +43,11 @@ def payload(event: VisitEvent) -> str:
 
 
 def sink_for(broker: MosquittoBroker, **overrides: object) -> MqttSink:
-    cfg = MqttConfig(host=broker.host, port=broker.port, topic_prefix="bwtest", reconnect_max_s=1, **overrides)  # type: ignore[arg-type]
+    # A client id of its own: a sink left over elsewhere with the same id would take the session over.
+    cfg = MqttConfig(
+        host=broker.host, port=broker.port, topic_prefix="bwtest", reconnect_max_s=1,
+        client_id=f"bwtest-{uuid.uuid4().hex[:8]}", **overrides,  # type: ignore[arg-type]
+    )  # fmt: skip
     return MqttSink(cfg, None, HomeAssistantConfig(discovery=False))
 
 
@@ -125,7 +130,7 @@ def test_camera_state_is_retained_and_sent_again_on_reconnect(
         state = CameraState("feeder", True, "Great Tit", 0.8, 3, "2026-11-24", "v1", time.time())
         sink.publish_state(state)
         late = mqtt_collector("bwtest/feeder/state")
-        (msg,) = late.wait_for(lambda m: m.retain, timeout=10)
+        msg = late.wait_for(lambda m: m.retain, timeout=10)[-1]
         assert json.loads(msg.payload)["present"] == "ON" and json.loads(msg.payload)["visits_today"] == 3
         mosquitto.stop()  # this broker forgets retained messages: birdwatch must send them again
         mosquitto.start()
