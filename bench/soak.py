@@ -74,7 +74,10 @@ def build_config(clips: list[Path], weights: Path, args: argparse.Namespace) -> 
             for i, clip in enumerate(clips)
         ],
         "model": {"file": str(weights), "device": args.device, "batch_size": args.batch_size},
-        "events": {"min_score": 0.0, "throttle_s": 60},
+        "events": {"min_score": 0.0, "cooldown_s": 60},
+        # The outbox, the history and the snapshots grow as in service; in the soak's own directory.
+        "store": {"path": str(clips[0].parent / "soak.db")},
+        "snapshots": {"dir": str(clips[0].parent / "snapshots")},
         "log_level": "WARNING",
         "stats_interval_s": 86400,  # the soak prints its own table
     }

@@ -31,6 +31,9 @@ from birdwatch.config import EngineConfig
 from birdwatch.config import EventsConfig
 from birdwatch.config import ModelConfig
 from birdwatch.config import MotionConfig
+from birdwatch.config import SnapshotsConfig
+from birdwatch.config import StoreConfig
+from birdwatch.config import TrackingConfig
 from birdwatch.engine import ClassifierEngine
 from birdwatch.engine import Precision
 from birdwatch.models import Classifier
@@ -161,7 +164,11 @@ def pipeline_run(weights: Path, opts: BenchOptions, workdir: Path) -> dict[str, 
         cameras=cameras,
         model=ModelConfig(file=str(weights), device=opts.device, batch_size=opts.batch_size),
         engine=EngineConfig(precision=opts.precision, channels_last=opts.channels_last),  # type: ignore[arg-type]
-        events=EventsConfig(min_score=0.0, throttle_s=0.0),  # every sighting is an event: latency to event
+        # Every new track is a visit at once and told: read-to-event latency is measured on `new` events.
+        tracking=TrackingConfig(min_hits=1),
+        events=EventsConfig(min_score=0.0, cooldown_s=0.0),
+        snapshots=SnapshotsConfig(dir=str(workdir / "snapshots")),
+        store=StoreConfig(path=str(workdir / "bench.db")),
         stats_interval_s=3600,
     )
     pipeline = Pipeline(config)

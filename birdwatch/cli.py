@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from birdwatch import __version__
 from birdwatch.errors import BirdwatchError
+
+if TYPE_CHECKING:
+    from birdwatch.store import EventStore
 
 log = logging.getLogger("birdwatch")
 
@@ -79,6 +84,63 @@ def cmd_models_pull(args: argparse.Namespace) -> int:
         name = load_config(args.config).model.name
     path = pull(name, _models_dir(args), force=args.force, progress=sys.stderr.isatty())
     print(f"{name}: {path}")
+    return 0
+
+
+def _open_store(args: argparse.Namespace) -> EventStore:
+    from birdwatch.store import EventStore
+
+    if args.db:
+        return EventStore(args.db, readonly=True)
+    from birdwatch.config import load_config
+
+    return EventStore(load_config(args.config).store.path, readonly=True)
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    from birdwatch.types import iso_time
+
+    store = _open_store(args)
+    try:
+        rows = store.recent(camera=args.camera, species=args.species, kind=args.kind, limit=args.limit)
+    finally:
+        store.close()
+    if args.json:
+        for row in rows:
+            print(row.payload)
+        return 0
+    if not rows:
+        print("no events" + (" matching the filters" if args.camera or args.species or args.kind else " yet"))
+        return 0
+    width = max(len(r.data["species"]) for r in rows)
+    for row in rows:
+        e = row.data
+        print(
+            f"{iso_time(e['ts'])[:19].replace('T', ' ')}  {e['camera']:<10} {e['kind']:<6} "
+            f"{e['species']:<{width}}  {e['score']:.2f}  visit {e['visit_id'][:8]}  {e['frames']:>4} frames  "
+            f"{e['duration_s']:>6.1f} s{'' if row.sent_ts else '  (not delivered yet)'}"
+        )
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    try:
+        rows = store.species_per_day(args.days, camera=args.camera)
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps([{"day": d, "species": s, "visits": n} for d, s, n in rows], ensure_ascii=False))
+        return 0
+    if not rows:
+        print(f"no visits in the last {args.days} day(s)")
+        return 0
+    width = max(len("species"), *(len(s) for _, s, _ in rows))
+    print(f"{'day':<10}  {'species':<{width}}  visits")
+    last_day = None
+    for day, species, n in rows:
+        print(f"{day if day != last_day else '':<10}  {species:<{width}}  {n:>6}")
+        last_day = day
     return 0
 
 
@@ -158,7 +220,35 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("--config", help="pull the model this config names, into its models_dir")
     pull.add_argument("--force", action="store_true", help="replace an existing file")
     pull.set_defaults(func=cmd_models_pull)
+
+    def history_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", "-c", default=DEFAULT_CONFIG, help="its store.path names the database")
+        p.add_argument("--db", help="the SQLite file itself, instead of --config")
+        p.add_argument("--camera", help="only this camera")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    events = sub.add_parser("events", help="recent visit events from the history, newest first")
+    history_args(events)
+    events.add_argument("--species", help="only this species (exact name)")
+    events.add_argument("--kind", choices=["new", "update", "end"])
+    events.add_argument("--limit", "-n", type=_positive, default=20, help="at most this many (default 20)")
+    events.set_defaults(func=cmd_events)
+
+    stats = sub.add_parser("stats", help="visits per species per day")
+    history_args(stats)
+    stats.add_argument("--days", type=_positive, default=7, help="this many days up to today (default 7)")
+    stats.set_defaults(func=cmd_stats)
     return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is too small; expected at least 1")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:

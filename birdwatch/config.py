@@ -144,9 +144,50 @@ class MqttConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Associating a camera's boxes across frames: one track per bird, a visit per confirmed track."""
+
+    iou_threshold: float = field(default=0.2, metadata=_range(0.01, 1.0))  # least overlap with the predicted box
+    min_hits: int = field(default=3, metadata=_range(1, 1000))  # crops before a track is a visit
+    timeout_s: float = field(default=5.0, metadata=_range(0.1, 3600))  # no crop for this long: the visit ends
+    max_tracks: int = field(default=16, metadata=_range(1, 1024))  # per camera; the stalest is dropped beyond
+
+
+@dataclass
 class EventsConfig:
-    min_score: float = field(default=0.5, metadata=_range(0.0, 1.0))  # species score below this is not told
-    throttle_s: float = field(default=60.0, metadata=_range(0.0, 86400))  # one event per camera and species
+    """Which visits are told, and how often a visit may speak."""
+
+    min_score: float = field(default=0.5, metadata=_range(0.0, 1.0))  # voted score a visit needs to be told
+    cooldown_s: float = field(default=30.0, metadata=_range(0.0, 86400))  # same camera+species again: quiet
+    update_min_score_change: float = field(default=0.1, metadata=_range(0.0, 1.0))  # what counts as material
+    update_min_interval_s: float = field(default=2.0, metadata=_range(0.0, 3600))  # between two updates
+    heartbeat_s: float = field(default=0.0, metadata=_range(0.0, 86400))  # update at least this often; 0: never
+    allow: list[str] = field(default_factory=list)  # species names; empty: every species
+    block: list[str] = field(default_factory=list)  # species names never told
+
+
+@dataclass
+class SnapshotsConfig:
+    enabled: bool = True
+    dir: str = "snapshots"  # relative to the working directory (/var/lib/birdwatch under systemd)
+    quality: int = field(default=90, metadata=_range(10, 100))  # JPEG quality
+    full_frame: bool = True  # also keep the whole frame with the box drawn
+    mqtt: bool = True  # publish the crop (raw JPEG) on <prefix>/<camera>/snapshot
+    max_age_days: float = field(default=30.0, metadata=_range(0.0, 36500))  # 0: no age limit
+    max_total_mb: float = field(default=1024.0, metadata=_range(0.0, 10_000_000))  # 0: no size limit
+    max_files: int = field(default=20000, metadata=_range(0, 100_000_000))  # 0: no count limit
+
+
+@dataclass
+class HomeAssistantConfig:
+    discovery: bool = True  # publish retained discovery configs on every connect
+    discovery_prefix: str = field(default="homeassistant", metadata={"check": "topic_prefix"})
+
+
+@dataclass
+class StoreConfig:
+    path: str = "birdwatch.db"  # SQLite: outbox and event history; relative to the working directory
+    retention_days: float = field(default=365.0, metadata=_range(1.0, 36500))  # delivered events older go
 
 
 @dataclass
@@ -165,7 +206,11 @@ class Config:
     localiser: Literal["motion"] = "motion"
     engine: EngineConfig = field(default_factory=EngineConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
+    snapshots: SnapshotsConfig = field(default_factory=SnapshotsConfig)
+    homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     stats_interval_s: float = field(default=60.0, metadata=_range(1, 86400))
@@ -497,6 +542,15 @@ def _check_config(config: Config, source: str) -> None:
         raise ConfigError(
             f"{source}: mqtt.tls.{missing}: required with mqtt.tls.{have} (a client certificate needs its key)"
         )
+    events = config.events
+    for key in ("allow", "block"):
+        names = getattr(events, key)
+        for i, name in enumerate(names):
+            if not name.strip():
+                raise ConfigError(f"{source}: events.{key}[{i}]: empty species name")
+    both = sorted(set(events.allow) & set(events.block))
+    if both:
+        raise ConfigError(f"{source}: events: {both[0]!r} is in both events.allow and events.block; keep one")
 
 
 def to_redacted_dict(config: Config) -> dict[str, Any]:

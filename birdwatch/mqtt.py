@@ -1,8 +1,19 @@
-"""MQTT: events as JSON under `<prefix>/<camera>/...`, an availability topic with a last will.
+"""MQTT: the only module that talks to paho.
 
-paho-mqtt's network thread reconnects by itself (connect_async + loop_start), so a broker that is
-down at start or restarts later costs a log line, never the service. QoS 1 messages published
-while disconnected wait in paho's queue (bounded) and go out on reconnect.
+Topics under `<prefix>` (mqtt.topic_prefix):
+
+| topic | payload | retained |
+| --- | --- | --- |
+| `<prefix>/status` | `online` / `offline` (also the last will) | yes |
+| `<prefix>/<camera>/event` | visit event JSON (`new`, `update`, `end`) | no |
+| `<prefix>/<camera>/snapshot` | the visit's best crop, raw JPEG bytes | yes |
+| `<prefix>/<camera>/state` | camera state JSON for Home Assistant | yes |
+| `<prefix>/stats` | periodic counters JSON (QoS 0) | no |
+| `<discovery_prefix>/<component>/<node>/<object>/config` | Home Assistant discovery | yes |
+
+TLS per `mqtt.tls`. paho's network thread reconnects by itself (connect_async + loop_start). QoS 1 messages published
+while disconnected wait in paho's queue and go out on reconnect; the outbox (store.py) keeps the
+authoritative copy of events and is told of each broker acknowledgement through `on_sent`.
 """
 
 from __future__ import annotations
@@ -13,34 +24,57 @@ import logging
 import ssl
 import sys
 import threading
+from collections.abc import Callable
+from typing import Any
 from typing import Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from birdwatch.config import HomeAssistantConfig
 from birdwatch.config import MqttConfig
 from birdwatch.config import MqttTlsConfig
+from birdwatch.discovery import CameraTopics
+from birdwatch.discovery import camera_configs
+from birdwatch.discovery import node_id
 from birdwatch.errors import ConfigError
-from birdwatch.types import Event
+from birdwatch.types import CameraState
 
 log = logging.getLogger(__name__)
 
-MAX_QUEUED = 10_000  # events held in memory while the broker is away; past that, new ones are refused and logged
+MAX_QUEUED = 10_000  # messages paho holds in memory while the broker is away (the outbox keeps fewer in flight)
+_UNTRACKED = None  # a publish nobody waits for (status, discovery, state, snapshot)
 
 
 class EventSink(Protocol):
+    @property
+    def online(self) -> bool: ...  # can events be delivered now
+    def describe(self, cameras: list[str], model: str) -> None: ...
     def start(self) -> None: ...
-    def publish(self, event: Event) -> None: ...
+    def publish_event(
+        self, camera: str, payload: str, on_sent: Callable[[], None], snapshot: bytes | None = None
+    ) -> bool: ...
+    def publish_state(self, state: CameraState) -> None: ...
     def publish_stats(self, payload: str) -> None: ...
     def stop(self) -> None: ...
 
 
-def topic_for(prefix: str, event: Event) -> str:
-    return f"{prefix}/{event.camera}/{event.kind}"
+class Topics:
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
 
+    @property
+    def status(self) -> str:
+        return f"{self.prefix}/status"
 
-def status_topic(prefix: str) -> str:
-    return f"{prefix}/status"
+    def event(self, camera: str) -> str:
+        return f"{self.prefix}/{camera}/event"
+
+    def snapshot(self, camera: str) -> str:
+        return f"{self.prefix}/{camera}/snapshot"
+
+    def state(self, camera: str) -> str:
+        return f"{self.prefix}/{camera}/state"
 
 
 def stats_topic(prefix: str) -> str:
@@ -115,12 +149,25 @@ def tls_failure_hint(exc: BaseException | None) -> str | None:
 
 
 class LogSink:
-    """No broker configured: events are only logged (the pipeline logs every event anyway)."""
+    """No broker configured: events are only logged (the pipeline logs each) and kept in the history."""
+
+    @property
+    def online(self) -> bool:
+        return True
+
+    def describe(self, cameras: list[str], model: str) -> None:
+        pass
 
     def start(self) -> None:
-        log.info("no MQTT broker configured (mqtt.host); events are logged only")
+        log.info("no MQTT broker configured (mqtt.host); events are logged and kept in the history only")
 
-    def publish(self, event: Event) -> None:
+    def publish_event(
+        self, camera: str, payload: str, on_sent: Callable[[], None], snapshot: bytes | None = None
+    ) -> bool:
+        on_sent()  # delivered as far as it goes: nothing would ever send it later
+        return True
+
+    def publish_state(self, state: CameraState) -> None:
         pass
 
     def publish_stats(self, payload: str) -> None:
@@ -131,29 +178,63 @@ class LogSink:
 
 
 class MqttSink:
-    def __init__(self, cfg: MqttConfig, password: str | None) -> None:
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        password: str | None,
+        homeassistant: HomeAssistantConfig | None = None,
+        snapshots: bool = True,
+    ) -> None:
         assert cfg.host, "MqttSink needs mqtt.host"
         self.cfg = cfg
-        self.prefix = cfg.topic_prefix
+        self.topics = Topics(cfg.topic_prefix)
+        self.homeassistant = homeassistant or HomeAssistantConfig()
+        self.snapshots = snapshots
         self.connected = threading.Event()
         self.published = 0
         self.refused = 0
         self._warned_down = False
+        self._lock = threading.Lock()
+        self._waiting: dict[int, Callable[[], None] | None] = {}  # mid -> on_sent, until the broker acks
+        self._acked_early: set[int] = set()  # acks that beat publish() back to us
+        self._retained: dict[str, str | bytes] = {}  # discovery configs and states, re-sent on every connect
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cfg.client_id)
         if cfg.username:
             client.username_pw_set(cfg.username, password)
-        client.will_set(status_topic(self.prefix), "offline", qos=1, retain=True)
+        client.will_set(self.topics.status, "offline", qos=1, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=int(cfg.reconnect_max_s))
         client.max_queued_messages_set(MAX_QUEUED)
         configure_tls(client, cfg.tls)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_connect_fail = self._on_connect_fail
+        client.on_publish = self._on_publish
         self.client = client
+
+    @property
+    def online(self) -> bool:
+        return self.connected.is_set()
 
     @property
     def where(self) -> str:
         return f"{self.cfg.host}:{self.cfg.port}"
+
+    def describe(self, cameras: list[str], model: str) -> None:
+        """Home Assistant discovery for these cameras, published (retained) on every connect."""
+        if not self.homeassistant.discovery:
+            return
+        for camera in cameras:
+            topics = CameraTopics(
+                camera,
+                state=self.topics.state(camera),
+                snapshot=self.topics.snapshot(camera) if self.snapshots else None,
+                availability=self.topics.status,
+            )
+            node = node_id(self.cfg.topic_prefix, camera)
+            for topic, payload in camera_configs(
+                topics, discovery_prefix=self.homeassistant.discovery_prefix, node=node, model=model
+            ):
+                self._retained[topic] = _json(payload)
 
     def start(self) -> None:
         try:
@@ -162,28 +243,69 @@ class MqttSink:
             log.warning("MQTT broker %s: %s; retrying in the background", self.where, exc)
         self.client.loop_start()
 
-    def publish(self, event: Event) -> None:
-        payload = json.dumps(event.to_payload(), separators=(",", ":"))
-        info = self.client.publish(topic_for(self.prefix, event), payload, qos=self.cfg.qos)
-        if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
-            self.refused += 1
-            log.warning("MQTT queue full (%d waiting for %s); event %s dropped", MAX_QUEUED, self.where, event.id)
-        else:
-            self.published += 1
+    def publish_event(
+        self, camera: str, payload: str, on_sent: Callable[[], None], snapshot: bytes | None = None
+    ) -> bool:
+        # The picture first, so whoever reacts to the event finds the new image already there.
+        if (
+            snapshot is not None
+            and self.snapshots
+            and not self._publish(self.topics.snapshot(camera), snapshot, retain=True)
+        ):
+            return False
+        if not self._publish(self.topics.event(camera), payload, on_sent=on_sent, qos=self.cfg.qos):
+            return False
+        self.published += 1
+        return True
+
+    def publish_state(self, state: CameraState) -> None:
+        topic = self.topics.state(state.camera)
+        payload = _json(state.to_payload())
+        with self._lock:
+            self._retained[topic] = payload
+        self._publish(topic, payload, retain=True)
 
     def publish_stats(self, payload: str) -> None:
         """Periodic counters on `<prefix>/stats`: QoS 0 and not retained, a stale figure is worthless."""
         if self.connected.is_set():
-            self.client.publish(stats_topic(self.prefix), payload, qos=0)
+            self._publish(stats_topic(self.topics.prefix), payload, qos=0, warn=False)
 
     def stop(self, timeout: float = 3.0) -> None:
         """Say `offline` (retained) before leaving, so Home Assistant shows it at once, not after the keepalive."""
         if self.connected.is_set():
-            info = self.client.publish(status_topic(self.prefix), "offline", qos=1, retain=True)
+            info = self.client.publish(self.topics.status, "offline", qos=1, retain=True)
             with contextlib.suppress(RuntimeError, ValueError):  # not connected after all
                 info.wait_for_publish(timeout)
         self.client.disconnect()
         self.client.loop_stop()
+
+    def _publish(
+        self,
+        topic: str,
+        payload: str | bytes,
+        *,
+        retain: bool = False,
+        qos: int = 1,
+        on_sent: Callable[[], None] | None = _UNTRACKED,
+        warn: bool = True,
+    ) -> bool:
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE or (qos == 0 and info.rc != mqtt.MQTT_ERR_SUCCESS):
+            self.refused += 1
+            if warn:
+                log.warning("MQTT: %s not queued (%s; broker %s)", topic, mqtt.error_string(info.rc), self.where)
+            return False
+        # Every publish is registered, so an early ack can always be matched to its own message and
+        # a message id reused later (paho wraps at 65535) never finds a stale entry.
+        with self._lock:
+            early = info.mid in self._acked_early
+            if early:
+                self._acked_early.discard(info.mid)
+            else:
+                self._waiting[info.mid] = on_sent
+        if early and on_sent is not None:
+            on_sent()
+        return True
 
     # -- paho callbacks (network thread) --
 
@@ -193,8 +315,31 @@ class MqttSink:
             return
         self.connected.set()
         self._warned_down = False
-        client.publish(status_topic(self.prefix), "online", qos=1, retain=True)
-        log.info("MQTT connected to %s; topics under %s/", self.where, self.prefix)
+        with self._lock:
+            retained = list(self._retained.items())
+        # Discovery before availability before states: Home Assistant creates the entities, marks them
+        # available, then gets their values (all retained, so order only matters for a live HA).
+        for topic, payload in sorted(retained, key=lambda kv: not kv[0].endswith("/config")):
+            if topic.endswith("/config"):
+                self._publish(topic, payload, retain=True)
+        self._publish(self.topics.status, "online", retain=True)
+        for topic, payload in retained:
+            if not topic.endswith("/config"):
+                self._publish(topic, payload, retain=True)
+        log.info("MQTT connected to %s; topics under %s/", self.where, self.topics.prefix)
+
+    def _on_publish(self, client: mqtt.Client, userdata: object, mid: int, reason: Any, props: object) -> None:
+        with self._lock:
+            if mid in self._waiting:
+                on_sent = self._waiting.pop(mid)
+            else:
+                self._acked_early.add(mid)
+                return
+        if getattr(reason, "is_failure", False):  # MQTT 5 brokers can refuse a message (e.g. ACL)
+            log.warning("MQTT broker %s refused message %d: %s; it stays in the outbox", self.where, mid, reason)
+            return
+        if on_sent is not None:
+            on_sent()
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object
@@ -234,3 +379,7 @@ class MqttSink:
                 self.where,
                 int(self.cfg.reconnect_max_s),
             )
+
+
+def _json(payload: dict[str, Any]) -> str:
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)

@@ -4,6 +4,8 @@ bounded batch queues. The only module that knows every stage.
     readers ──► detect queue (1 frame per camera: newest wins) ──► detect worker: localise(frames)
             ──► classify queue (a few frames per camera, oldest dropped) ──► classify worker:
                 classify(frames, detections) -> decide(sightings) -> publish(events)
+                                                 tracks, visits,     outbox (SQLite) -> MQTT
+                                                 snapshots
 
 Capture never waits for the model: both queues drop the oldest frame of a camera when full, and
 count it. Both take round-robin across cameras so none starves. The main thread only supervises:
@@ -12,6 +14,7 @@ stats, the end of file sources, and a worker that keeps failing (exit non-zero f
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -31,7 +34,6 @@ from birdwatch.config import CameraConfig
 from birdwatch.config import Config
 from birdwatch.engine import ClassifierEngine
 from birdwatch.engine import Precision
-from birdwatch.events import Throttle
 from birdwatch.metrics import StatsReport
 from birdwatch.metrics import summary_line
 from birdwatch.models import Classifier
@@ -40,16 +42,24 @@ from birdwatch.motion import MotionDetector
 from birdwatch.mqtt import EventSink
 from birdwatch.mqtt import LogSink
 from birdwatch.mqtt import MqttSink
+from birdwatch.snapshots import SnapshotWriter
+from birdwatch.store import EventStore
+from birdwatch.store import Outbox
 from birdwatch.types import Detections
-from birdwatch.types import Event
 from birdwatch.types import Frame
 from birdwatch.types import Sighting
+from birdwatch.types import VisitEvent
+from birdwatch.types import local_day
+from birdwatch.visits import Visits
+from birdwatch.visits import check_species_lists
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MAX_CONSECUTIVE_FAILURES = 5  # a stage that fails this often in a row is broken, not unlucky
 STAGE_HUNG_S = 30.0  # a stage thread silent this long is hung: the systemd watchdog ping is withheld
+FLUSH_S = 5.0  # at stop, wait this long for the broker to acknowledge what is still in flight
+PRUNE_EVERY_S = 3600.0  # event history and snapshot retention
 
 
 @dataclass
@@ -106,7 +116,14 @@ class Pipeline:
         self.stats = RunStats()
         self.stages = {"detect": StageStats(), "classify": StageStats()}
         self.engine: ClassifierEngine | None = None
-        self.throttle = Throttle(config.events)
+        self.visits: Visits | None = None
+        self.store: EventStore | None = None
+        self.outbox: Outbox | None = None
+        self.snapshots = SnapshotWriter(config.snapshots) if config.snapshots.enabled else None
+        # decide/tick/close touch the visits; the classify worker calls them, stop() too once it is done.
+        self._visits_lock = threading.Lock()
+        self._day = ""
+        self._last_prune = time.monotonic()
         self.fatal: str | None = None
         engine_cfg = config.engine
         self.detect_queue: Batcher[Frame] = Batcher(
@@ -131,14 +148,21 @@ class Pipeline:
     # -- lifecycle --
 
     def start(self) -> None:
-        """Everything a user can get wrong fails here, before any camera is opened: secrets, then weights."""
+        """Everything a user can get wrong fails here, before any camera is opened: secrets, weights, the
+        species lists, the database."""
+        cfg = self.config
         if self._sink is None:
-            mqtt = self.config.mqtt
-            self._sink = MqttSink(mqtt, mqtt.password_value()) if mqtt.host else LogSink()
+            mqtt = cfg.mqtt
+            snapshots_on_mqtt = cfg.snapshots.enabled and cfg.snapshots.mqtt
+            self._sink = (
+                MqttSink(mqtt, mqtt.password_value(), cfg.homeassistant, snapshots_on_mqtt) if mqtt.host else LogSink()
+            )
         engine_cfg = self.config.engine
         if engine_cfg.threads:
             torch.set_num_threads(engine_cfg.threads)
         classifier = self._classifier or load_classifier(self.config.model)
+        check_species_lists(cfg.events, classifier.class_names, classifier.name)
+        self.store = EventStore(cfg.store.path)
         precision = Precision.resolve(classifier.device, engine_cfg.precision, engine_cfg.channels_last)
         self.engine = ClassifierEngine(
             classifier,
@@ -147,7 +171,21 @@ class Pipeline:
             precision=precision,
             compile=engine_cfg.compile,
         )
+        self.visits = Visits(cfg.tracking, cfg.events, classifier.name, top_k=self.engine.top_k)
+        names = [cam.name for cam in cfg.cameras]
+        self._day = local_day(time.time())
+        for name in names:  # "last species" and "visits today" carry over a restart
+            self.visits.seed(name, self.store.last_event(name), self._day, self.store.visits_on(name, self._day))
+        self.store.prune(cfg.store.retention_days)
+        self._sink.describe(names, classifier.name)
+        for name in names:
+            self._sink.publish_state(self.visits.state(name))
+        self.outbox = Outbox(self.store, self._sink)
+        pending = self.store.count_pending()
+        if pending:
+            log.info("%d event(s) from before this start not yet delivered; sending them first", pending)
         self._sink.start()
+        self.outbox.pump()
         secrets = self.config.secrets()
         for cam_cfg in self.config.cameras:
             reader = CameraReader(cam_cfg, self.detect_queue.inlet(cam_cfg.name), secrets)
@@ -212,6 +250,8 @@ class Pipeline:
         """Stop capture, drain the queued work through both stages, then the sink. False if a camera
         read is still blocked in native code (the caller then exits without waiting for it)."""
         if self.engine is None:
+            if self.store is not None:
+                self.store.close()
             return True  # start() failed before anything ran: nothing to stop or report
         deadline = time.monotonic() + timeout
         clean = all([cam.reader.stop(timeout=min(5.0, timeout / 2)) for cam in self.cameras])
@@ -220,8 +260,21 @@ class Pipeline:
             worker.join(max(0.1, deadline - time.monotonic()))
         if any(w.is_alive() for w in self._workers):
             log.warning("a pipeline stage did not finish its batch in time; stopping without it")
+        if self.visits is not None:
+            with self._visits_lock:
+                ended = self._with_snapshots(self.visits.close())  # birds still there: their visits end now
+            self.publish(ended)
+        # Waiting for acknowledgements only makes sense with a broker to give them.
+        if self.outbox is not None and not self.outbox.flush(FLUSH_S if self.sink.online else 0.0):
+            assert self.store is not None
+            log.warning(
+                "%d event(s) not acknowledged by the broker yet; they are kept and sent at the next start",
+                self.store.count_pending(),
+            )
         if self._sink is not None:
             self._sink.stop()
+        if self.store is not None:
+            self.store.close()
         self.report(final=True)
         return clean
 
@@ -255,6 +308,11 @@ class Pipeline:
         while True:
             jobs = self.classify_queue.get_batch(timeout=0.5)
             self._heartbeat["classify"] = time.monotonic()
+            # Frames without motion never come this far, so visits of birds that left end here.
+            try:
+                self.tick()
+            except Exception as exc:  # a full disk, say: logged, and the next tick tries again
+                log.exception("visit bookkeeping failed: %s", exc)
             if not jobs:
                 if self.classify_queue.closed and self.classify_queue.depth() == 0:
                     return
@@ -267,9 +325,10 @@ class Pipeline:
             self._account("classify", crops, started, done, [started - job.queued for job in jobs])
             self.stats.read_to_decision_s.extend(done - f.mono for f in frames)
             for event in events or []:
-                self.stats.read_to_event_s.append(done - self._frame_mono(event, frames))
+                if event.kind == "new":  # the moment a visit is told; updates and ends follow later by design
+                    self.stats.read_to_event_s.append(done - self._frame_mono(event, frames))
 
-    def _classify_jobs(self, jobs: list[ClassifyJob]) -> list[Event]:
+    def _classify_jobs(self, jobs: list[ClassifyJob]) -> list[VisitEvent]:
         frames = [job.frame for job in jobs]
         sightings = self.classify(frames, [job.detections for job in jobs])
         return self.publish(self.decide(sightings, frames))
@@ -301,15 +360,14 @@ class Pipeline:
         stats.wait_s.extend(waits)
 
     @staticmethod
-    def _frame_mono(event: Event, frames: list[Frame]) -> float:
-        for frame in frames:
-            if frame.camera == event.camera and frame.seq == event.frame_seq:
-                return frame.mono
-        return min(f.mono for f in frames)
+    def _frame_mono(event: VisitEvent, frames: list[Frame]) -> float:
+        """Read time of the newest frame of the event's camera in the batch: the one that confirmed it."""
+        monos = [f.mono for f in frames if f.camera == event.camera]
+        return max(monos) if monos else min(f.mono for f in frames)
 
     # -- the stages --
 
-    def process(self, frames: list[Frame]) -> list[Event]:
+    def process(self, frames: list[Frame]) -> list[VisitEvent]:
         """All four stages for some frames, in the calling thread (tests, benchmarks)."""
         detections = self.localise(frames)
         sightings = self.classify(frames, detections)
@@ -347,17 +405,67 @@ class Pipeline:
             for box, score, top_k in zip(frame_boxes, det.scores, frame_top, strict=True)
         ]
 
-    def decide(self, sightings: list[Sighting], frames: list[Frame]) -> list[Event]:
-        """Which sightings are worth telling (frames are there for snapshots)."""
-        assert self.engine is not None
-        return self.throttle.admit(sightings, self.engine.classifier.name)
+    def decide(self, sightings: list[Sighting], frames: list[Frame]) -> list[VisitEvent]:
+        """Tracks and visits: which crops are which bird, and what is worth telling; writes snapshots."""
+        assert self.visits is not None
+        with self._visits_lock:
+            return self._with_snapshots(self.visits.observe(frames, sightings))
 
-    def publish(self, events: list[Event]) -> list[Event]:
+    def tick(self, now: float | None = None) -> list[VisitEvent]:
+        """Time passing: visits of birds that left end, heartbeats, midnight, retention. Cheap; the
+        classify worker calls it after every batch and whenever it waited for one in vain."""
+        assert self.visits is not None and self.store is not None and self.outbox is not None
+        with self._visits_lock:
+            events = self._with_snapshots(self.visits.tick(now))
+        self.publish(events)
+        day = local_day(time.time())
+        if day != self._day:  # "visits today" falls back to 0 at midnight
+            self._day = day
+            with self._visits_lock:
+                states = [self.visits.state(cam.name) for cam in self.config.cameras]
+            for state in states:
+                self.sink.publish_state(state)
+        if time.monotonic() - self._last_prune >= PRUNE_EVERY_S:
+            self._last_prune = time.monotonic()
+            self.store.prune(self.config.store.retention_days)
+            if self.snapshots is not None:
+                self.snapshots.prune_if_due()
+        self.outbox.pump()  # what the publisher could not take before (its queue was full)
+        return events
+
+    def _with_snapshots(self, events: list[VisitEvent]) -> list[VisitEvent]:
+        """Write the pictures of events that carry a better one, and record where they went."""
+        out = []
+        for event in events:
+            if event.image is not None and self.snapshots is not None:
+                snap = self.snapshots.save(event, event.image)
+                if snap is not None:
+                    event = dataclasses.replace(
+                        event,
+                        snapshot=str(snap.crop_path),
+                        snapshot_frame=str(snap.frame_path) if snap.frame_path else None,
+                    )
+            out.append(dataclasses.replace(event, image=None) if event.image is not None else event)
+        return out
+
+    def publish(self, events: list[VisitEvent]) -> list[VisitEvent]:
+        """Each event into the outbox (SQLite first, then MQTT); then the states of their cameras."""
+        assert self.outbox is not None and self.visits is not None
         for event in events:
             log.info(
-                "%s on %s: %s (%.2f) at %s", event.kind, event.camera, event.species, event.score, list(event.box)
+                "%s on %s: %s (%.2f) visit %s, %d frame(s)",
+                event.kind,
+                event.camera,
+                event.species,
+                event.score,
+                event.visit_id[:8],
+                event.frames,
             )
-            self.sink.publish(event)
+            self.outbox.submit(event)
+        with self._visits_lock:
+            states = [self.visits.state(camera) for camera in dict.fromkeys(e.camera for e in events)]
+        for state in states:
+            self.sink.publish_state(state)
         self.stats.events += len(events)
         return events
 
@@ -405,8 +513,9 @@ class Pipeline:
             "queues": {name: stage["queue_depth"] for name, stage in stages.items()},
             "batches": classify.batches,
             "infer_s": round(classify.busy_s, 3),
-            "events_published": getattr(sink, "published", self.stats.events),
-            "events_pending": getattr(sink, "pending", None),
+            # Acknowledged by the broker (or logged, without one), and still waiting in the outbox.
+            "events_published": self.outbox.sent if self.outbox is not None else self.stats.events,
+            "events_pending": self.store.count_pending() if self.store is not None and not self.store.closed else None,
             "mqtt_connected": connected.is_set() if isinstance(connected, threading.Event) else None,
             "crops": self.stats.crops,
             "crops_per_s": round(self.stats.crops / elapsed, 2),

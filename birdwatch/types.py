@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import uuid
 from dataclasses import dataclass
@@ -81,28 +80,88 @@ class Sighting:
         return self.top_k[0]
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """What goes out over MQTT and into the log. `id` is unique so subscribers can drop duplicates."""
+VISIT_EVENT_KINDS = ("new", "update", "end")
 
-    kind: str  # "sighting" for now; visits add "new" / "update" / "end"
+
+@dataclass(frozen=True, slots=True)
+class VisitEvent:
+    """One message about a visit: `new` once confirmed and named, `update` on a material change or
+    heartbeat, `end` once. `id` is unique per event so subscribers can drop duplicates (QoS 1 is
+    at least once); `visit_id` is the same for every event of one visit."""
+
+    kind: str  # one of VISIT_EVENT_KINDS
+    visit_id: str
     camera: str
-    ts: float
-    species: str
-    score: float
-    top_k: tuple[SpeciesScore, ...]
-    box: Box
-    frame_seq: int
+    ts: float  # wall clock of the event
+    species: str  # the voted species of the visit so far
+    score: float  # its voted score: the mean probability over the visit's crops
+    top_k: tuple[SpeciesScore, ...]  # voted top-k, best first
+    first_seen: float  # wall clock of the visit's first and latest crop
+    last_seen: float
+    frames: int  # crops (frames with this bird) so far
+    box: Box  # the best crop's box, full-frame pixels
     model: str
+    end_reason: str | None = None  # end only: "timeout" (the bird left) or "shutdown" (birdwatch stopped)
+    snapshot: str | None = None  # path of the best crop's JPEG, when one was written for this event
+    snapshot_frame: str | None = None  # path of the full frame with the box drawn
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # The full frame of the best crop when this event should carry a new snapshot; never serialised.
+    image: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_payload(self) -> dict[str, Any]:
-        payload = dataclasses.asdict(self)
-        payload["time"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.ts)) + _utc_offset(self.ts)
-        payload["score"] = round(self.score, 4)
-        payload["top_k"] = [{"species": s.name, "score": round(s.score, 4)} for s in self.top_k]
-        payload["box"] = list(self.box)
-        return payload
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "visit_id": self.visit_id,
+            "camera": self.camera,
+            "ts": round(self.ts, 3),
+            "time": iso_time(self.ts),
+            "species": self.species,
+            "score": round(self.score, 4),
+            "top_k": [{"species": s.name, "score": round(s.score, 4)} for s in self.top_k],
+            "first_seen": round(self.first_seen, 3),
+            "last_seen": round(self.last_seen, 3),
+            "duration_s": round(max(0.0, self.last_seen - self.first_seen), 1),
+            "frames": self.frames,
+            "box": list(self.box),
+            "snapshot": self.snapshot,
+            "end_reason": self.end_reason,
+            "model": self.model,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class CameraState:
+    """What Home Assistant shows per camera: retained on `<prefix>/<camera>/state`."""
+
+    camera: str
+    present: bool  # a confirmed visit is going on
+    species: str | None  # the species of the latest told visit
+    score: float | None
+    visits_today: int  # told visits that started today (local time)
+    day: str  # YYYY-MM-DD, local
+    visit_id: str | None
+    last_seen: float | None  # wall clock
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "present": "ON" if self.present else "OFF",
+            "species": self.species,
+            "score": None if self.score is None else round(self.score, 4),
+            "visits_today": self.visits_today,
+            "day": self.day,
+            "visit_id": self.visit_id,
+            "last_seen": None if self.last_seen is None else iso_time(self.last_seen),
+        }
+
+
+def iso_time(ts: float) -> str:
+    """Local ISO 8601 with the UTC offset, e.g. 2026-11-24T18:00:00+01:00."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ts)) + _utc_offset(ts)
+
+
+def local_day(ts: float) -> str:
+    return time.strftime("%Y-%m-%d", time.localtime(ts))
 
 
 def _utc_offset(ts: float) -> str:

@@ -13,6 +13,7 @@ from birdwatch.synthetic import write_jpeg_sequence
 from tests.fixtures_models import danube_weights  # noqa: F401  (fixtures)
 from tests.fixtures_models import eu_common_weights  # noqa: F401
 from tests.fixtures_models import models_dir  # noqa: F401
+from tests.fixtures_models import small_weights  # noqa: F401
 from tests.support.servers import MosquittoBroker
 from tests.support.servers import MqttCollector
 from tests.support.servers import RtspServer

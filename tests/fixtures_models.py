@@ -46,3 +46,15 @@ def eu_common_weights(models_dir: Path) -> Path:
         species_names(EU_COMMON["classes"]),
         EU_COMMON["size"],
     )
+
+
+SMALL = {"network": "mobilenet_v3_small_1_0", "classes": 20, "size": (96, 96)}
+
+
+@pytest.fixture(scope="session")
+def small_weights(models_dir: Path) -> Path:
+    """A small real birder network (MobileNet v3 small, 96 px, 20 classes) for tests of what happens
+    around the classifier (tracks, visits, outbox), where the species do not matter but CPU time does."""
+    return save_untrained(
+        SMALL["network"], models_dir / "mobilenet_v3_small_1_0_untrained.pt", species_names(SMALL["classes"]), SMALL["size"]
+    )

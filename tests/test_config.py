@@ -32,7 +32,9 @@ def test_minimal_config_gets_sensible_defaults() -> None:
     assert (cam.name, cam.url, cam.rtsp_transport, cam.loop) == ("feeder", "rtsp://cam.local/stream", "tcp", False)
     assert config.model.name == "hgnet_v2_b2_danube-delta"
     assert config.mqtt.host is None and config.mqtt.topic_prefix == "birdwatch" and config.mqtt.qos == 1
-    assert config.events.throttle_s > 0
+    assert config.events.cooldown_s > 0 and config.tracking.min_hits >= 2 and config.tracking.timeout_s > 0
+    assert config.store.path == "birdwatch.db" and config.snapshots.dir == "snapshots"  # relative: the working dir
+    assert config.homeassistant.discovery and config.homeassistant.discovery_prefix == "homeassistant"
 
 
 def test_several_cameras_of_every_kind(tmp_path: Path) -> None:
@@ -70,7 +72,14 @@ cameras:
         (MINIMAL + "mqtt: {port: '1883'}\n", "mqtt.port: expected an integer, got '1883' (str)"),
         (MINIMAL + "mqtt: {port: 70000}\n", "mqtt.port: 70000 is too large; expected at most 65535"),
         (MINIMAL + "events: {min_score: -0.1}\n", "events.min_score: -0.1 is too small; expected at least 0.0"),
-        (MINIMAL + "events: {throttle_s: .nan}\n", "events.throttle_s: expected a number"),
+        (MINIMAL + "events: {cooldown_s: .nan}\n", "events.cooldown_s: expected a number"),
+        (MINIMAL + "events: {allow: Great Tit}\n", "events.allow: expected a list of a string"),
+        (MINIMAL + "events: {allow: [Jay], block: [Jay]}\n", "'Jay' is in both events.allow and events.block"),
+        (MINIMAL + "tracking: {min_hits: 0}\n", "tracking.min_hits: 0 is too small; expected at least 1"),
+        (MINIMAL + "tracking: {iou_threshold: 1.5}\n", "tracking.iou_threshold: 1.5 is too large"),
+        (MINIMAL + "snapshots: {quality: 101}\n", "snapshots.quality: 101 is too large; expected at most 100"),
+        (MINIMAL + "homeassistant: {discovery_prefix: 'ha/#'}\n", "homeassistant.discovery_prefix: 'ha/#' is not"),
+        (MINIMAL + "store: {retention_days: 0}\n", "store.retention_days: 0.0 is too small"),
         (MINIMAL + "localiser: yolo\n", "localiser: expected one of 'motion', got 'yolo' (str)"),
         (MINIMAL + "    rtsp_transport: http\n", "cameras[0].rtsp_transport: expected one of 'tcp', 'udp'"),
         (MINIMAL + "model: {device: gpu}\n", "model.device: 'gpu' is not a device"),

@@ -24,7 +24,8 @@ def config(weights: Path, cameras: list[dict[str, Any]], broker: MosquittoBroker
     out: dict[str, Any] = {
         "cameras": cameras,
         "model": {"file": str(weights), "device": "cpu"},
-        "events": {"min_score": 0.0, "throttle_s": 0.0},
+        "tracking": {"min_hits": 1, "timeout_s": 1.0},  # every bird told at once, every loop a new visit
+        "events": {"min_score": 0.0, "cooldown_s": 0},
         "stats_interval_s": 2,
     }
     if broker is not None:
@@ -40,7 +41,7 @@ def test_rtsp_server_killed_mid_stream_then_back(
     danube_weights: Path,
     tmp_path: Path,
 ) -> None:
-    collector = mqtt_collector("faults/+/sighting")
+    collector = mqtt_collector("faults/+/event")
     camera = {
         "name": "feeder",
         "url": rtsp_server.url,
@@ -83,11 +84,11 @@ def test_corrupt_and_truncated_files_next_to_a_good_camera(danube_weights: Path,
     try:
         bw.wait_log("camera corrupt: cannot open video file", timeout=60)
         bw.wait_log("camera truncated: end of file after", timeout=60)
-        marker = bw.log.count("sighting on good")
+        marker = bw.log.count("new on good")
         deadline = time.monotonic() + 30
-        while bw.log.count("sighting on good") <= marker and time.monotonic() < deadline:
+        while bw.log.count("new on good") <= marker and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert bw.log.count("sighting on good") > marker, "the good camera goes on"
+        assert bw.log.count("new on good") > marker, "the good camera goes on"
         assert bw.proc is not None and bw.proc.poll() is None
     finally:
         assert bw.terminate() == 0

@@ -227,6 +227,8 @@ cameras:
   - {{name: gate, url: "{dead}", open_timeout_s: 1, reconnect: {{initial_s: 0.5, max_s: 1}}}}
 model: {{file: "{danube_weights}", device: cpu}}
 events: {{min_score: 0.0}}
+store: {{path: "{tmp_path / "birdwatch.db"}"}}
+snapshots: {{dir: "{tmp_path / "snapshots"}"}}
 """
     )
     pipeline = Pipeline(config)

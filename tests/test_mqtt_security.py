@@ -30,6 +30,7 @@ from tests.support.servers import MosquittoBroker
 from tests.support.servers import MqttCollector
 from tests.support.servers import free_port
 from tests.test_mqtt import make_event
+from tests.test_mqtt import payload
 
 MINIMAL = "cameras:\n  - name: feeder\n    url: rtsp://cam.local/stream\n"
 
@@ -93,8 +94,8 @@ def test_tls_with_a_client_certificate_connects_and_publishes(tls_broker: TlsBro
     try:
         assert sink.connected.wait(10), tls_broker.broker.log_tail()
         event = make_event()
-        sink.publish(event)
-        (msg,) = collector.wait_for(lambda m: m.topic == "tls/feeder/sighting", timeout=10)
+        assert sink.publish_event("feeder", payload(event), lambda: None)
+        (msg,) = collector.wait_for(lambda m: m.topic == "tls/feeder/event", timeout=10)
         assert json.loads(msg.payload)["id"] == event.id
     finally:
         sink.stop()
@@ -221,8 +222,8 @@ def test_username_and_password_from_a_file(auth_broker: MosquittoBroker, tmp_pat
     sink.start()
     try:
         assert sink.connected.wait(10), auth_broker.log_tail()
-        sink.publish(make_event())
-        collector.wait_for(lambda m: m.topic == "auth/feeder/sighting", timeout=10)
+        assert sink.publish_event("feeder", payload(make_event()), lambda: None)
+        collector.wait_for(lambda m: m.topic == "auth/feeder/event", timeout=10)
     finally:
         sink.stop()
         collector.close()
@@ -264,7 +265,8 @@ def test_birdwatch_run_over_tls_with_client_cert_and_password_from_the_environme
     config = {
         "cameras": [{"name": "clip", "url": str(clip), "loop": True, "motion": {"warmup_frames": 3}}],
         "model": {"file": str(danube_weights), "device": "cpu"},
-        "events": {"min_score": 0.0, "throttle_s": 3600},
+        "tracking": {"min_hits": 1},  # the first crop is a visit: this test is about the connection
+        "events": {"min_score": 0.0, "cooldown_s": 3600},
         "mqtt": {
             "host": server.host,
             "port": server.port,
@@ -280,7 +282,7 @@ def test_birdwatch_run_over_tls_with_client_cert_and_password_from_the_environme
     bw = BirdwatchProcess(config, tmp_path / "run").start()
     try:
         collector.wait_for(lambda m: m.topic == "e2e-tls/status" and m.payload == b"online", timeout=60)
-        collector.wait_for(lambda m: m.topic == "e2e-tls/clip/sighting", timeout=60)
+        collector.wait_for(lambda m: m.topic == "e2e-tls/clip/event", timeout=60)
     finally:
         code = bw.terminate()
         collector.close()

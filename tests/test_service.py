@@ -30,7 +30,8 @@ def looping_config(clip: Path, weights: Path, names: list[str]) -> dict[str, Any
     return {
         "cameras": [{"name": n, "url": str(clip), "loop": True, "motion": {"warmup_frames": 3}} for n in names],
         "model": {"file": str(weights), "device": "cpu"},
-        "events": {"min_score": 0.0, "throttle_s": 3600},
+        "tracking": {"min_hits": 1},
+        "events": {"min_score": 0.0, "cooldown_s": 3600},
         "stats_interval_s": 1,
     }
 
@@ -45,7 +46,7 @@ def clip(tmp_path: Path) -> Path:
 @pytest.mark.timeout(120)
 def test_sigterm_drains_and_exits_within_ten_seconds(clip: Path, danube_weights: Path, tmp_path: Path) -> None:
     bw = BirdwatchProcess(looping_config(clip, danube_weights, ["a", "b"]), tmp_path / "run").start()
-    bw.wait_log("sighting on", timeout=60)
+    bw.wait_log("new on", timeout=60)
     sent = time.monotonic()
     code = bw.terminate(timeout=15)
     took = time.monotonic() - sent
@@ -144,6 +145,8 @@ def test_a_hung_stage_withholds_the_watchdog(
     monkeypatch.setenv("WATCHDOG_USEC", "400000")
     monkeypatch.setattr(pipeline_module, "STAGE_HUNG_S", 2.0)
     config = parse_config(yaml.safe_dump(looping_config(clip, danube_weights, ["a"])))
+    config.store.path = str(clip.parent / "hung.db")  # in this process: keep its state out of the cwd
+    config.snapshots.dir = str(clip.parent / "snapshots")
     classifier = load_classifier(config.model)
     release = threading.Event()
 

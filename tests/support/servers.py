@@ -183,14 +183,20 @@ class MosquittoBroker(_ServerProcess):
         *,
         allow_anonymous: bool = True,
         extra_config: Sequence[str] = (),
+        persistent: bool = False,
     ) -> None:
+        """persistent=True keeps sessions, subscriptions and queued messages across a restart (saved on
+        SIGTERM), as a production broker does; the default broker forgets everything."""
         super().__init__(workdir, port)
         self.binary = binary
         self.config_path = self.workdir / "mosquitto.conf"
+        persistence = (
+            ["persistence true", f"persistence_location {self.workdir}/"] if persistent else ["persistence false"]
+        )
         lines = [
             f"listener {self.port} {HOST}",
             f"allow_anonymous {'true' if allow_anonymous else 'false'}",
-            "persistence false",
+            *persistence,
             # Log to stderr, which start() sends to the log file: a file opened by mosquitto
             # itself would be opened after it drops root privileges and could be unwritable.
             "log_dest stderr",
@@ -283,12 +289,18 @@ class MqttCollector:
     after it is seen. It re-subscribes on reconnect, so it survives a broker restart.
     """
 
-    def __init__(self, host: str, port: int, topic: str = "#", qos: int = 1, client_id: str = "") -> None:
+    def __init__(
+        self, host: str, port: int, topic: str = "#", qos: int = 1, client_id: str = "", clean_session: bool = True
+    ) -> None:
+        """clean_session=False (with a fixed client_id) asks the broker to keep the subscription and
+        queue QoS 1 messages while this subscriber is away, as a subscriber that must miss nothing does."""
         self.host, self.port, self.topic, self.qos = host, port, topic, qos
         self._cond = threading.Condition()
         self._messages: list[Received] = []
         self._subscribed = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"collector-{id(self):x}")
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id or f"collector-{id(self):x}", clean_session=clean_session
+        )
         self.client.reconnect_delay_set(min_delay=0.1, max_delay=1)  # quick to come back after a restart
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe

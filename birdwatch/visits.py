@@ -1,0 +1,328 @@
+"""Visits: a confirmed track is a bird's visit; its species is voted over every crop, and it speaks
+in a few events (`new`, `update`, `end`) instead of one per frame.
+
+The vote adds each crop's top-k probabilities per species; the winner is the species with the
+largest sum, and its score is that sum over the visit's crops (the mean probability, counting a
+crop that did not have it in its top-k as 0). So three confident crops outvote five unsure ones,
+and one odd frame cannot rename a visit.
+
+A visit is *told* (`new`) once it is confirmed and its winner is allowed and scores at least
+`events.min_score`, unless a visit of the same species on the same camera ended less than
+`cooldown_s` ago: then it stays quiet for its whole life (it still shows as "bird present").
+Once told, a visit is named by the best allowed species of its vote; it sends `update` when that
+species changes or its score moves by `update_min_score_change` (at most every
+`update_min_interval_s`), or every `heartbeat_s`, and `end` when its track times out.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from collections.abc import Iterable
+from dataclasses import dataclass
+from dataclasses import field
+
+import numpy as np
+
+from birdwatch.config import EventsConfig
+from birdwatch.config import TrackingConfig
+from birdwatch.errors import ConfigError
+from birdwatch.tracking import Track
+from birdwatch.tracking import Tracker
+from birdwatch.types import Box
+from birdwatch.types import CameraState
+from birdwatch.types import Frame
+from birdwatch.types import Sighting
+from birdwatch.types import SpeciesScore
+from birdwatch.types import VisitEvent
+from birdwatch.types import local_day
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Crop:
+    score: float  # this crop's probability for the species it is the best crop of
+    frame: Frame
+    box: Box
+
+
+@dataclass
+class Visit:
+    id: str
+    camera: str
+    first_seen: float  # wall clock
+    last_seen: float
+    first_mono: float
+    last_mono: float
+    frames: int = 0
+    votes: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    best: dict[str, _Crop] = field(default_factory=dict)  # per species, pruned to the leading ones
+    last_seq: int = -1
+    confirmed: bool = False
+    told: bool = False
+    quiet: bool = False  # confirmed and named, but inside its species' cooldown: no events
+    named: tuple[SpeciesScore, ...] = ()  # what the last event said: the reported top-k
+    last_event_mono: float = 0.0
+    snapshot_key: tuple[str, int] | None = None  # (species, frame seq) of the last snapshot sent
+
+    def add(self, s: Sighting, frame: Frame, keep: int) -> None:
+        if s.seq != self.last_seq:
+            self.frames += 1
+            self.last_seq = s.seq
+        self.last_seen = max(self.last_seen, s.ts)
+        self.last_mono = max(self.last_mono, s.mono)
+        for sp in s.top_k:
+            self.votes[sp.name] += sp.score
+            if sp.score > (self.best[sp.name].score if sp.name in self.best else -1.0):
+                self.best[sp.name] = _Crop(sp.score, frame, s.box)
+        if len(self.best) > keep:  # bounded: frames are big, keep crops of the leading species only
+            leaders = {name for name, _ in self.ranked()[:keep]}
+            self.best = {k: v for k, v in self.best.items() if k in leaders}
+
+    def ranked(self) -> list[tuple[str, float]]:
+        """(species, mean probability over the visit's frames), best first."""
+        n = max(1, self.frames)
+        return sorted(((k, v / n) for k, v in self.votes.items()), key=lambda kv: (-kv[1], kv[0]))
+
+    def best_crop(self, species: str) -> _Crop | None:
+        if species in self.best:
+            return self.best[species]
+        return max(self.best.values(), key=lambda c: c.score, default=None)
+
+
+class SpeciesFilter:
+    """events.allow / events.block: which species may be told."""
+
+    def __init__(self, allow: Iterable[str], block: Iterable[str]) -> None:
+        self.allow = frozenset(allow)
+        self.block = frozenset(block)
+
+    def __call__(self, name: str) -> bool:
+        return (not self.allow or name in self.allow) and name not in self.block
+
+
+def check_species_lists(cfg: EventsConfig, class_names: Iterable[str], model: str) -> None:
+    """Every name in events.allow/block must be one of the model's species (a typo would silently never match)."""
+    known = set(class_names)
+    for key in ("allow", "block"):
+        for i, name in enumerate(getattr(cfg, key)):
+            if name not in known:
+                close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+                hint = f"did you mean {close[0]!r}?" if close else "species names are as the model spells them"
+                raise ConfigError(f"events.{key}[{i}]: {name!r} is not a species of model {model}; {hint}")
+
+
+class Visits:
+    """Tracks and visits of every camera; the only state behind visit events and camera states."""
+
+    def __init__(
+        self,
+        tracking: TrackingConfig,
+        cfg: EventsConfig,
+        model: str,
+        top_k: int = 3,
+        wall: Callable[[], float] = time.time,
+        mono: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.tracking = tracking
+        self.cfg = cfg
+        self.model = model
+        self.top_k = top_k
+        self.allowed = SpeciesFilter(cfg.allow, cfg.block)
+        self._wall = wall
+        self._mono = mono
+        self._trackers: dict[str, Tracker] = {}
+        self._visits: dict[str, dict[int, Visit]] = defaultdict(dict)  # camera -> track id -> visit
+        self._cooldown: dict[tuple[str, str], float] = {}  # (camera, species) -> mono end of the last told visit
+        self._last: dict[str, VisitEvent] = {}  # camera -> latest told event
+        self._today: dict[str, tuple[str, int]] = {}  # camera -> (day, told visits that started that day)
+        self.quiet = 0  # visits kept quiet by the cooldown
+        self.unnamed = 0  # confirmed visits that ended without a species good enough to tell
+
+    # -- input --
+
+    def observe(self, frames: Iterable[Frame], sightings: Iterable[Sighting]) -> list[VisitEvent]:
+        """One step of frames (several cameras) and their classified crops -> events, ends first."""
+        by_frame: dict[tuple[str, int], list[Sighting]] = defaultdict(list)
+        for s in sightings:
+            by_frame[(s.camera, s.seq)].append(s)
+        events: list[VisitEvent] = []
+        for frame in frames:
+            crops = by_frame.get((frame.camera, frame.seq), [])
+            events += self._step(frame, crops)
+        return events
+
+    def tick(self, now: float | None = None, wall: float | None = None) -> list[VisitEvent]:
+        """Time passes without frames (a quiet or dead camera): end timed-out visits, send heartbeats."""
+        now = self._mono() if now is None else now
+        wall = self._wall() if wall is None else wall
+        events: list[VisitEvent] = []
+        for camera, tracker in self._trackers.items():
+            for track in tracker.sweep(now):
+                events += self._end(camera, track, now, wall, "timeout")
+            for visit in self._visits[camera].values():
+                if visit.told and self._heartbeat_due(visit, now):
+                    events.append(self._event("update", visit, now, wall))
+        return events
+
+    def close(self) -> list[VisitEvent]:
+        """birdwatch is stopping: every told visit ends now."""
+        now, wall = self._mono(), self._wall()
+        events: list[VisitEvent] = []
+        for camera, tracker in self._trackers.items():
+            for track in list(tracker.tracks.values()):
+                events += self._end(camera, track, now, wall, "shutdown")
+            tracker.tracks.clear()
+        return events
+
+    # -- camera state (Home Assistant) --
+
+    def seed(self, camera: str, last: VisitEvent | None, day: str, visits_today: int) -> None:
+        """Carry the last species and today's count over a restart (from the event history)."""
+        if last is not None:
+            self._last[camera] = last
+        self._today[camera] = (day, visits_today)
+
+    def state(self, camera: str, wall: float | None = None) -> CameraState:
+        wall = self._wall() if wall is None else wall
+        day = local_day(wall)
+        counted_day, count = self._today.get(camera, (day, 0))
+        last = self._last.get(camera)
+        present = any(v.told or v.quiet for v in self._visits.get(camera, {}).values())
+        return CameraState(
+            camera=camera,
+            present=present,
+            species=last.species if last else None,
+            score=last.score if last else None,
+            visits_today=count if counted_day == day else 0,
+            day=day,
+            visit_id=last.visit_id if last else None,
+            last_seen=last.last_seen if last else None,
+        )
+
+    def open_visits(self, camera: str) -> list[Visit]:
+        return list(self._visits.get(camera, {}).values())
+
+    # -- rules --
+
+    def _step(self, frame: Frame, crops: list[Sighting]) -> list[VisitEvent]:
+        camera = frame.camera
+        tracker = self._trackers.get(camera)
+        if tracker is None:
+            tracker = self._trackers[camera] = Tracker(self.tracking)
+        boxes = np.array([s.box for s in crops], np.float32).reshape(-1, 4)
+        step = tracker.update(boxes, frame.mono)
+        events: list[VisitEvent] = []
+        for track in step.ended:
+            events += self._end(camera, track, frame.mono, frame.ts, "timeout")
+        visits = self._visits[camera]
+        touched: dict[int, Visit] = {}
+        for s, track_id in zip(crops, step.assigned, strict=True):
+            visit = visits.get(track_id)
+            if visit is None:
+                visit = visits[track_id] = Visit(uuid.uuid4().hex, camera, s.ts, s.ts, s.mono, s.mono)
+            visit.add(s, frame, keep=max(2 * self.top_k, 4))
+            touched[track_id] = visit
+        for track in step.confirmed:
+            if track.id in visits:
+                visits[track.id].confirmed = True
+        for visit in touched.values():
+            if visit.confirmed:
+                event = self._decide(visit, frame.mono, frame.ts)
+                if event is not None:
+                    events.append(event)
+        return events
+
+    def _report(self, visit: Visit) -> tuple[SpeciesScore, ...]:
+        """The visit's voted top-k, led by its best allowed species."""
+        ranked = [SpeciesScore(name, score) for name, score in visit.ranked()]
+        allowed = [s for s in ranked if self.allowed(s.name)]
+        if not allowed:
+            return ()
+        lead = allowed[0]
+        return (lead, *[s for s in ranked if s.name != lead.name][: self.top_k - 1])
+
+    def _decide(self, visit: Visit, now: float, wall: float) -> VisitEvent | None:
+        if visit.quiet:
+            return None
+        if not visit.told:
+            ranked = visit.ranked()
+            if not ranked:
+                return None
+            winner, score = ranked[0]
+            if not self.allowed(winner) or score < self.cfg.min_score:
+                return None
+            ended = self._cooldown.get((visit.camera, winner))
+            if ended is not None and now - ended < self.cfg.cooldown_s:
+                visit.quiet = True
+                self.quiet += 1
+                log.debug("visit %s on %s: %s again within the cooldown; quiet", visit.id, visit.camera, winner)
+                return None
+            visit.told = True
+            day, count = self._today.get(visit.camera, (local_day(visit.first_seen), 0))
+            first_day = local_day(visit.first_seen)
+            self._today[visit.camera] = (first_day, count + 1 if day == first_day else 1)
+            return self._event("new", visit, now, wall)
+        report = self._report(visit)
+        if not report:
+            return None
+        lead, told = report[0], visit.named[0]
+        material = lead.name != told.name or abs(lead.score - told.score) >= self.cfg.update_min_score_change
+        if material and now - visit.last_event_mono >= self.cfg.update_min_interval_s:
+            return self._event("update", visit, now, wall)
+        if self._heartbeat_due(visit, now):
+            return self._event("update", visit, now, wall)
+        return None
+
+    def _heartbeat_due(self, visit: Visit, now: float) -> bool:
+        return self.cfg.heartbeat_s > 0 and now - visit.last_event_mono >= self.cfg.heartbeat_s
+
+    def _end(self, camera: str, track: Track, now: float, wall: float, reason: str) -> list[VisitEvent]:
+        visit = self._visits[camera].pop(track.id, None)
+        if visit is None or not visit.confirmed:
+            return []
+        if not visit.told:
+            if not visit.quiet:
+                self.unnamed += 1
+            return []
+        event = self._event("end", visit, now, wall, reason)
+        self._cooldown[(camera, event.species)] = now
+        return [event]
+
+    def _event(self, kind: str, visit: Visit, now: float, wall: float, reason: str | None = None) -> VisitEvent:
+        report = self._report(visit) or visit.named
+        lead = report[0]
+        crop = visit.best_crop(lead.name)
+        image = None
+        box: Box = (0, 0, 0, 0)
+        if crop is not None:
+            box = crop.box
+            key = (lead.name, crop.frame.seq)
+            if key != visit.snapshot_key:  # a better picture than the one already sent
+                image = crop.frame.image
+                visit.snapshot_key = key
+        visit.named = report
+        visit.last_event_mono = now
+        event = VisitEvent(
+            kind=kind,
+            visit_id=visit.id,
+            camera=visit.camera,
+            ts=wall,
+            species=lead.name,
+            score=lead.score,
+            top_k=report,
+            first_seen=visit.first_seen,
+            last_seen=visit.last_seen,
+            frames=visit.frames,
+            box=box,
+            model=self.model,
+            end_reason=reason,
+            image=image,
+        )
+        self._last[visit.camera] = event
+        return event
