@@ -131,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("--config", help="pull the model this config names, into its models_dir")
     pull.add_argument("--force", action="store_true", help="replace an existing file")
     pull.set_defaults(func=cmd_models_pull)
+
+    from birdwatch.detector.cli import add_parser as add_detector_parser
+
+    add_detector_parser(sub)
     return parser
 
 

@@ -17,6 +17,9 @@ from birdwatch.capture import CameraReader
 from birdwatch.capture import LatestFrameSlot
 from birdwatch.config import CameraConfig
 from birdwatch.config import Config
+from birdwatch.detector.localiser import DetectorLocaliser
+from birdwatch.detector.localiser import MotionGatedLocaliser
+from birdwatch.detector.localiser import build_localiser
 from birdwatch.engine import ClassifierEngine
 from birdwatch.events import Throttle
 from birdwatch.models import Classifier
@@ -61,6 +64,7 @@ class Pipeline:
         self.cameras: list[Camera] = []
         self.stats = RunStats()
         self.engine: ClassifierEngine | None = None
+        self.localiser: DetectorLocaliser | MotionGatedLocaliser | None = None  # None: motion regions only
         self.throttle = Throttle(config.events)
         self._last_report = time.monotonic()
         self._report_marks: dict[str, tuple[int, int]] = {}
@@ -76,6 +80,7 @@ class Pipeline:
         self.engine = ClassifierEngine(
             classifier, top_k=self.config.model.top_k, batch_size=self.config.model.batch_size
         )
+        self.localiser = build_localiser(self.config, classifier)  # the head shares the classifier's backbone
         self._sink.start()
         secrets = self.config.secrets()
         for cam_cfg in self.config.cameras:
@@ -141,15 +146,21 @@ class Pipeline:
         return events
 
     def localise(self, frames: list[Frame]) -> list[Detections]:
-        """Where to look in each frame."""
+        """Where to look in each frame: motion regions, detector boxes, or detector boxes where motion is."""
         by_name = {cam.cfg.name: cam for cam in self.cameras}
-        out = []
-        for frame in frames:
+        if self.localiser is not None and not self.localiser.needs_motion:
+            out = self.localiser([frame.image for frame in frames])
+        else:
+            out = []
+            for frame in frames:
+                found = by_name[frame.camera].motion(frame.image)
+                out.append(found)
+            if self.localiser is not None:
+                out = self.localiser([frame.image for frame in frames], out)
+        for frame, found in zip(frames, out, strict=True):
             cam = by_name[frame.camera]
             cam.processed += 1
-            found = cam.motion(frame.image)
             cam.regions += len(found)
-            out.append(found)
         return out
 
     def classify(self, frames: list[Frame], detections: list[Detections]) -> list[Sighting]:
@@ -177,9 +188,7 @@ class Pipeline:
 
     def publish(self, events: list[Event]) -> None:
         for event in events:
-            log.info(
-                "%s on %s: %s (%.2f) at %s", event.kind, event.camera, event.species, event.score, list(event.box)
-            )
+            log.info("%s on %s: %s (%.2f) at %s", event.kind, event.camera, event.species, event.score, list(event.box))
             self.sink.publish(event)
         self.stats.events += len(events)
 
