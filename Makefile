@@ -24,12 +24,12 @@ run: $(VENV)/.installed
 	$(BIN)/birdwatch run --config $(CONFIG)
 
 test: $(VENV)/.installed
-	$(BIN)/ruff check birdwatch tests
+	$(BIN)/ruff check birdwatch tests bench
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check birdwatch tests
-	$(BIN)/ruff format --check birdwatch tests
+	$(BIN)/ruff check birdwatch tests bench
+	$(BIN)/ruff format --check birdwatch tests bench
 
 bench: $(VENV)/.installed
 	$(BIN)/birdwatch bench

@@ -54,6 +54,8 @@ class SharedBackbone(nn.Module):
         self.stem_stride = getattr(net, "stem_stride", None)
         self.size = net.size
         self.precision = precision
+        # Only the tests' preparation of an untrained backbone sets this; heads always train on a frozen one.
+        self.trainable = False
 
     # The calls DetectionBaseNet makes on a backbone it owns; the shared network must not change.
     def strip_for_detection_features(self) -> None:
@@ -66,7 +68,8 @@ class SharedBackbone(nn.Module):
         pass
 
     def detection_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        with torch.no_grad(), autocast(x.device, self.precision):
+        grad = torch.enable_grad() if self.trainable else torch.no_grad()
+        with grad, autocast(x.device, self.precision):
             features = self.net.detection_features(x)
         return {name: features[name].float() for name in self.return_stages}
 

@@ -185,8 +185,8 @@ def train(classifier: Classifier, opts: TrainOptions) -> TrainResult:
             scheduler.step()
             steps += 1
             for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-            sums["loss"] = sums.get("loss", 0.0) + float(loss)
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
             bar.set_postfix(loss=f"{sums['loss'] / steps:.3f}")
             if opts.time_limit_s is not None and time.monotonic() - started >= opts.time_limit_s:
                 stopped_early = True
