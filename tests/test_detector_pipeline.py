@@ -43,7 +43,7 @@ def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
 def test_detector_plus_motion_gives_sightings_with_detector_boxes(trained_head: TrainedHead, tmp_path: Path) -> None:
     n_frames = 48
     clip = render_scene(
-        320, 240, n_frames, n_birds=2, seed=21, present_fraction=0.6, size_range=(0.22, 0.3), perch_fraction=0.5
+        320, 240, n_frames, n_birds=2, seed=21, present_fraction=0.6, size_range=(0.18, 0.25), perch_fraction=0.5
     )
     video = tmp_path / "feeder.avi"
     write_video(video, clip.frames, fps=8)
@@ -53,7 +53,8 @@ def test_detector_plus_motion_gives_sightings_with_detector_boxes(trained_head: 
                 "cameras": [{"name": "feeder", "url": str(video), "realtime": True, "motion": {"warmup_frames": 4}}],
                 "model": {"file": str(trained_head.classifier_file), "device": "cpu"},
                 "localiser": "detector+motion",
-                "detector": {"file": str(trained_head.result.head), "score_threshold": 0.3, "region_size": 256},
+                # Regions resized to the head's training size, so birds appear at the scale it learnt.
+                "detector": {"file": str(trained_head.result.head), "score_threshold": 0.3, "region_size": 128},
                 "events": {"min_score": 0.0, "throttle_s": 0.0},  # every sighting becomes an event
             }
         )

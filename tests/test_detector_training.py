@@ -37,7 +37,7 @@ def test_two_minutes_of_cpu_training_finds_held_out_synthetic_birds(
     assert trained_s <= TRAIN_LIMIT_S + 15, f"trained {trained_s:.0f} s"  # stops within a batch of the limit
     assert all(not p.requires_grad for p in bird_classifier.net.parameters())
     head, info = load_head(result.head, bird_classifier)
-    assert info.trained["images"] == 480 and info.input_size == TRAIN_SIZE
+    assert info.trained["images"] == 600 and info.input_size == TRAIN_SIZE
     detector = BirdDetector(
         head, rgb_stats=bird_classifier.rgb_stats, device=bird_classifier.device, max_size=TRAIN_SIZE
     )

@@ -92,14 +92,27 @@ def amp_precision(amp: str, device: torch.device) -> str:
     return resolve_precision(amp, device)
 
 
-def warmup_cosine(total_steps: int, warmup: int) -> Any:
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+class WarmupCosine:
+    """Linear warm-up, then cosine decay to zero at the last step, or at the time limit if that comes first.
 
-    return factor
+    With `--time-limit` the decay follows the clock, so a run cut short by time still ends annealed
+    instead of at a high learning rate.
+    """
+
+    def __init__(self, total_steps: int, warmup: int, time_limit_s: float | None = None) -> None:
+        self.total_steps, self.warmup, self.time_limit_s = total_steps, warmup, time_limit_s
+        self.started: float | None = None  # set when this run starts training (the limit is per run)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started if self.started is not None else 0.0
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = (step - self.warmup) / max(1, self.total_steps - self.warmup)
+        if self.time_limit_s:
+            progress = max(progress, self.elapsed() / self.time_limit_s)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def train(classifier: Classifier, opts: TrainOptions) -> TrainResult:
@@ -140,9 +153,8 @@ def train(classifier: Classifier, opts: TrainOptions) -> TrainResult:
     params = [p for p in head.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
     total_steps = max(1, opts.epochs * len(loader))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(total_steps, warmup=min(100, max(1, total_steps // 10)))
-    )
+    schedule = WarmupCosine(total_steps, warmup=min(100, max(1, total_steps // 10)), time_limit_s=opts.time_limit_s)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     info = HeadInfo.for_classifier(classifier, input_size=opts.size, fpn_width=opts.fpn_width)
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {}
@@ -160,6 +172,7 @@ def train(classifier: Classifier, opts: TrainOptions) -> TrainResult:
         device,
     )
     started = time.monotonic()
+    schedule.started = started
     stopped_early = False
     for epoch in range(start_epoch, opts.epochs):
         head.train()
