@@ -247,10 +247,7 @@ def test_stall_is_judged_by_the_streams_own_interval() -> None:
     slow, fast = run(1.0), run(0.05)
     assert slow.stall_timeout() == pytest.approx(10.0, rel=0.15)  # 10 intervals of 1 s
     assert fast.stall_timeout() == 5.0  # never below 5 s
-    assert (
-        CameraReader(CameraConfig(name="x", url="rtsp://c/x", stall_timeout_s=2.5), LatestFrameSlot()).stall_timeout()
-        == 2.5
-    )
+    assert CameraReader(CameraConfig(name="x", url="rtsp://c/x", stall_timeout_s=2.5), LatestFrameSlot()).stall_timeout() == 2.5
 
 
 @pytest.mark.timeout(30)

@@ -76,14 +76,8 @@ cameras:
         (MINIMAL + "model: {device: gpu}\n", "model.device: 'gpu' is not a device"),
         ("cameras:\n  - {name: 'front door', url: rtsp://x/y}\n", "cameras[0].name: 'front door' is not a valid"),
         ("cameras:\n  - {name: a, url: 'ftp://x/y'}\n", "cameras[0].url: unsupported scheme 'ftp'"),
-        (
-            "cameras:\n  - {name: a, url: /no/such/clip.mp4}\n",
-            "cameras[0].url: video file '/no/such/clip.mp4' does not",
-        ),
-        (
-            "cameras:\n  - {name: a, url: rtsp://x/1}\n  - {name: a, url: rtsp://x/2}\n",
-            "cameras[1].name: 'a' is already",
-        ),
+        ("cameras:\n  - {name: a, url: /no/such/clip.mp4}\n", "cameras[0].url: video file '/no/such/clip.mp4' does not"),
+        ("cameras:\n  - {name: a, url: rtsp://x/1}\n  - {name: a, url: rtsp://x/2}\n", "cameras[1].name: 'a' is already"),
         (MINIMAL + "mqtt: {topic_prefix: 'birds/#'}\n", "mqtt.topic_prefix: 'birds/#' is not a usable"),
         (MINIMAL + "mqtt: {username: u, password: p, password_env: X}\n", "give only one of mqtt.password"),
         (MINIMAL + "mqtt: {password: p}\n", "mqtt.username: required when a password is given"),

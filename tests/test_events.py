@@ -46,9 +46,7 @@ def test_the_best_crop_of_a_batch_names_the_event() -> None:
 
 
 def test_payload_is_plain_json_with_documented_fields() -> None:
-    event = Event(
-        "sighting", "feeder", 1_700_000_000.0, "Jay", 0.87654, (SpeciesScore("Jay", 0.87654),), (1, 2, 3, 4), 9, "m"
-    )
+    event = Event("sighting", "feeder", 1_700_000_000.0, "Jay", 0.87654, (SpeciesScore("Jay", 0.87654),), (1, 2, 3, 4), 9, "m")
     payload = event.to_payload()
     assert payload["score"] == 0.8765 and payload["top_k"] == [{"species": "Jay", "score": 0.8765}]
     assert payload["box"] == [1, 2, 3, 4] and len(payload["id"]) == 32

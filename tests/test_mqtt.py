@@ -22,9 +22,7 @@ DOCUMENTED_FIELDS = {"id", "kind", "camera", "time", "ts", "species", "score", "
 
 def make_event(camera: str = "feeder", species: str = "Eurasian Blue Tit") -> Event:
     top = (SpeciesScore(species, 0.91), SpeciesScore("Great Tit", 0.05))
-    return Event(
-        "sighting", camera, time.time(), species, 0.91, top, (10, 20, 110, 120), 42, "hgnet_v2_b2_danube-delta"
-    )
+    return Event("sighting", camera, time.time(), species, 0.91, top, (10, 20, 110, 120), 42, "hgnet_v2_b2_danube-delta")
 
 
 def sink_for(broker: MosquittoBroker, **overrides: object) -> MqttSink:
@@ -99,9 +97,7 @@ def test_wrong_credentials_are_reported_not_raised(
     tmp_path_factory: pytest.TempPathFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     broker = MosquittoBroker(tmp_path_factory.mktemp("authbroker"))
-    broker.config_path.write_text(
-        broker.config_path.read_text().replace("allow_anonymous true", "allow_anonymous false")
-    )
+    broker.config_path.write_text(broker.config_path.read_text().replace("allow_anonymous true", "allow_anonymous false"))
     broker.start()
     try:
         sink = sink_for(broker, username="nobody")
@@ -111,8 +107,6 @@ def test_wrong_credentials_are_reported_not_raised(
             while not any("refused" in r.getMessage() for r in caplog.records) and time.monotonic() < deadline:
                 time.sleep(0.1)
             sink.stop()
-        assert any(
-            "refused the connection" in r.getMessage() and "mqtt.username" in r.getMessage() for r in caplog.records
-        )
+        assert any("refused the connection" in r.getMessage() and "mqtt.username" in r.getMessage() for r in caplog.records)
     finally:
         broker.stop()
