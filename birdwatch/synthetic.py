@@ -504,6 +504,7 @@ class Scene:
             sitting still, as birds at a feeder do; 0 keeps every bird moving.
         size_range: bird body length as a fraction of the frame height.
         noise_sigma: per-frame Gaussian sensor noise (grey levels); 0 for exact frames.
+        varied: draw the background, clutter and birds with the varied looks of `render_still`.
     """
 
     def __init__(
@@ -519,6 +520,7 @@ class Scene:
         perch_fraction: float = 0.0,
         size_range: tuple[float, float] = (0.12, 0.22),
         noise_sigma: float = 2.0,
+        varied: bool = False,
     ) -> None:
         if width < 16 or height < 16 or n_frames < 0 or n_birds < 0:
             raise ValueError("need width, height >= 16 and non-negative n_frames, n_birds")
@@ -528,7 +530,13 @@ class Scene:
             [(int(a), int(b)) for a, b in presence] if presence is not None else _windows(n_frames, present_fraction)
         )
         rng = np.random.default_rng(seed)
-        self.background = _background(width, height, rng)
+        self.varied = varied
+        # varied: a background, clutter and birds as `render_still` draws them (the detector's training look).
+        self.background = (
+            _varied_background(width, height, rng, int(rng.integers(0, 4)))
+            if varied
+            else _background(width, height, rng)
+        )
         self._flights = [
             self._plan(rng, a, b, perch_fraction, size_range) for a, b in self.presence if b > a for _ in range(n_birds)
         ]
@@ -538,7 +546,11 @@ class Scene:
     ) -> _Flight:
         w, h = self.width, self.height
         length = max(8, int(h * rng.uniform(*size_range)))
-        up, down = _bird_sprites(length, rng)
+        if self.varied:
+            angle = float(rng.uniform(-20, 20))
+            up, down = (_posed(sprite, angle, False) for sprite in _varied_bird_sprites(length, rng))
+        else:
+            up, down = _bird_sprites(length, rng)
         rightward = bool(rng.integers(2))
         if not rightward:
             up, down = (_Sprite(s.image[:, ::-1].copy(), s.mask[:, ::-1].copy()) for s in (up, down))

@@ -28,7 +28,7 @@ from tests.fixtures_detector import TRAIN_SIZE
 from tests.fixtures_detector import TrainedHead
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1500)
 def test_two_minutes_of_cpu_training_finds_held_out_synthetic_birds(
     trained_head: TrainedHead, bird_classifier: Classifier
 ) -> None:
