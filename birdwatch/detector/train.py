@@ -162,6 +162,8 @@ def train(classifier: Classifier, opts: TrainOptions) -> TrainResult:
     last_path, head_path = out / LAST_FILE, out / HEAD_FILE
     if opts.resume:
         start_epoch, history, best = _resume(last_path, classifier, opts, head, optimizer, scheduler)
+        # LambdaLR restores the schedule object's fields: this run's epochs and time limit rule instead.
+        schedule.total_steps, schedule.time_limit_s = total_steps, opts.time_limit_s
         log.info("resuming %s after epoch %d", last_path, start_epoch)
     log.info(
         "head: FCOS, FPN width %d, %d trainable parameters; backbone %s frozen, %s; %s",

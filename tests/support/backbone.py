@@ -97,6 +97,10 @@ def fine_tune_backbone(
                 break
     net.eval()
     log.info(
-        "fine-tuned %s for %d steps in %.0f s (loss %.3f)", network, steps, time.monotonic() - started, float(loss)
+        "fine-tuned %s for %d steps in %.0f s (loss %.3f)",
+        network,
+        steps,
+        time.monotonic() - started,
+        float(loss.detach()),
     )
     return save_network(net, path, class_names, size)
