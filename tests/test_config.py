@@ -71,7 +71,7 @@ cameras:
         (MINIMAL + "mqtt: {port: 70000}\n", "mqtt.port: 70000 is too large; expected at most 65535"),
         (MINIMAL + "events: {min_score: -0.1}\n", "events.min_score: -0.1 is too small; expected at least 0.0"),
         (MINIMAL + "events: {throttle_s: .nan}\n", "events.throttle_s: expected a number"),
-        (MINIMAL + "localiser: yolo\n", "localiser: expected one of 'motion', got 'yolo' (str)"),
+        (MINIMAL + "localiser: yolo\n", "localiser: expected one of 'motion', 'detector', 'detector+motion', got 'yolo' (str)"),
         (MINIMAL + "    rtsp_transport: http\n", "cameras[0].rtsp_transport: expected one of 'tcp', 'udp'"),
         (MINIMAL + "model: {device: gpu}\n", "model.device: 'gpu' is not a device"),
         ("cameras:\n  - {name: 'front door', url: rtsp://x/y}\n", "cameras[0].name: 'front door' is not a valid"),
