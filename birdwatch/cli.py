@@ -238,6 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     history_args(stats)
     stats.add_argument("--days", type=_positive, default=7, help="this many days up to today (default 7)")
     stats.set_defaults(func=cmd_stats)
+
+    from birdwatch.detector.cli import add_parser as add_detector_parser
+
+    add_detector_parser(sub)
     return parser
 
 

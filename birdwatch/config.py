@@ -105,6 +105,22 @@ class MqttTlsConfig:
 
 
 @dataclass
+class DetectorConfig:
+    """The detection head on the classifier's backbone (`localiser: detector` or `detector+motion`)."""
+
+    file: str | None = None  # head.pt from `birdwatch detector train`
+    score_threshold: float = field(default=0.4, metadata=_range(0.0, 1.0))  # boxes scoring less are dropped
+    nms_iou: float = field(default=0.5, metadata=_range(0.05, 1.0))  # overlap above which the weaker box goes
+    max_detections: int = field(default=20, metadata=_range(1, 300))  # per frame
+    max_size: int | None = field(default=None, metadata=_range(64, 4096))  # frame's longer side; None: head's size
+    region_size: int = field(default=320, metadata=_range(64, 2048))  # detector+motion: regions resized to this
+    region_padding: float = field(default=1.0, metadata=_range(0.0, 4.0))  # grow motion boxes by this fraction
+    max_regions: int = field(default=4, metadata=_range(1, 32))  # per frame; more are merged into one
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # backbone autocast; auto: fp16 on CUDA, else fp32
+    channels_last: bool = False  # NHWC memory layout for the shared backbone
+
+
+@dataclass
 class MqttConfig:
     host: str | None = None  # no host: events are only logged
     port: int = field(default=1883, metadata=_range(1, 65535))
@@ -203,8 +219,9 @@ class MetricsConfig:
 class Config:
     cameras: list[CameraConfig]
     model: ModelConfig = field(default_factory=ModelConfig)
-    localiser: Literal["motion"] = "motion"
+    localiser: Literal["motion", "detector", "detector+motion"] = "motion"
     engine: EngineConfig = field(default_factory=EngineConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
@@ -529,6 +546,17 @@ def _check_config(config: Config, source: str) -> None:
             raise ConfigError(
                 f"{source}: cameras[{i}].reconnect.max_s: {cam.reconnect.max_s} is below initial_s "
                 f"{cam.reconnect.initial_s}"
+            )
+    if config.localiser != "motion":
+        if not config.detector.file:
+            raise ConfigError(
+                f"{source}: localiser: {config.localiser!r} needs detector.file, a head trained with "
+                "`birdwatch detector train`; or use localiser: motion"
+            )
+        if not Path(config.detector.file).expanduser().is_file():
+            raise ConfigError(
+                f"{source}: detector.file: {config.detector.file!r} does not exist; train a head with "
+                "`birdwatch detector train` (it writes head.pt)"
             )
     mqtt = config.mqtt
     given = [k for k in ("password", "password_file", "password_env") if getattr(mqtt, k)]

@@ -190,6 +190,13 @@ def save_untrained(
             scale = 4.0 / float((logits - logits.mean(dim=1, keepdim=True)).std().clamp_min(1e-12))
             net.classifier.weight.mul_(scale)
             net.classifier.bias.zero_()
+    return save_network(net, path, class_names, size)
+
+
+def save_network(net: torch.nn.Module, path: str | Path, class_names: list[str], size: tuple[int, int]) -> Path:
+    """Write a birder classification network in birder's own file format (what `load_classifier` reads)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     signature = get_signature((1, 3, *size), len(class_names))
     class_to_idx = {name: i for i, name in enumerate(class_names)}
     with tempfile.TemporaryDirectory() as tmp:

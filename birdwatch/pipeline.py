@@ -32,6 +32,9 @@ from birdwatch.batching import Batcher
 from birdwatch.capture import CameraReader
 from birdwatch.config import CameraConfig
 from birdwatch.config import Config
+from birdwatch.detector.localiser import DetectorLocaliser
+from birdwatch.detector.localiser import MotionGatedLocaliser
+from birdwatch.detector.localiser import build_localiser
 from birdwatch.engine import ClassifierEngine
 from birdwatch.engine import Precision
 from birdwatch.metrics import StatsReport
@@ -142,6 +145,7 @@ class Pipeline:
         self._watchdog = systemd.Watchdog()
         self._hung_reported = False
         self._stats_report = StatsReport()
+        self.localiser: DetectorLocaliser | MotionGatedLocaliser | None = None  # None: motion regions only
         self._last_report = time.monotonic()
         self._report_marks: dict[str, tuple[int, int]] = {}
 
@@ -184,6 +188,7 @@ class Pipeline:
         pending = self.store.count_pending()
         if pending:
             log.info("%d event(s) from before this start not yet delivered; sending them first", pending)
+        self.localiser = build_localiser(self.config, classifier)  # the head shares the classifier's backbone
         self._sink.start()
         self.outbox.pump()
         secrets = self.config.secrets()
@@ -375,15 +380,21 @@ class Pipeline:
         return self.publish(events)
 
     def localise(self, frames: list[Frame]) -> list[Detections]:
-        """Where to look in each frame."""
+        """Where to look in each frame: motion regions, detector boxes, or detector boxes where motion is."""
         by_name = {cam.cfg.name: cam for cam in self.cameras}
-        out = []
-        for frame in frames:
+        if self.localiser is not None and not self.localiser.needs_motion:
+            out = self.localiser([frame.image for frame in frames])
+        else:
+            out = []
+            for frame in frames:
+                found = by_name[frame.camera].motion(frame.image)
+                out.append(found)
+            if self.localiser is not None:
+                out = self.localiser([frame.image for frame in frames], out)
+        for frame, found in zip(frames, out, strict=True):
             cam = by_name[frame.camera]
             cam.processed += 1
-            found = cam.motion(frame.image)
             cam.regions += len(found)
-            out.append(found)
         return out
 
     def classify(self, frames: list[Frame], detections: list[Detections]) -> list[Sighting]:

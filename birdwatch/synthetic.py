@@ -13,6 +13,7 @@ end). Boxes are the bounds of each bird's visible pixels, clipped to the frame.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from collections.abc import Iterable
 from collections.abc import Iterator
@@ -96,6 +97,20 @@ def _bgr(c: np.ndarray | int) -> tuple[int, ...]:
     return tuple(int(v) for v in np.atleast_1d(c))
 
 
+@dataclass(frozen=True)
+class _Shape:
+    """Proportions of a bird in units of body length; the defaults are the classic test bird."""
+
+    body: tuple[float, float] = (0.38, 0.22)  # half axes of the body ellipse
+    body_angle: float = -10.0
+    tail: tuple[float, float, float] = (0.78, 0.12, 0.14)  # tip distance behind the centre, upper, lower spread
+    head: float = 0.15  # radius
+    head_at: tuple[float, float] = (0.35, -0.18)  # head centre relative to the body centre
+    beak: float = 0.2  # length
+    wing: tuple[float, float] = (0.26, 0.1)  # half axes
+    belly: bool = False  # a lighter patch under the body
+
+
 def _paint_bird(
     length: int,
     body: np.ndarray,
@@ -103,13 +118,14 @@ def _paint_bird(
     wing: np.ndarray,
     beak: np.ndarray,
     wings_up: bool,
+    shape: _Shape = _Shape(),
 ) -> _Sprite:
     u = float(length)  # every coordinate below is in units of body length
     size = int(2 * u) + 4
     img = np.zeros((size, size, 3), np.uint8)
     mask = np.zeros((size, size), np.uint8)
     cx, cy = size / 2, size / 2
-    hx, hy = cx + 0.35 * u, cy - 0.18 * u
+    hx, hy = cx + shape.head_at[0] * u, cy + shape.head_at[1] * u
 
     def poly(colour: np.ndarray, *xy: tuple[float, float]) -> None:
         p = np.round(np.array(xy)).astype(np.int32)
@@ -122,26 +138,39 @@ def _paint_bird(
 
     # Each shape goes onto the image and the mask alike, without anti-aliasing, so the mask is
     # exactly the bird's pixels and the boxes derived from it are exact.
-    poly(wing, (cx - 0.3 * u, cy), (cx - 0.78 * u, cy - 0.12 * u), (cx - 0.75 * u, cy + 0.14 * u))  # tail
-    ellipse(body, cx, cy, 0.38 * u, 0.22 * u, -10)
+    tip, up_spread, down_spread = shape.tail
+    poly(wing, (cx - 0.3 * u, cy), (cx - tip * u, cy - up_spread * u), (cx - (tip - 0.03) * u, cy + down_spread * u))
+    ellipse(body, cx, cy, shape.body[0] * u, shape.body[1] * u, shape.body_angle)
+    if shape.belly:
+        belly = np.clip(body.astype(np.float32) * 0.5 + 120, 0, 255)
+        ellipse(
+            belly, cx + 0.05 * u, cy + 0.08 * u, shape.body[0] * 0.6 * u, shape.body[1] * 0.55 * u, shape.body_angle
+        )
     if wings_up:
-        ellipse(wing, cx - 0.05 * u, cy - 0.15 * u, 0.26 * u, 0.1 * u, -35)
+        ellipse(wing, cx - 0.05 * u, cy - 0.15 * u, shape.wing[0] * u, shape.wing[1] * u, -35)
     else:
-        ellipse(wing, cx - 0.05 * u, cy + 0.02 * u, 0.26 * u, 0.1 * u, 10)
-    ellipse(head, hx, hy, 0.15 * u, 0.15 * u, 0)
+        ellipse(wing, cx - 0.05 * u, cy + 0.02 * u, shape.wing[0] * u, shape.wing[1] * u, 10)
+    ellipse(head, hx, hy, shape.head * u, shape.head * u, 0)
     eye = max(1.0, 0.03 * u)
     ellipse(np.zeros(3), hx + 0.06 * u, hy - 0.03 * u, eye, eye, 0)
-    poly(beak, (hx + 0.12 * u, hy - 0.05 * u), (hx + 0.12 * u, hy + 0.05 * u), (hx + 0.32 * u, hy + 0.01 * u))
+    bx = hx + (shape.head - 0.03) * u
+    poly(beak, (bx, hy - 0.05 * u), (bx, hy + 0.05 * u), (bx + shape.beak * u, hy + 0.01 * u))
     ys, xs = np.nonzero(mask)
     crop = np.s_[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
     return _Sprite(img[crop].copy(), mask[crop] > 0)
 
 
-def _background(width: int, height: int, rng: np.random.Generator) -> np.ndarray:
+def _background(
+    width: int,
+    height: int,
+    rng: np.random.Generator,
+    sky: tuple[float, float, float] = (225, 200, 170),
+    leaves: tuple[float, float, float] = (70, 130, 90),
+) -> np.ndarray:
     """Sky-to-foliage gradient, low-frequency texture, a branch and a hanging feeder."""
     t = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
-    sky, leaves = np.array([225, 200, 170], np.float32), np.array([70, 130, 90], np.float32)
-    img = np.broadcast_to(sky * (1 - t) + leaves * t, (height, width, 3)).copy()
+    sky_c, leaves_c = np.array(sky, np.float32), np.array(leaves, np.float32)
+    img = np.broadcast_to(sky_c * (1 - t) + leaves_c * t, (height, width, 3)).copy()
     # Blurred noise at a fraction of the size gives blotchy texture, not per-pixel grain.
     coarse = rng.normal(0, 1, (max(2, height // 16), max(2, width // 16), 3)).astype(np.float32)
     texture = cv2.GaussianBlur(cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC), (0, 0), 3)
@@ -169,6 +198,289 @@ def _background(width: int, height: int, rng: np.random.Generator) -> np.ndarray
     return img
 
 
+# ---- varied looks: shapes, colours, poses, backgrounds and clutter, for the detector -----------
+
+
+def _hsv_colour(rng: np.random.Generator, s: tuple[int, int] = (0, 255), v: tuple[int, int] = (30, 240)) -> np.ndarray:
+    hsv = np.array([[[rng.integers(0, 180), rng.integers(*s), rng.integers(*v)]]], np.uint8)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0].astype(np.int64)
+
+
+def _varied_bird_sprites(length: int, rng: np.random.Generator) -> tuple[_Sprite, _Sprite]:
+    """A bird of random proportions and plumage, wings up and wings down."""
+    shape = _Shape(
+        body=(rng.uniform(0.3, 0.45), rng.uniform(0.15, 0.27)),
+        body_angle=rng.uniform(-30, 10),
+        tail=(rng.uniform(0.6, 0.95), rng.uniform(0.04, 0.2), rng.uniform(0.04, 0.2)),
+        head=rng.uniform(0.11, 0.19),
+        head_at=(rng.uniform(0.28, 0.4), rng.uniform(-0.25, -0.08)),
+        beak=rng.uniform(0.08, 0.35),
+        wing=(rng.uniform(0.18, 0.32), rng.uniform(0.07, 0.14)),
+        belly=bool(rng.random() < 0.5),
+    )
+    # Many real feeder birds are brown or grey; some are bright. Draw muted colours more often.
+    body = _hsv_colour(rng, s=(0, 90) if rng.random() < 0.6 else (90, 255))
+    head = body if rng.random() < 0.4 else _hsv_colour(rng)
+    wing = np.clip(body * rng.uniform(0.4, 1.4), 0, 255) if rng.random() < 0.7 else _hsv_colour(rng)
+    beak = _hsv_colour(rng, s=(0, 255), v=(20, 230))
+    return (
+        _paint_bird(length, body, head, wing, beak, wings_up=True, shape=shape),
+        _paint_bird(length, body, head, wing, beak, wings_up=False, shape=shape),
+    )
+
+
+def _posed(sprite: _Sprite, angle: float, mirror: bool) -> _Sprite:
+    """Rotate (degrees) and optionally mirror a sprite; nearest-neighbour keeps the mask exact."""
+    image, mask = (sprite.image[:, ::-1], sprite.mask[:, ::-1]) if mirror else (sprite.image, sprite.mask)
+    h, w = mask.shape
+    side = math.ceil(math.hypot(h, w)) + 2
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)
+    m[:, 2] += ((side - w) / 2, (side - h) / 2)
+    flags = cv2.INTER_NEAREST
+    image = cv2.warpAffine(np.ascontiguousarray(image), m, (side, side), flags=flags)
+    mask = cv2.warpAffine(np.ascontiguousarray(mask, np.uint8), m, (side, side), flags=flags) > 0
+    ys, xs = np.nonzero(mask)
+    crop = np.s_[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    return _Sprite(image[crop].copy(), mask[crop].copy())
+
+
+def _texture(width: int, height: int, rng: np.random.Generator, cell: int, blur: float) -> np.ndarray:
+    coarse = rng.normal(0, 1, (max(2, height // cell), max(2, width // cell), 3)).astype(np.float32)
+    return cv2.GaussianBlur(cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC), (0, 0), blur)
+
+
+def _varied_background(width: int, height: int, rng: np.random.Generator, clutter: int) -> np.ndarray:
+    """One of several feeder settings (garden, foliage, fence, lawn, wall) with `clutter` objects."""
+    s = min(width, height)
+    style = int(rng.integers(5))
+    if style == 0:  # the classic garden, in random colours
+        img = _background(width, height, rng, tuple(_hsv_colour(rng, v=(140, 250))), tuple(_hsv_colour(rng)))
+    else:
+        base = _hsv_colour(rng, v=(60, 220)).astype(np.float32)
+        img = np.full((height, width, 3), base, np.float32)
+        if style == 1:  # dense foliage: blotches at two scales
+            img = img + 40 * _texture(width, height, rng, 24, 4) + 25 * _texture(width, height, rng, 6, 1.5)
+        elif style == 2:  # planks of a fence or a table
+            plank = max(8, int(s * rng.uniform(0.08, 0.2)))
+            vertical = bool(rng.integers(2))
+            n = (width if vertical else height) // plank + 1
+            shades = rng.normal(0, 18, n).astype(np.float32)
+            idx = (np.arange(width) if vertical else np.arange(height)) // plank
+            band = shades[idx][None, :, None] if vertical else shades[idx][:, None, None]
+            img = img + band + 10 * _texture(width, height, rng, 4, 1)
+            for i in range(1, n):
+                pos = i * plank
+                pt1, pt2 = ((pos, 0), (pos, height)) if vertical else ((0, pos), (width, pos))
+                cv2.line(img, pt1, pt2, _bgr(np.clip(base * 0.5, 0, 255)), max(1, plank // 12))
+        elif style == 3:  # lawn below a horizon, sky above
+            horizon = int(height * rng.uniform(0.2, 0.6))
+            grass = _hsv_colour(rng, s=(80, 255), v=(60, 180)).astype(np.float32)
+            img[horizon:] = grass + 30 * _texture(width, height - horizon, rng, 3, 0.8)
+        else:  # brick or stone wall
+            bh = max(6, int(s * rng.uniform(0.05, 0.12)))
+            bw = bh * 2
+            mortar = _bgr(np.clip(base * 1.4 + 30, 0, 255))
+            img = img + 15 * _texture(width, height, rng, 8, 2)
+            for row, y in enumerate(range(0, height, bh)):
+                cv2.line(img, (0, y), (width, y), mortar, max(1, bh // 6))
+                for x in range(-(row % 2) * bw // 2, width, bw):
+                    cv2.line(img, (x, y), (x, y + bh), mortar, max(1, bh // 6))
+        img = np.clip(img, 0, 255).astype(np.uint8)
+    for _ in range(int(rng.integers(0, 3))):  # branches
+        y0 = rng.uniform(0.1, 0.95) * height
+        pts = np.array([(x, y0 + rng.normal(0, 0.04) * s) for x in np.linspace(-10, width + 10, 7)], np.int32)
+        cv2.polylines(
+            img,
+            [pts],
+            False,
+            _bgr(_hsv_colour(rng, s=(40, 160), v=(30, 110))),
+            max(2, int(s * rng.uniform(0.01, 0.04))),
+        )
+    for _ in range(int(rng.integers(0, 2))):  # a feeder
+        fx, fy = int(rng.uniform(0.1, 0.9) * width), int(rng.uniform(0.05, 0.5) * height)
+        fw, fh = max(6, int(s * rng.uniform(0.06, 0.14))), max(12, int(s * rng.uniform(0.15, 0.35)))
+        cv2.line(img, (fx, 0), (fx, fy), (40, 40, 40), 1, cv2.LINE_AA)
+        cv2.rectangle(img, (fx - fw // 2, fy), (fx + fw // 2, fy + fh), _bgr(_hsv_colour(rng)), -1)
+        cv2.fillPoly(
+            img, [np.array([(fx - fw, fy), (fx + fw, fy), (fx, fy - fw // 2)], np.int32)], _bgr(_hsv_colour(rng))
+        )
+    _clutter(img, rng, clutter)
+    return img
+
+
+def _clutter(img: np.ndarray, rng: np.random.Generator, n: int, labels: np.ndarray | None = None) -> None:
+    """Things that are not birds: leaves, stones, seeds, sticks, bright blobs and cones.
+
+    With `labels`, the objects are in front of the birds: the pixels they cover stop belonging to a bird.
+    """
+    height, width = img.shape[:2]
+    s = min(width, height)
+    for _ in range(n):
+        kind = int(rng.integers(6))
+        x, y = int(rng.uniform(0, width)), int(rng.uniform(0, height))
+        size = max(2, int(s * rng.uniform(0.015, 0.08)))
+        colour = _bgr(_hsv_colour(rng))
+        shape_mask = np.zeros((height, width), np.uint8)
+        if kind == 0:  # leaf
+            colour = _bgr(_hsv_colour(rng, s=(80, 255), v=(40, 200)))
+            axes, angle = (size, max(1, size // 3)), float(rng.uniform(0, 180))
+            for canvas, c in ((img, colour), (shape_mask, 255)):
+                cv2.ellipse(canvas, (x, y), axes, angle, 0, 360, c, -1)
+        elif kind == 1:  # stone
+            grey = int(rng.integers(70, 200))
+            axes = (size, max(1, int(size * rng.uniform(0.5, 0.9))))
+            for canvas, c in ((img, (grey, grey, grey)), (shape_mask, 255)):
+                cv2.ellipse(canvas, (x, y), axes, float(rng.uniform(0, 180)), 0, 360, c, -1)
+        elif kind == 2:  # a scatter of seeds
+            for _ in range(int(rng.integers(5, 20))):
+                px, py = int(x + rng.normal(0, size)), int(y + rng.normal(0, size / 2))
+                for canvas, c in ((img, colour), (shape_mask, 255)):
+                    cv2.circle(canvas, (px, py), max(1, size // 8), c, -1)
+        elif kind == 3:  # stick
+            dx, dy = rng.normal(0, 2 * size, 2)
+            for canvas, c in ((img, _bgr(_hsv_colour(rng, s=(40, 160), v=(30, 120)))), (shape_mask, 255)):
+                cv2.line(canvas, (x, y), (int(x + dx), int(y + dy)), c, max(1, size // 6))
+        elif kind == 4:  # a bright blob or label: colour alone must not say "bird"
+            w2, h2 = size, max(1, int(size * rng.uniform(0.3, 1.0)))
+            for canvas, c in ((img, colour), (shape_mask, 255)):
+                if rng.random() < 0.5:
+                    cv2.rectangle(canvas, (x - w2, y - h2), (x + w2, y + h2), c, -1)
+                else:
+                    cv2.circle(canvas, (x, y), size, c, -1)
+        else:  # pine cone: a brown oval with scales
+            axes = (max(1, size // 2), size)
+            for canvas, c in ((img, (30, 60, 100)), (shape_mask, 255)):
+                cv2.ellipse(canvas, (x, y), axes, float(rng.uniform(0, 180)), 0, 360, c, -1)
+            for k in range(-2, 3):
+                cv2.line(img, (x - axes[0], y + k * size // 3), (x + axes[0], y + k * size // 3), (20, 40, 70), 1)
+        if labels is not None:
+            labels[shape_mask > 0] = 0
+
+
+def _paste_labelled(
+    img: np.ndarray, labels: np.ndarray, sprite: _Sprite, centre: tuple[float, float], label: int
+) -> None:
+    sh, sw = sprite.mask.shape
+    x, y = round(centre[0] - sw / 2), round(centre[1] - sh / 2)
+    fx1, fy1 = max(x, 0), max(y, 0)
+    fx2, fy2 = min(x + sw, img.shape[1]), min(y + sh, img.shape[0])
+    if fx1 >= fx2 or fy1 >= fy2:
+        return
+    m = sprite.mask[fy1 - y : fy2 - y, fx1 - x : fx2 - x]
+    img[fy1:fy2, fx1:fx2][m] = sprite.image[fy1 - y : fy2 - y, fx1 - x : fx2 - x][m]
+    labels[fy1:fy2, fx1:fx2][m] = label
+
+
+# What the tests train and evaluate on: birds large enough for a head on a barely trained backbone.
+EASY_STILLS: dict[str, Any] = {
+    "n_birds": (1, 3),
+    "size_range": (0.15, 0.35),
+    "clutter": (0, 3),
+    "noise_sigma": (0.0, 3.0),
+}
+
+
+def render_still(
+    width: int,
+    height: int,
+    seed: int,
+    *,
+    n_birds: tuple[int, int] = (0, 4),
+    size_range: tuple[float, float] = (0.08, 0.35),
+    clutter: tuple[int, int] = (4, 16),
+    noise_sigma: tuple[float, float] = (0.0, 8.0),
+) -> tuple[np.ndarray, list[Box]]:
+    """One feeder-like still with birds of varied shape, colour, size and pose, and its boxes.
+
+    `n_birds`, `clutter` (objects that are not birds) and `noise_sigma` are drawn uniformly from their
+    (low, high) ranges; bird body length is a fraction `size_range` of the shorter side. A few objects
+    are drawn in front of the birds, so boxes are the bounds of what is still visible of each bird.
+    """
+    rng = np.random.default_rng([seed, width, height])
+    s = min(width, height)
+    img = _varied_background(width, height, rng, int(rng.integers(clutter[0], clutter[1] + 1)))
+    labels = np.zeros((height, width), np.int32)
+    placed: list[tuple[float, float, float, float]] = []
+    n = int(rng.integers(n_birds[0], n_birds[1] + 1))
+    for label in range(1, n + 1):
+        length = max(8, int(s * rng.uniform(*size_range)))
+        up, down = _varied_bird_sprites(length, rng)
+        sprite = _posed(up if rng.random() < 0.4 else down, float(rng.uniform(-35, 35)), bool(rng.integers(2)))
+        sh, sw = sprite.mask.shape
+        # Keep most of each bird inside the frame and birds from hiding each other completely.
+        for _ in range(20):
+            cx = rng.uniform(sw * 0.3, width - sw * 0.3) if sw * 0.6 < width else width / 2
+            cy = rng.uniform(sh * 0.3, height - sh * 0.3) if sh * 0.6 < height else height / 2
+            box = (cx - sw / 2, cy - sh / 2, cx + sw / 2, cy + sh / 2)
+            if all(_iou(box, other) < 0.2 for other in placed):
+                break
+        placed.append(box)
+        _paste_labelled(img, labels, sprite, (cx, cy), label)
+    _clutter(img, rng, int(rng.integers(0, 3)), labels)  # in front of the birds
+    boxes: list[Box] = []
+    for label in range(1, n + 1):
+        ys, xs = np.nonzero(labels == label)
+        if len(xs) >= 12:  # a few stray pixels are not a bird anyone could box
+            boxes.append((int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1))
+    # Camera: exposure, focus and sensor noise.
+    out = img.astype(np.float32) * rng.uniform(0.7, 1.2) + rng.uniform(-25, 25)
+    if rng.random() < 0.3:
+        out = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.5, 1.5))
+    sigma = rng.uniform(*noise_sigma)
+    if sigma > 0:
+        out += rng.normal(0, sigma, out.shape).astype(np.float32)
+    return np.clip(out, 0, 255).astype(np.uint8), boxes
+
+
+def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def write_coco_dataset(
+    directory: str | Path,
+    n_images: int,
+    width: int = 640,
+    height: int = 480,
+    seed: int = 0,
+    *,
+    quality: int = 90,
+    **still_kwargs: Any,
+) -> Path:
+    """A COCO-format bird dataset of `render_still` images: DIR/images/*.jpg and DIR/annotations.json.
+
+    Image i uses seed (seed, i), so datasets with different seeds share no image. Returns the
+    annotations file.
+    """
+    directory = Path(directory)
+    (directory / "images").mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for i in range(n_images):
+        img, boxes = render_still(width, height, seed * 1_000_003 + i, **still_kwargs)
+        name = f"{i:06d}.jpg"
+        if not cv2.imwrite(str(directory / "images" / name), img, [cv2.IMWRITE_JPEG_QUALITY, quality]):
+            raise OSError(f"cv2.imwrite failed for {directory / 'images' / name}")
+        images.append({"id": i + 1, "file_name": name, "width": width, "height": height})
+        for x1, y1, x2, y2 in boxes:
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": i + 1,
+                    "category_id": 1,
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": (x2 - x1) * (y2 - y1),
+                    "iscrowd": 0,
+                }
+            )
+    categories = [{"id": 1, "name": "bird", "supercategory": "animal"}]
+    path = directory / "annotations.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return path
+
+
 def _windows(n_frames: int, present_fraction: float) -> list[tuple[int, int]]:
     """One centred presence window: equal bird-free stretches before and after."""
     if not 0.0 <= present_fraction <= 1.0:
@@ -192,6 +504,7 @@ class Scene:
             sitting still, as birds at a feeder do; 0 keeps every bird moving.
         size_range: bird body length as a fraction of the frame height.
         noise_sigma: per-frame Gaussian sensor noise (grey levels); 0 for exact frames.
+        varied: draw the background, clutter and birds with the varied looks of `render_still`.
     """
 
     def __init__(
@@ -207,6 +520,7 @@ class Scene:
         perch_fraction: float = 0.0,
         size_range: tuple[float, float] = (0.12, 0.22),
         noise_sigma: float = 2.0,
+        varied: bool = False,
     ) -> None:
         if width < 16 or height < 16 or n_frames < 0 or n_birds < 0:
             raise ValueError("need width, height >= 16 and non-negative n_frames, n_birds")
@@ -216,7 +530,13 @@ class Scene:
             [(int(a), int(b)) for a, b in presence] if presence is not None else _windows(n_frames, present_fraction)
         )
         rng = np.random.default_rng(seed)
-        self.background = _background(width, height, rng)
+        self.varied = varied
+        # varied: a background, clutter and birds as `render_still` draws them (the detector's training look).
+        self.background = (
+            _varied_background(width, height, rng, int(rng.integers(0, 4)))
+            if varied
+            else _background(width, height, rng)
+        )
         self._flights = [
             self._plan(rng, a, b, perch_fraction, size_range) for a, b in self.presence if b > a for _ in range(n_birds)
         ]
@@ -226,7 +546,11 @@ class Scene:
     ) -> _Flight:
         w, h = self.width, self.height
         length = max(8, int(h * rng.uniform(*size_range)))
-        up, down = _bird_sprites(length, rng)
+        if self.varied:
+            angle = float(rng.uniform(-20, 20))
+            up, down = (_posed(sprite, angle, False) for sprite in _varied_bird_sprites(length, rng))
+        else:
+            up, down = _bird_sprites(length, rng)
         rightward = bool(rng.integers(2))
         if not rightward:
             up, down = (_Sprite(s.image[:, ::-1].copy(), s.mask[:, ::-1].copy()) for s in (up, down))

@@ -10,7 +10,11 @@ import pytest
 
 from birdwatch.synthetic import generate_frames
 from birdwatch.synthetic import write_jpeg_sequence
-from tests.fixtures_models import danube_weights  # noqa: F401  (fixtures)
+from tests.fixtures_detector import bird_backbone_weights  # noqa: F401  (fixtures)
+from tests.fixtures_detector import bird_classifier  # noqa: F401
+from tests.fixtures_detector import synthetic_birds  # noqa: F401
+from tests.fixtures_detector import trained_head  # noqa: F401
+from tests.fixtures_models import danube_weights  # noqa: F401
 from tests.fixtures_models import eu_common_weights  # noqa: F401
 from tests.fixtures_models import models_dir  # noqa: F401
 from tests.fixtures_models import small_weights  # noqa: F401

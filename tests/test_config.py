@@ -81,6 +81,8 @@ cameras:
         (MINIMAL + "homeassistant: {discovery_prefix: 'ha/#'}\n", "homeassistant.discovery_prefix: 'ha/#' is not"),
         (MINIMAL + "store: {retention_days: 0}\n", "store.retention_days: 0.0 is too small"),
         (MINIMAL + "localiser: yolo\n", "localiser: expected one of 'motion', got 'yolo' (str)"),
+        (MINIMAL + "events: {throttle_s: .nan}\n", "events.throttle_s: expected a number"),
+        (MINIMAL + "localiser: yolo\n", "localiser: expected one of 'motion', 'detector', 'detector+motion', got 'yolo' (str)"),
         (MINIMAL + "    rtsp_transport: http\n", "cameras[0].rtsp_transport: expected one of 'tcp', 'udp'"),
         (MINIMAL + "model: {device: gpu}\n", "model.device: 'gpu' is not a device"),
         ("cameras:\n  - {name: 'front door', url: rtsp://x/y}\n", "cameras[0].name: 'front door' is not a valid"),

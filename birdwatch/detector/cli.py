@@ -1,0 +1,220 @@
+"""`birdwatch detector train | eval | convert-cub | convert-voc | make-synthetic`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from birdwatch.errors import BirdwatchError
+
+log = logging.getLogger("birdwatch")
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("the classifier whose backbone carries the head (one of)")
+    group.add_argument("--config", "-c", help="a birdwatch config: its model section")
+    group.add_argument("--model-file", help="a birder classifier .pt file")
+    group.add_argument("--model", help="a birder pretrained classifier name (in --models-dir)")
+    parser.add_argument("--network", help="birder network of --model-file when its name does not start with it")
+    parser.add_argument("--models-dir", default=None, help="where pretrained weights are (default: models)")
+    parser.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (default: the config's, or auto)")
+
+
+def _classifier(args: argparse.Namespace) -> Any:
+    from birdwatch.config import ModelConfig
+    from birdwatch.config import load_config
+    from birdwatch.models import load_classifier
+
+    given = [n for n in ("config", "model_file", "model") if getattr(args, n)]
+    if len(given) != 1:
+        raise BirdwatchError("give the classifier with exactly one of --config, --model-file or --model")
+    if args.config:
+        cfg = load_config(args.config).model
+    elif args.model_file:
+        cfg = ModelConfig(file=args.model_file, network=args.network)
+    else:
+        cfg = ModelConfig(name=args.model)
+    if args.models_dir:
+        cfg.models_dir = args.models_dir
+    if args.device:
+        cfg.device = args.device
+    return load_classifier(cfg)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from birdwatch.detector.train import TrainOptions
+    from birdwatch.detector.train import train
+
+    logging.getLogger("birdwatch").setLevel(logging.INFO)
+    classifier = _classifier(args)
+    opts = TrainOptions(
+        data=Path(args.data),
+        images=Path(args.images) if args.images else None,
+        val=Path(args.val) if args.val else None,
+        val_images=Path(args.val_images) if args.val_images else None,
+        out=Path(args.out),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        size=args.size,
+        fpn_width=args.fpn_width,
+        workers=args.workers,
+        amp=args.amp,
+        resume=args.resume,
+        seed=args.seed,
+        empty_ratio=None if args.empty_ratio < 0 else args.empty_ratio,
+        bird_classes=args.bird_classes,
+        time_limit_s=args.time_limit * 60 if args.time_limit else None,
+        progress=sys.stderr.isatty() and not args.no_progress,
+    )
+    result = train(classifier, opts)
+    best = result.best
+    score = (
+        f" (val mAP {best['mAP']:.3f}, mAP@.5 {best['mAP50']:.3f}, epoch {best['epoch']})"
+        if best.get("mAP") is not None
+        else ""
+    )
+    print(f"head: {result.head}{score}")
+    print(f"resume state: {result.last}")
+    print(f"training curve: {result.curve}")
+    print(f"use it: set `localiser: detector+motion` and `detector: {{file: {result.head}}}` in the config")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from birdwatch.detector.checkpoint import load_head
+    from birdwatch.detector.data import BirdBoxes
+    from birdwatch.detector.data import resolve
+    from birdwatch.detector.evaluate import evaluate
+    from birdwatch.detector.evaluate import plot_pr
+    from birdwatch.detector.head import BirdDetector
+    from birdwatch.detector.head import resolve_precision
+
+    classifier = _classifier(args)
+    head, info = load_head(args.head, classifier, precision=resolve_precision(args.precision, classifier.device))
+    detector = BirdDetector(
+        head, rgb_stats=classifier.rgb_stats, device=classifier.device, max_size=args.size or info.input_size
+    )
+    annotations, images = resolve(args.data, args.images)
+    dataset = BirdBoxes(annotations, images, bird_classes=args.bird_classes)
+    result = evaluate(detector, dataset, batch_size=args.batch_size, progress=sys.stderr.isatty())
+    out = Path(args.out) if args.out else Path(args.head).parent
+    pr = plot_pr(
+        result, out / "pr.png", title=f"{Path(args.head).name} on {annotations.parent.name}/{annotations.name}"
+    )
+    metrics = {**result.to_dict(), "head": str(args.head), "data": str(annotations), "size": detector.max_size}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    print(result.summary)
+    print(
+        f"mAP@[.5:.95] {result.map:.4f}  mAP@.5 {result.map50:.4f}  ({result.n_images} images, {result.n_boxes} birds, "
+        f"{1000 * result.seconds / max(1, result.n_images):.0f} ms/image)"
+    )
+    print(f"precision-recall plot: {pr}")
+    print(f"metrics: {out / 'metrics.json'}")
+    return 0
+
+
+def cmd_convert_cub(args: argparse.Namespace) -> int:
+    from birdwatch.detector.data import convert_cub
+
+    for split, path in convert_cub(args.root, args.out).items():
+        print(f"{split}: {path}")
+    return 0
+
+
+def cmd_convert_voc(args: argparse.Namespace) -> int:
+    from birdwatch.detector.data import convert_voc
+
+    for split, path in convert_voc(args.root, args.out, classes=args.classes, keep_empty=args.keep_empty).items():
+        print(f"{split}: {path}")
+    return 0
+
+
+def cmd_make_synthetic(args: argparse.Namespace) -> int:
+    from birdwatch.synthetic import EASY_STILLS
+    from birdwatch.synthetic import write_coco_dataset
+
+    kwargs = dict(EASY_STILLS) if args.easy else {}
+    for split, n, seed in (("train", args.train, args.seed), ("val", args.val, args.seed + 1)):
+        if n > 0:
+            path = write_coco_dataset(Path(args.out) / split, n, args.width, args.height, seed=seed, **kwargs)
+            print(f"{split}: {path} ({n} images)")
+    return 0
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register `birdwatch detector ...` on the top-level parser's subcommands."""
+    detector = subparsers.add_parser("detector", help="train, evaluate and feed the bird detection head")
+    sub = detector.add_subparsers(dest="detector_command", required=True)
+
+    tr = sub.add_parser("train", help="train a head on COCO-format bird boxes, backbone frozen")
+    tr.add_argument(
+        "--data", required=True, help="training set: a folder with annotations.json + images/, or a COCO .json"
+    )
+    tr.add_argument("--images", help="images folder when --data is a .json elsewhere")
+    tr.add_argument("--val", help="validation set (as --data): mAP each epoch, best head kept")
+    tr.add_argument("--val-images")
+    tr.add_argument("--out", required=True, help="folder for head.pt, last.pt, training.png, history.json")
+    _add_model_args(tr)
+    tr.add_argument("--epochs", type=int, default=24)
+    tr.add_argument("--batch-size", type=int, default=8)
+    tr.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (default 2e-3)")
+    tr.add_argument("--size", type=int, default=640, help="longer side of training images, pixels (default 640)")
+    tr.add_argument("--fpn-width", type=int, default=64, help="channels of the FPN and head (multiple of 32)")
+    tr.add_argument(
+        "--workers", type=int, default=min(4, max(0, (os.cpu_count() or 1) - 1)), help="data loader processes"
+    )
+    tr.add_argument(
+        "--amp",
+        choices=["auto", "off", "bf16", "fp16"],
+        default="auto",
+        help="autocast of the backbone (auto: on CUDA)",
+    )
+    tr.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument(
+        "--empty-ratio", type=float, default=0.25, help="images without birds kept per image with one (-1: all)"
+    )
+    tr.add_argument("--bird-classes", nargs="+", help="categories that are birds (default: 'bird', or the only one)")
+    tr.add_argument("--time-limit", type=float, help="stop after this many minutes (the head so far is saved)")
+    tr.add_argument("--no-progress", action="store_true")
+    tr.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="COCO mAP of a head (pycocotools) and a precision-recall plot")
+    ev.add_argument("--head", required=True, help="head.pt from `detector train`")
+    ev.add_argument("--data", required=True, help="a folder with annotations.json + images/, or a COCO .json")
+    ev.add_argument("--images")
+    _add_model_args(ev)
+    ev.add_argument("--size", type=int, help="longer side the images are resized to (default: the head's)")
+    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
+    ev.add_argument("--bird-classes", nargs="+")
+    ev.add_argument("--out", help="folder for pr.png and metrics.json (default: the head's folder)")
+    ev.set_defaults(func=cmd_eval)
+
+    cub = sub.add_parser("convert-cub", help="CUB-200-2011 boxes to COCO: OUT/train, OUT/val")
+    cub.add_argument("root", help="the CUB_200_2011 folder (images.txt, bounding_boxes.txt, images/)")
+    cub.add_argument("out")
+    cub.set_defaults(func=cmd_convert_cub)
+
+    voc = sub.add_parser("convert-voc", help="Pascal VOC boxes to COCO (birds only): OUT/train, OUT/val")
+    voc.add_argument("root", help="a VOC20xx folder (Annotations/, JPEGImages/, ImageSets/Main/)")
+    voc.add_argument("out")
+    voc.add_argument("--classes", nargs="+", default=["bird"], help="VOC classes that become bird (default: bird)")
+    voc.add_argument("--keep-empty", action="store_true", help="keep images without a bird, as negatives")
+    voc.set_defaults(func=cmd_convert_voc)
+
+    syn = sub.add_parser("make-synthetic", help="synthetic feeder scenes with bird boxes, COCO format")
+    syn.add_argument("out")
+    syn.add_argument("--train", type=int, default=500, help="training images (default 500)")
+    syn.add_argument("--val", type=int, default=100, help="validation images (default 100)")
+    syn.add_argument("--width", type=int, default=640)
+    syn.add_argument("--height", type=int, default=480)
+    syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--easy", action="store_true", help="larger birds, little clutter (the tests' setting)")
+    syn.set_defaults(func=cmd_make_synthetic)

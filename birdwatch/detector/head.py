@@ -1,0 +1,202 @@
+"""The detection head on the classifier's own backbone: one network in memory serves both jobs.
+
+The head is birder's FCOS (`registry.detection_net_factory("fcos", ...)`: an FPN over the last
+three stages plus P6/P7, anchor-free, with focal, GIoU and centre-ness losses and batched NMS from
+torchvision.ops). Handing birder the classifier itself would not do: `DetectionBaseNet.__init__`
+calls `backbone.strip_for_detection_features()`, which replaces the classifier's head with
+`Identity`, FCOS rewrites its `return_stages`, and as a child module the backbone would follow the
+detector into `.train()` (BatchNorm statistics drift), `state_dict()` and the optimiser.
+`SharedBackbone` stands in for it: it shows FCOS the attributes it reads and calls the real
+network's `detection_features` under `no_grad`, while holding the network outside the module tree,
+so the head's weights are all that `state_dict()` and `parameters()` hold and the classifier stays
+exactly as loaded.
+
+Precision (bf16/fp16 autocast) applies to the backbone, which is most of the work; its features
+are handed to the head as float32, because FCOS builds its anchors in the features' dtype and
+bf16 cannot hold pixel coordinates of a large frame (its step at 1024 is 8 pixels).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from birder.model_registry import registry
+from birder.net.detection.base import DetectionBaseNet
+from torch import nn
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from birdwatch.errors import ModelError
+from birdwatch.types import Detections
+
+HEAD_NETWORK = "fcos"
+DEFAULT_FPN_WIDTH = 64  # 256 (FCOS's usual) triples the cost of a frame on a CPU; see bench/detector.py
+PAD_MULTIPLE = 32  # the backbones' largest stride: canvases are padded to a multiple of it
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+class SharedBackbone(nn.Module):
+    """A classifier network presented to a birder detection net as its backbone, without handing it over."""
+
+    def __init__(self, net: nn.Module, precision: str = "fp32") -> None:
+        super().__init__()
+        if not callable(getattr(net, "detection_features", None)) or not hasattr(net, "return_channels"):
+            raise ModelError(f"{type(net).__name__} has no detection_features: it cannot carry a detection head")
+        object.__setattr__(self, "net", net)  # not registered: no parameters, buffers or train() pass through
+        self.input_channels = net.input_channels
+        self.return_channels = list(net.return_channels)
+        self.return_stages = list(net.return_stages)
+        self.max_stride = net.max_stride
+        self.stem_stride = getattr(net, "stem_stride", None)
+        self.size = net.size
+        self.precision = precision
+        # Only the tests' preparation of an untrained backbone sets this; heads always train on a frozen one.
+        self.trainable = False
+
+    # The calls DetectionBaseNet makes on a backbone it owns; the shared network must not change.
+    def strip_for_detection_features(self) -> None:
+        pass
+
+    def adjust_size(self, new_size: tuple[int, int]) -> None:
+        self.size = new_size
+
+    def set_dynamic_size(self, dynamic_size: bool = True) -> None:
+        pass
+
+    def detection_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        grad = torch.enable_grad() if self.trainable else torch.no_grad()
+        with grad, autocast(x.device, self.precision):
+            features = self.net.detection_features(x)
+        return {name: features[name].float() for name in self.return_stages}
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto` is fp16 on CUDA and fp32 elsewhere; fp16 on a CPU is refused (no fast kernels there)."""
+    if precision == "auto":
+        return "fp16" if device.type == "cuda" else "fp32"
+    if precision == "fp16" and device.type == "cpu":
+        raise ModelError("precision fp16 needs a GPU; on a CPU use bf16 or fp32")
+    return precision
+
+
+def freeze(net: nn.Module) -> None:
+    """The classifier stays as loaded: no gradients, BatchNorm in eval mode (running statistics fixed)."""
+    net.eval()
+    for param in net.parameters():
+        param.requires_grad_(False)
+
+
+def build_head(
+    net: nn.Module, *, fpn_width: int = DEFAULT_FPN_WIDTH, num_classes: int = 1, precision: str = "fp32"
+) -> DetectionBaseNet:
+    """A fresh FCOS head on the shared, frozen network."""
+    if fpn_width % 32:
+        raise ModelError(f"fpn_width {fpn_width}: must be a multiple of 32 (the head uses GroupNorm with 32 groups)")
+    freeze(net)
+    head = registry.detection_net_factory(
+        HEAD_NETWORK, num_classes, SharedBackbone(net, precision), config={"fpn_width": fpn_width}
+    )
+    return head
+
+
+def shared_backbone(head: DetectionBaseNet) -> SharedBackbone:
+    backbone = head.backbone
+    assert isinstance(backbone, SharedBackbone)
+    return backbone
+
+
+class BirdDetector:
+    """Boxes for a list of images in one batch: letterbox, normalise as the classifier does, FCOS, map back."""
+
+    def __init__(
+        self,
+        head: DetectionBaseNet,
+        *,
+        rgb_stats: dict[str, Sequence[float]],
+        device: torch.device,
+        max_size: int,
+        score_threshold: float = 0.4,
+        nms_iou: float = 0.5,
+        max_detections: int = 20,
+        channels_last: bool = False,
+    ) -> None:
+        self.head = head.to(device).eval()
+        self.device = device
+        self.max_size = max_size
+        self.channels_last = channels_last
+        self.configure(score_threshold=score_threshold, nms_iou=nms_iou, max_detections=max_detections)
+        self._mean = torch.tensor(rgb_stats["mean"], dtype=torch.float32, device=device).view(3, 1, 1)
+        self._std = torch.tensor(rgb_stats["std"], dtype=torch.float32, device=device).view(3, 1, 1)
+
+    def configure(self, *, score_threshold: float, nms_iou: float, max_detections: int) -> None:
+        # FCOS applies these in its own post-processing (score filter, top-k, torchvision batched_nms).
+        self.head.score_thresh = score_threshold
+        self.head.nms_thresh = nms_iou
+        self.head.detections_per_img = max_detections
+
+    def batch(self, images: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """3xHxW uint8 RGB tensors (already resized) -> one normalised float batch, zero-padded, and their sizes."""
+        sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]
+        height = _round_up(max(h for h, _ in sizes), PAD_MULTIPLE)
+        width = _round_up(max(w for _, w in sizes), PAD_MULTIPLE)
+        out = torch.zeros((len(images), 3, height, width), dtype=torch.float32, device=self.device)
+        for i, im in enumerate(images):
+            h, w = sizes[i]
+            out[i, :, :h, :w] = (im.to(self.device, torch.float32) / 255.0 - self._mean) / self._std
+        if self.channels_last:
+            out = out.contiguous(memory_format=torch.channels_last)
+        return out, sizes
+
+    @torch.inference_mode()
+    def detect(self, images: Sequence[np.ndarray], max_size: int | None = None) -> list[Detections]:
+        """Boxes in each image's own pixels; images are BGR uint8 (OpenCV), of any sizes."""
+        if not images:
+            return []
+        size = max_size or self.max_size
+        resized, scales = [], []
+        for image in images:
+            tensor, scale = fit(bgr_to_tensor(image, self.device), size)
+            resized.append(tensor)
+            scales.append(scale)
+        batch, sizes = self.batch(resized)
+        results, _ = self.head(batch, image_sizes=sizes)
+        out = []
+        for result, (sx, sy), image in zip(results, scales, images, strict=True):
+            boxes = result["boxes"].float() / torch.tensor([sx, sy, sx, sy], device=self.device)
+            h, w = image.shape[:2]
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+            out.append(Detections(boxes.cpu().numpy(), result["scores"].float().cpu().numpy(), "detector"))
+        return out
+
+
+def bgr_to_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
+    """BGR HxWx3 uint8 -> RGB 3xHxW uint8 on the device."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).to(device)
+    return tensor.permute(2, 0, 1).flip(0)
+
+
+def fit(image: torch.Tensor, max_size: int) -> tuple[torch.Tensor, tuple[float, float]]:
+    """Resize a 3xHxW image so its longer side is `max_size` (up or down); returns it and the (x, y) scales."""
+    h, w = int(image.shape[1]), int(image.shape[2])
+    scale = max_size / max(h, w)
+    new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+    if (new_h, new_w) == (h, w):
+        return image, (1.0, 1.0)
+    resized = TF.resize(image, [new_h, new_w], interpolation=InterpolationMode.BILINEAR, antialias=True)
+    return resized, (new_w / w, new_h / h)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple

@@ -1,0 +1,182 @@
+"""Where to look, from the detector: on whole frames, or only where motion says something moved.
+
+`detector`: every frame of the step goes through the head in one batch (frames from several
+cameras share a forward pass). `detector+motion`: the cheap motion gate runs first; a frame in
+which nothing moved costs nothing more, and for one in which something did, only square regions
+around the motion (grown by `region_padding`, at least `region_size` pixels so small birds are not
+blown up, merged where they overlap) are cut from the full-resolution frame, resized to
+`region_size` and detected in one batch, as Frigate does. Boxes come back in full-frame pixels;
+boxes from overlapping regions are merged by NMS.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torchvision.ops import batched_nms
+
+from birdwatch.config import Config
+from birdwatch.config import DetectorConfig
+from birdwatch.detector.checkpoint import load_head
+from birdwatch.detector.head import BirdDetector
+from birdwatch.detector.head import resolve_precision
+from birdwatch.errors import ModelError
+from birdwatch.models import Classifier
+from birdwatch.types import Detections
+
+log = logging.getLogger(__name__)
+
+
+def load_detector(cfg: DetectorConfig, classifier: Classifier) -> BirdDetector:
+    """The configured head on the classifier's own (shared, frozen) backbone."""
+    if not cfg.file:
+        raise ModelError("detector.file: not set; point it at a head from `birdwatch detector train`")
+    precision = resolve_precision(cfg.precision, classifier.device)
+    head, info = load_head(cfg.file, classifier, precision=precision)
+    if cfg.channels_last:
+        # The backbone is shared: this changes the classifier's memory layout too (not its weights).
+        classifier.net.to(memory_format=torch.channels_last)
+    detector = BirdDetector(
+        head,
+        rgb_stats=classifier.rgb_stats,
+        device=classifier.device,
+        max_size=cfg.max_size or info.input_size,
+        score_threshold=cfg.score_threshold,
+        nms_iou=cfg.nms_iou,
+        max_detections=cfg.max_detections,
+        channels_last=cfg.channels_last,
+    )
+    log.info(
+        "detector head %s on %s's backbone (%s, trained at %d px%s), frames at %d px, %s",
+        cfg.file,
+        classifier.name,
+        info.network,
+        info.input_size,
+        f", val mAP@.5 {info.trained['mAP50']:.3f}" if "mAP50" in info.trained else "",
+        detector.max_size,
+        precision,
+    )
+    return detector
+
+
+class DetectorLocaliser:
+    """The head on whole frames, all cameras in one batch."""
+
+    needs_motion = False
+
+    def __init__(self, detector: BirdDetector) -> None:
+        self.detector = detector
+        self.frames_detected = 0
+
+    def __call__(self, images: Sequence[np.ndarray], motion: Sequence[Detections] | None = None) -> list[Detections]:
+        self.frames_detected += len(images)
+        return self.detector.detect(images)
+
+
+class MotionGatedLocaliser:
+    """The head only on regions around motion, cut at full resolution; no motion, no detector."""
+
+    needs_motion = True
+
+    def __init__(
+        self, detector: BirdDetector, *, region_size: int = 320, padding: float = 1.0, max_regions: int = 4
+    ) -> None:
+        self.detector = detector
+        self.region_size = region_size
+        self.padding = padding
+        self.max_regions = max_regions
+        self.frames_detected = 0
+        self.regions_detected = 0
+
+    def regions(self, motion: Detections, width: int, height: int) -> list[tuple[int, int, int, int]]:
+        """Padded squares around the motion boxes, merged where they overlap, inside the frame."""
+        squares = [_square(box, self.padding, self.region_size, width, height) for box in motion.boxes.tolist()]
+        merged = _merge(squares)
+        if len(merged) > self.max_regions:  # many moving things: one region around them all
+            merged = [
+                (
+                    min(r[0] for r in merged),
+                    min(r[1] for r in merged),
+                    max(r[2] for r in merged),
+                    max(r[3] for r in merged),
+                )
+            ]
+        return merged
+
+    def __call__(self, images: Sequence[np.ndarray], motion: Sequence[Detections] | None = None) -> list[Detections]:
+        if motion is None:
+            raise ValueError("MotionGatedLocaliser needs the motion regions of every frame")
+        crops: list[np.ndarray] = []
+        owners: list[tuple[int, int, int]] = []  # frame index, x offset, y offset
+        for i, (image, moved) in enumerate(zip(images, motion, strict=True)):
+            if not len(moved):
+                continue
+            height, width = image.shape[:2]
+            for x1, y1, x2, y2 in self.regions(moved, width, height):
+                crops.append(image[y1:y2, x1:x2])
+                owners.append((i, x1, y1))
+        out = [Detections.empty("detector") for _ in images]
+        if not crops:
+            return out
+        self.frames_detected += len({i for i, _, _ in owners})
+        self.regions_detected += len(crops)
+        found = self.detector.detect(crops, max_size=self.region_size)
+        per_frame: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+        for (i, dx, dy), det in zip(owners, found, strict=True):
+            per_frame.setdefault(i, []).append((det.boxes + np.array([dx, dy, dx, dy], np.float32), det.scores))
+        iou = float(self.detector.head.nms_thresh)
+        for i, parts in per_frame.items():
+            boxes = np.concatenate([b for b, _ in parts])
+            scores = np.concatenate([s for _, s in parts])
+            if len(parts) > 1 and len(boxes):  # a bird seen by two overlapping regions is one bird
+                keep = batched_nms(
+                    torch.from_numpy(boxes), torch.from_numpy(scores), torch.zeros(len(boxes), dtype=torch.int64), iou
+                ).numpy()
+                boxes, scores = boxes[keep], scores[keep]
+            out[i] = Detections(boxes, scores, "detector")
+        return out
+
+
+def _square(box: Sequence[float], padding: float, min_side: int, width: int, height: int) -> tuple[int, int, int, int]:
+    x1, y1, x2, y2 = box
+    side = max(x2 - x1, y2 - y1) * (1.0 + padding)
+    side = min(max(side, float(min_side)), float(width), float(height))
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    left = min(max(0.0, cx - side / 2), width - side)
+    top = min(max(0.0, cy - side / 2), height - side)
+    return round(left), round(top), round(left + side), round(top + side)
+
+
+def _merge(regions: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
+    """Union overlapping rectangles until none overlap."""
+    regions = list(regions)
+    merged = True
+    while merged:
+        merged = False
+        for a in range(len(regions)):
+            for b in range(a + 1, len(regions)):
+                ra, rb = regions[a], regions[b]
+                if ra[0] < rb[2] and rb[0] < ra[2] and ra[1] < rb[3] and rb[1] < ra[3]:
+                    regions[a] = (min(ra[0], rb[0]), min(ra[1], rb[1]), max(ra[2], rb[2]), max(ra[3], rb[3]))
+                    del regions[b]
+                    merged = True
+                    break
+            if merged:
+                break
+    return regions
+
+
+def build_localiser(config: Config, classifier: Classifier) -> DetectorLocaliser | MotionGatedLocaliser | None:
+    """What `Pipeline.localise` calls for `localiser: detector | detector+motion`; None for motion only."""
+    if config.localiser == "motion":
+        return None
+    detector = load_detector(config.detector, classifier)
+    if config.localiser == "detector":
+        return DetectorLocaliser(detector)
+    cfg = config.detector
+    return MotionGatedLocaliser(
+        detector, region_size=cfg.region_size, padding=cfg.region_padding, max_regions=cfg.max_regions
+    )

@@ -1,0 +1,93 @@
+"""Session fixtures for the detector tests: a bird-aware backbone, synthetic bird datasets, one trained head.
+
+Training is the slow part, so one head is trained per session (at most two minutes of CPU) and
+shared by the training test, the CLI evaluation and the pipeline test.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from birdwatch.config import ModelConfig
+from birdwatch.detector.train import TrainOptions
+from birdwatch.detector.train import TrainResult
+from birdwatch.detector.train import train
+from birdwatch.models import Classifier
+from birdwatch.models import load_classifier
+from birdwatch.synthetic import EASY_STILLS
+from birdwatch.synthetic import write_coco_dataset
+from tests.fixtures_models import DANUBE
+from tests.fixtures_models import species_names
+from tests.support.backbone import cpu_bf16
+from tests.support.backbone import fine_tune_backbone
+
+# Longer side of the training images (and of the synthetic stills): the scale the test backbone was
+# fine-tuned at, and small enough for ten-odd epochs in two minutes on two cores.
+TRAIN_SIZE = 128
+TRAIN_LIMIT_S = 120.0  # the brief: at most two minutes of CPU training
+SYNTHETIC = {"train": (600, 1), "val": (150, 2)}  # images, seed; seeds differ from the backbone's own data
+
+
+@dataclass
+class TrainedHead:
+    result: TrainResult
+    classifier_file: Path
+    data: dict[str, Path]
+    seconds: float
+
+
+@pytest.fixture(scope="session")
+def bird_backbone_weights(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """hgnet_v2_b2 (Danube's architecture and classes) whose backbone was fine-tuned on synthetic birds."""
+    return fine_tune_backbone(
+        DANUBE["network"],
+        models_dir / "hgnet_v2_b2_synthetic-birds.pt",
+        species_names(DANUBE["classes"]),
+        DANUBE["size"],
+        tmp_path_factory.mktemp("finetune"),
+    )
+
+
+@pytest.fixture(scope="session")
+def synthetic_birds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """COCO folders of synthetic feeder stills: train and a held-out val, as `make-synthetic --easy` writes."""
+    root = tmp_path_factory.mktemp("synthetic_birds")
+    for split, (n, seed) in SYNTHETIC.items():
+        write_coco_dataset(root / split, n, TRAIN_SIZE, TRAIN_SIZE, seed=seed, **EASY_STILLS)
+    return {split: root / split for split in SYNTHETIC}
+
+
+@pytest.fixture(scope="session")
+def bird_classifier(bird_backbone_weights: Path) -> Classifier:
+    return load_classifier(ModelConfig(file=str(bird_backbone_weights), device="cpu"))
+
+
+@pytest.fixture(scope="session")
+def trained_head(
+    bird_classifier: Classifier,
+    bird_backbone_weights: Path,
+    synthetic_birds: dict[str, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> TrainedHead:
+    """The shipped training (frozen backbone) for at most two minutes; no per-epoch validation."""
+    out = tmp_path_factory.mktemp("head")
+    started = time.monotonic()
+    result = train(
+        bird_classifier,
+        TrainOptions(
+            data=synthetic_birds["train"],
+            out=out,
+            epochs=30,  # the time limit ends it; the learning rate anneals to the limit
+            batch_size=8,
+            size=TRAIN_SIZE,
+            workers=0,
+            amp="bf16" if cpu_bf16() else "off",
+            time_limit_s=TRAIN_LIMIT_S,
+            progress=False,
+        ),
+    )
+    return TrainedHead(result, bird_backbone_weights, synthetic_birds, time.monotonic() - started)
