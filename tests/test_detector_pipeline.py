@@ -14,22 +14,9 @@ from birdwatch.detector.localiser import MotionGatedLocaliser
 from birdwatch.pipeline import Pipeline
 from birdwatch.synthetic import render_scene
 from birdwatch.synthetic import write_video
-from birdwatch.types import Event
+from birdwatch.types import Sighting
 from tests.fixtures_detector import TrainedHead
-
-
-class CollectingSink:
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    def start(self) -> None:
-        pass
-
-    def publish(self, event: Event) -> None:
-        self.events.append(event)
-
-    def stop(self) -> None:
-        pass
+from tests.test_pipeline import ListSink
 
 
 def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
@@ -63,12 +50,22 @@ def test_detector_plus_motion_gives_sightings_with_detector_boxes(trained_head: 
                 "localiser": "detector+motion",
                 # Regions resized to the head's training size, so birds appear at the scale it learnt.
                 "detector": {"file": str(trained_head.result.head), "score_threshold": 0.5, "region_size": 128},
-                "events": {"min_score": 0.0, "throttle_s": 0.0},  # every sighting becomes an event
+                "events": {"min_score": 0.0, "cooldown_s": 0.0},
+                "store": {"path": str(tmp_path / "birdwatch.db")},
+                "snapshots": {"dir": str(tmp_path / "snapshots")},
             }
         )
     )
-    sink = CollectingSink()
-    pipeline = Pipeline(config, sink=sink)
+    pipeline = Pipeline(config, sink=ListSink())  # type: ignore[arg-type]
+    sightings: list[Sighting] = []
+    classify = pipeline.classify
+
+    def recording(frames, detections):  # type: ignore[no-untyped-def]
+        out = classify(frames, detections)
+        sightings.extend(out)
+        return out
+
+    pipeline.classify = recording  # type: ignore[method-assign]
     pipeline.start()
     try:
         assert pipeline.run(threading.Event()) == 0
@@ -80,11 +77,11 @@ def test_detector_plus_motion_gives_sightings_with_detector_boxes(trained_head: 
     processed = pipeline.snapshot()["cameras"]["feeder"]["frames_processed"]
     # Gating: the bird-free stretches at both ends of the clip never reach the detector.
     assert 0 < localiser.frames_detected < processed
-    assert sink.events, "no sightings"
+    assert sightings, "no sightings"
     matched = []
-    for event in sink.events:
-        truth = clip.boxes[event.frame_seq - 1]  # the reader numbers frames from 1
+    for event in sightings:
+        truth = clip.boxes[event.seq - 1]  # the reader numbers frames from 1
         matched.append(max((iou(event.box, t) for t in truth), default=0.0))
     # Detector boxes are tight around the bird; motion regions are padded squares (IoU well below 0.5).
     assert np.mean([m >= 0.5 for m in matched]) >= 0.6, matched
-    assert any(abs((e.box[2] - e.box[0]) - (e.box[3] - e.box[1])) > 4 for e in sink.events), "only square boxes"
+    assert any(abs((e.box[2] - e.box[0]) - (e.box[3] - e.box[1])) > 4 for e in sightings), "only square boxes"
