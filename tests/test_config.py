@@ -80,7 +80,6 @@ cameras:
         (MINIMAL + "snapshots: {quality: 101}\n", "snapshots.quality: 101 is too large; expected at most 100"),
         (MINIMAL + "homeassistant: {discovery_prefix: 'ha/#'}\n", "homeassistant.discovery_prefix: 'ha/#' is not"),
         (MINIMAL + "store: {retention_days: 0}\n", "store.retention_days: 0.0 is too small"),
-        (MINIMAL + "events: {throttle_s: .nan}\n", "events.throttle_s: expected a number"),
         (MINIMAL + "localiser: yolo\n", "localiser: expected one of 'motion', 'detector', 'detector+motion', got 'yolo' (str)"),
         (MINIMAL + "    rtsp_transport: http\n", "cameras[0].rtsp_transport: expected one of 'tcp', 'udp'"),
         (MINIMAL + "model: {device: gpu}\n", "model.device: 'gpu' is not a device"),
