@@ -127,8 +127,10 @@ def test_camera_state_is_retained_and_sent_again_on_reconnect(
     sink.start()
     try:
         assert sink.connected.wait(10)
+        live = mqtt_collector("bwtest/feeder/state")
         state = CameraState("feeder", True, "Great Tit", 0.8, 3, "2026-11-24", "v1", time.time())
         sink.publish_state(state)
+        live.wait_for(timeout=10)  # the broker has it (and has stored it) once a subscriber got it
         late = mqtt_collector("bwtest/feeder/state")
         msg = late.wait_for(lambda m: m.retain, timeout=10)[-1]
         assert json.loads(msg.payload)["present"] == "ON" and json.loads(msg.payload)["visits_today"] == 3
