@@ -71,7 +71,6 @@ class BenchOptions:
     min_s: float = 2.0  # each throughput figure averages at least this long
 
 
-
 def timed(fn: Callable[[], object], min_s: float, *, min_runs: int = 3) -> float:
     """Seconds per call, after one warm-up call, over at least min_s seconds and min_runs calls."""
     fn()

@@ -56,5 +56,8 @@ def small_weights(models_dir: Path) -> Path:
     """A small real birder network (MobileNet v3 small, 96 px, 20 classes) for tests of what happens
     around the classifier (tracks, visits, outbox), where the species do not matter but CPU time does."""
     return save_untrained(
-        SMALL["network"], models_dir / "mobilenet_v3_small_1_0_untrained.pt", species_names(SMALL["classes"]), SMALL["size"]
+        SMALL["network"],
+        models_dir / "mobilenet_v3_small_1_0_untrained.pt",
+        species_names(SMALL["classes"]),
+        SMALL["size"],
     )

@@ -14,9 +14,26 @@ import pytest
 @pytest.mark.timeout(300)
 def test_bench_json_has_every_figure(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "birdwatch", "bench", "--json", "--quick", "--seconds", "4", "--cameras", "2",
-         "--crops", "8", "--workdir", str(tmp_path)],
-        capture_output=True, text=True, timeout=280, check=False,
+        [
+            sys.executable,
+            "-m",
+            "birdwatch",
+            "bench",
+            "--json",
+            "--quick",
+            "--seconds",
+            "4",
+            "--cameras",
+            "2",
+            "--crops",
+            "8",
+            "--workdir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)

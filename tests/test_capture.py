@@ -88,11 +88,13 @@ def test_file_source_reads_every_frame_and_finishes(clip: Path) -> None:
     assert wait_until(lambda: reader.done, 10)
     collector.stop()
     reader.stop()
+    leftover = [f for f in [slot.take()] if f is not None]  # the last frame may not have been taken yet
     assert reader.stats.state == "finished"
     assert reader.stats.frames_read == 30
-    assert len(collector.frames) + slot.dropped == 30
+    assert len(collector.frames) + len(leftover) + slot.dropped == 30
     assert collector.frames[0].image.shape == (120, 160, 3)
-    assert reader.stats.interval_s == pytest.approx(1 / 30, rel=0.5)  # paced at the file's rate
+    # Paced at the file's 30 fps, not read flat out (~1 ms a frame); loose, the machine is shared.
+    assert 1 / 60 < reader.stats.interval_s < 1 / 10
 
 
 @pytest.mark.timeout(30)
@@ -247,7 +249,10 @@ def test_stall_is_judged_by_the_streams_own_interval() -> None:
     slow, fast = run(1.0), run(0.05)
     assert slow.stall_timeout() == pytest.approx(10.0, rel=0.15)  # 10 intervals of 1 s
     assert fast.stall_timeout() == 5.0  # never below 5 s
-    assert CameraReader(CameraConfig(name="x", url="rtsp://c/x", stall_timeout_s=2.5), LatestFrameSlot()).stall_timeout() == 2.5
+    assert (
+        CameraReader(CameraConfig(name="x", url="rtsp://c/x", stall_timeout_s=2.5), LatestFrameSlot()).stall_timeout()
+        == 2.5
+    )
 
 
 @pytest.mark.timeout(30)

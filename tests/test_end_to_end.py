@@ -230,7 +230,10 @@ def test_shipped_default_config_without_weights_says_how_to_get_them(tmp_path: P
         ("cameras:\n  - name: feeder\n    url: [rtsp\n", "invalid YAML"),
         ("cameras:\n  - {name: feeder, url: rtsp://h/x, colour: red}\n", "cameras[0].colour: unknown key"),
         ("cameras:\n  - {name: feeder, url: rtsp://h/x}\nmodel: {top_k: three}\n", "model.top_k: expected an integer"),
-        ("cameras:\n  - {name: feeder, url: rtsp://h/x}\nmodel: {name: hgnet_v9_nope}\n", "'hgnet_v9_nope' is not a birder pretrained model"),
+        (
+            "cameras:\n  - {name: feeder, url: rtsp://h/x}\nmodel: {name: hgnet_v9_nope}\n",
+            "'hgnet_v9_nope' is not a birder pretrained model",
+        ),
         (
             "cameras:\n  - {name: feeder, url: rtsp://h/x}\nmqtt: {host: h, username: u, password_env: BW_NOPE_UNSET}\n",
             "mqtt.password_env: environment variable BW_NOPE_UNSET is not set",

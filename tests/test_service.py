@@ -93,7 +93,9 @@ def notify_socket() -> Iterator[tuple[str, NotifyListener]]:
     shutil.rmtree(directory)
 
 
-def messages_until(listener: NotifyListener, done: Callable[[list[dict[str, str]]], bool], timeout: float) -> list[dict[str, str]]:
+def messages_until(
+    listener: NotifyListener, done: Callable[[list[dict[str, str]]], bool], timeout: float
+) -> list[dict[str, str]]:
     got: list[dict[str, str]] = []
     deadline = time.monotonic() + timeout
     while not done(got):
@@ -114,7 +116,9 @@ def test_systemd_hears_ready_watchdog_status_and_stopping(
     try:
         seen = messages_until(
             listener,
-            lambda got: sum(m.get("WATCHDOG") == "1" for m in got) >= 3 and any("STATUS" in m and "READY" not in m for m in got),
+            lambda got: (
+                sum(m.get("WATCHDOG") == "1" for m in got) >= 3 and any("STATUS" in m and "READY" not in m for m in got)
+            ),
             timeout=60,
         )
         ready = next(i for i, m in enumerate(seen) if m.get("READY") == "1")
