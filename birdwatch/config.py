@@ -128,7 +128,7 @@ class MqttConfig:
     password: str | None = None
     password_file: str | None = None
     password_env: str | None = None
-    client_id: str = "birdwatch"
+    client_id: str | None = None  # None: birdwatch-<hostname>-<topic_prefix>, unique per instance
     topic_prefix: str = field(default="birdwatch", metadata={"check": "topic_prefix"})
     keepalive_s: int = field(default=30, metadata=_range(5, 3600))
     qos: Literal[0, 1, 2] = 1

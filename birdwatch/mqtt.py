@@ -14,6 +14,10 @@ Topics under `<prefix>` (mqtt.topic_prefix):
 TLS per `mqtt.tls`. paho's network thread reconnects by itself (connect_async + loop_start). QoS 1 messages published
 while disconnected wait in paho's queue and go out on reconnect; the outbox (store.py) keeps the
 authoritative copy of events and is told of each broker acknowledgement through `on_sent`.
+
+Home Assistant keeps an entity as long as its retained discovery config exists, so on every connect
+the sink reads the retained configs back and clears (empty retained payload) those that name this
+instance's availability topic but belong to a camera no longer in the config.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import socket
 import ssl
 import sys
 import threading
@@ -198,7 +203,7 @@ class MqttSink:
         self._waiting: dict[int, Callable[[], None] | None] = {}  # mid -> on_sent, until the broker acks
         self._acked_early: set[int] = set()  # acks that beat publish() back to us
         self._retained: dict[str, str | bytes] = {}  # discovery configs and states, re-sent on every connect
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cfg.client_id)
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id(cfg))
         if cfg.username:
             client.username_pw_set(cfg.username, password)
         client.will_set(self.topics.status, "offline", qos=1, retain=True)
@@ -209,6 +214,7 @@ class MqttSink:
         client.on_disconnect = self._on_disconnect
         client.on_connect_fail = self._on_connect_fail
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
         self.client = client
 
     @property
@@ -326,6 +332,8 @@ class MqttSink:
         for topic, payload in retained:
             if not topic.endswith("/config"):
                 self._publish(topic, payload, retain=True)
+        if self.homeassistant.discovery:  # the broker answers with every retained config: see _on_message
+            client.subscribe(f"{self.homeassistant.discovery_prefix}/+/+/+/config", qos=0)
         log.info("MQTT connected to %s; topics under %s/", self.where, self.topics.prefix)
 
     def _on_publish(self, client: mqtt.Client, userdata: object, mid: int, reason: Any, props: object) -> None:
@@ -340,6 +348,27 @@ class MqttSink:
             return
         if on_sent is not None:
             on_sent()
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        """A retained discovery config: clear it if it is ours but its camera has gone from the config."""
+        if not msg.retain or not msg.payload:
+            return
+        with self._lock:
+            current = msg.topic in self._retained
+        if current:
+            return
+        try:
+            payload = json.loads(msg.payload)
+        except (UnicodeDecodeError, ValueError):
+            return  # someone else's, in a format of their own
+        if (
+            isinstance(payload, dict)
+            and payload.get("availability_topic") == self.topics.status
+            and isinstance(payload.get("origin"), dict)
+            and payload["origin"].get("name") == "birdwatch"
+        ):
+            log.info("Home Assistant: removing %s, its camera is no longer in the config", msg.topic)
+            self._publish(msg.topic, b"", retain=True)
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object
@@ -379,6 +408,12 @@ class MqttSink:
                 self.where,
                 int(self.cfg.reconnect_max_s),
             )
+
+
+def client_id(cfg: MqttConfig) -> str:
+    """mqtt.client_id, or one unique per host and instance: a broker drops the older of two clients
+    with the same id, so two birdwatch instances sharing one would knock each other off in turn."""
+    return cfg.client_id or f"birdwatch-{socket.gethostname()}-{cfg.topic_prefix.replace('/', '-')}"
 
 
 def _json(payload: dict[str, Any]) -> str:

@@ -24,6 +24,8 @@ from typing import Any
 
 import cv2
 import numpy as np
+import torch
+from torchvision.ops import box_iou
 
 Box = tuple[int, int, int, int]
 """(x1, y1, x2, y2) in pixels, inclusive-exclusive: x2 - x1 is the width."""
@@ -412,7 +414,7 @@ def render_still(
             cx = rng.uniform(sw * 0.3, width - sw * 0.3) if sw * 0.6 < width else width / 2
             cy = rng.uniform(sh * 0.3, height - sh * 0.3) if sh * 0.6 < height else height / 2
             box = (cx - sw / 2, cy - sh / 2, cx + sw / 2, cy + sh / 2)
-            if all(_iou(box, other) < 0.2 for other in placed):
+            if not placed or float(box_iou(torch.tensor([box]), torch.tensor(placed)).max()) < 0.2:
                 break
         placed.append(box)
         _paste_labelled(img, labels, sprite, (cx, cy), label)
@@ -430,14 +432,6 @@ def render_still(
     if sigma > 0:
         out += rng.normal(0, sigma, out.shape).astype(np.float32)
     return np.clip(out, 0, 255).astype(np.uint8), boxes
-
-
-def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def write_coco_dataset(

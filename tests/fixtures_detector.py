@@ -16,13 +16,13 @@ from birdwatch.config import ModelConfig
 from birdwatch.detector.train import TrainOptions
 from birdwatch.detector.train import TrainResult
 from birdwatch.detector.train import train
+from birdwatch.engine import cpu_has_bf16
 from birdwatch.models import Classifier
 from birdwatch.models import load_classifier
 from birdwatch.synthetic import EASY_STILLS
 from birdwatch.synthetic import write_coco_dataset
 from tests.fixtures_models import DANUBE
 from tests.fixtures_models import species_names
-from tests.support.backbone import cpu_bf16
 from tests.support.backbone import fine_tune_backbone
 
 # Longer side of the training images (and of the synthetic stills): the scale the test backbone was
@@ -85,7 +85,7 @@ def trained_head(
             batch_size=8,
             size=TRAIN_SIZE,
             workers=0,
-            amp="bf16" if cpu_bf16() else "off",
+            amp="bf16" if cpu_has_bf16() else "off",
             time_limit_s=TRAIN_LIMIT_S,
             progress=False,
         ),

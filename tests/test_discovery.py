@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jinja2
+import paho.mqtt.publish as paho_publish
 import pytest
 
 from birdwatch.config import HomeAssistantConfig
@@ -173,3 +174,45 @@ def test_configs_are_retained_on_the_broker_and_point_at_live_topics(
         assert status[-1].payload == b"online" and json.loads(state[-1].payload)["present"] == "OFF"
     finally:
         sink.stop()
+
+
+@pytest.mark.timeout(30)
+def test_a_camera_removed_from_the_config_is_removed_from_home_assistant(
+    mosquitto: MosquittoBroker, mqtt_collector: Callable[..., MqttCollector]
+) -> None:
+    """Home Assistant keeps an entity while its retained config exists: birdwatch clears the configs
+    of its own cameras that left the config, and touches nobody else's."""
+    foreign = {
+        "hadisc/sensor/lamp/power/config": {"name": "Power", "state_topic": "z2m/lamp", "availability_topic": "z2m/state"},
+        "hadisc/sensor/other_shed/species/config": {  # another birdwatch instance, its own prefix
+            "name": "Species", "state_topic": "other/shed/state", "availability_topic": "other/status",
+            "origin": {"name": "birdwatch"},
+        },
+    }  # fmt: skip
+    for topic, config in foreign.items():
+        paho_publish.single(topic, json.dumps(config), qos=1, retain=True, hostname=mosquitto.host, port=mosquitto.port)
+    cfg = MqttConfig(host=mosquitto.host, port=mosquitto.port, topic_prefix="hagone", reconnect_max_s=1)
+    ha = HomeAssistantConfig(discovery_prefix="hadisc")
+    before = MqttSink(cfg, None, ha)
+    before.describe(["feeder", "shed"], "m")
+    before.start()
+    try:
+        assert before.connected.wait(10)
+        mqtt_collector("hadisc/#").wait_for(lambda m: "hagone_shed" in m.topic, timeout=10, count=4)
+    finally:
+        before.stop()
+    watcher = mqtt_collector("hadisc/#")
+    after = MqttSink(cfg, None, ha)  # restarted with the shed camera taken out of the config
+    after.describe(["feeder"], "m")
+    after.start()
+    try:
+        assert after.connected.wait(10)
+        cleared = watcher.wait_for(lambda m: m.payload == b"", timeout=10, count=4)
+        assert len({m.topic for m in cleared}) == 4 and all("/hagone_shed/" in m.topic for m in cleared)
+        late = mqtt_collector("hadisc/#")
+        late.wait_for(lambda m: m.retain, timeout=10, count=6)
+        time.sleep(0.3)  # anything retained beyond these would have come with them
+        left = {m.topic.split("/")[2] for m in late.messages if m.retain}
+        assert left == {"hagone_feeder", "lamp", "other_shed"}
+    finally:
+        after.stop()

@@ -18,6 +18,7 @@ import pytest
 from birdwatch.store import EventStore
 from tests.fixtures_models import DANUBE
 from tests.support.process import BirdwatchProcess
+from tests.support.process import service_config
 from tests.support.servers import MosquittoBroker
 from tests.support.servers import MqttCollector
 from tests.support.servers import RtspServer
@@ -25,18 +26,7 @@ from tests.support.servers import free_port
 
 
 def base_config(weights: Path, cameras: list[dict[str, Any]], broker: MosquittoBroker | None) -> dict[str, Any]:
-    config: dict[str, Any] = {
-        "cameras": cameras,
-        "model": {"file": str(weights), "device": "cpu"},
-        # Untrained weights are unsure of everything and name every bird alike: let every visit be
-        # told, with no cooldown; a short timeout so a bird that left ends its visit soon.
-        "tracking": {"timeout_s": 1.0},
-        "events": {"min_score": 0.0, "cooldown_s": 0},
-        "stats_interval_s": 2,
-    }
-    if broker is not None:
-        config["mqtt"] = {"host": broker.host, "port": broker.port, "topic_prefix": "e2e", "reconnect_max_s": 2}
-    return config
+    return service_config(weights, cameras, broker, prefix="e2e")
 
 
 def payloads(collector: MqttCollector, suffix: str = "/event") -> list[dict[str, Any]]:

@@ -15,22 +15,15 @@ import pytest
 from birdwatch.synthetic import generate_frames
 from birdwatch.synthetic import write_video
 from tests.support.process import BirdwatchProcess
+from tests.support.process import service_config
 from tests.support.servers import MosquittoBroker
 from tests.support.servers import MqttCollector
 from tests.support.servers import RtspServer
 
 
 def config(weights: Path, cameras: list[dict[str, Any]], broker: MosquittoBroker | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "cameras": cameras,
-        "model": {"file": str(weights), "device": "cpu"},
-        "tracking": {"min_hits": 1, "timeout_s": 1.0},  # every bird told at once, every loop a new visit
-        "events": {"min_score": 0.0, "cooldown_s": 0},
-        "stats_interval_s": 2,
-    }
-    if broker is not None:
-        out["mqtt"] = {"host": broker.host, "port": broker.port, "topic_prefix": "faults", "reconnect_max_s": 2}
-    return out
+    # every bird told at once, every loop of the clip a new visit
+    return service_config(weights, cameras, broker, prefix="faults", tracking={"min_hits": 1})
 
 
 @pytest.mark.timeout(180)

@@ -83,6 +83,20 @@ def wait_for_record(caplog: pytest.LogCaptureFixture, text: str, timeout: float 
     raise AssertionError(f"no log line with {text!r}; got:\n" + "\n".join(r.getMessage() for r in caplog.records))
 
 
+def first_record_while_connecting(
+    sink: MqttSink, caplog: pytest.LogCaptureFixture, text: str, level: int = logging.WARNING, linger_s: float = 0
+) -> logging.LogRecord:
+    """Start the sink, return the first log line holding `text`, keep retrying `linger_s` more, stop."""
+    with caplog.at_level(level, logger="birdwatch"):
+        sink.start()
+        try:
+            record = wait_for_record(caplog, text)
+            time.sleep(linger_s)
+        finally:
+            sink.stop()
+    return record
+
+
 # ---- TLS -------------------------------------------------------------------------------------------
 
 
@@ -108,13 +122,8 @@ def test_a_wrong_ca_is_one_clear_error_not_a_traceback(
     tls_broker: TlsBroker, pki: Pki, caplog: pytest.LogCaptureFixture
 ) -> None:
     sink = tls_sink(tls_broker, MqttTlsConfig(str(pki.rogue_ca), str(pki.client_cert), str(pki.client_key)))
-    with caplog.at_level(logging.WARNING, logger="birdwatch"):
-        sink.start()
-        try:
-            record = wait_for_record(caplog, "TLS")
-            time.sleep(2.5)  # several retries at reconnect_max_s=1: still the one line
-        finally:
-            sink.stop()
+    # several retries at reconnect_max_s=1 while it lingers: still the one line
+    record = first_record_while_connecting(sink, caplog, "TLS", linger_s=2.5)
     assert not sink.connected.is_set()
     assert record.levelno == logging.ERROR and record.exc_info is None
     message = record.getMessage()
@@ -128,12 +137,7 @@ def test_no_client_certificate_for_a_listener_that_requires_one_is_explained(
     tls_broker: TlsBroker, pki: Pki, caplog: pytest.LogCaptureFixture
 ) -> None:
     sink = tls_sink(tls_broker, MqttTlsConfig(ca_file=str(pki.ca)))
-    with caplog.at_level(logging.WARNING, logger="birdwatch"):
-        sink.start()
-        try:
-            record = wait_for_record(caplog, "closed the connection before accepting it")
-        finally:
-            sink.stop()
+    record = first_record_while_connecting(sink, caplog, "closed the connection before accepting it")
     assert "mqtt.tls.cert_file and key_file" in record.getMessage() and record.exc_info is None
 
 
@@ -142,12 +146,7 @@ def test_plain_mqtt_to_a_tls_listener_suggests_mqtt_tls(
     tls_broker: TlsBroker, caplog: pytest.LogCaptureFixture
 ) -> None:
     sink = tls_sink(tls_broker, None)
-    with caplog.at_level(logging.WARNING, logger="birdwatch"):
-        sink.start()
-        try:
-            record = wait_for_record(caplog, "closed the connection before accepting it")
-        finally:
-            sink.stop()
+    record = first_record_while_connecting(sink, caplog, "closed the connection before accepting it")
     assert "set mqtt.tls" in record.getMessage()
 
 
@@ -235,12 +234,7 @@ def test_a_wrong_password_is_refused_with_a_hint_and_never_logged(
 ) -> None:
     cfg = MqttConfig(host=auth_broker.host, port=auth_broker.port, username="birdwatch", reconnect_max_s=1)
     sink = MqttSink(cfg, "not-the-password")
-    with caplog.at_level(logging.DEBUG, logger="birdwatch"):
-        sink.start()
-        try:
-            record = wait_for_record(caplog, "refused the connection")
-        finally:
-            sink.stop()
+    record = first_record_while_connecting(sink, caplog, "refused the connection", logging.DEBUG)
     assert "mqtt.username/password" in record.getMessage()
     assert not any("not-the-password" in r.getMessage() for r in caplog.records)
 

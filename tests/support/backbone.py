@@ -27,19 +27,12 @@ from birdwatch.detector.data import resolve
 from birdwatch.detector.head import BirdDetector
 from birdwatch.detector.head import build_head
 from birdwatch.detector.head import shared_backbone
+from birdwatch.engine import cpu_has_bf16
 from birdwatch.models import save_network
 from birdwatch.synthetic import EASY_STILLS
 from birdwatch.synthetic import write_coco_dataset
 
 log = logging.getLogger(__name__)
-
-
-def cpu_bf16() -> bool:
-    """bf16 autocast is only worth it on CPUs with native bf16 (AVX-512 BF16 / AMX)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def fine_tune_backbone(
@@ -59,7 +52,7 @@ def fine_tune_backbone(
     if not (data / "annotations.json").is_file():
         write_coco_dataset(data, n_images, image_size, image_size, seed=10_000 + seed, **EASY_STILLS)
     net = registry.net_factory(network, len(class_names), 3, size=size)
-    head = build_head(net, precision="bf16" if cpu_bf16() else "fp32")
+    head = build_head(net, precision="bf16" if cpu_has_bf16() else "fp32")
     backbone = shared_backbone(head)
     backbone.trainable = True
     for param in net.parameters():

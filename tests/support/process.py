@@ -8,9 +8,36 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 from typing import Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from tests.support.servers import MosquittoBroker
+
+
+def service_config(
+    weights: Path,
+    cameras: list[dict[str, Any]],
+    broker: MosquittoBroker | None = None,
+    *,
+    prefix: str = "birdwatch",
+    tracking: dict[str, Any] | None = None,
+    cooldown_s: float = 0,
+) -> dict[str, Any]:
+    """The config a test service runs with. Untrained weights are unsure of everything and name every
+    bird alike, so every visit is told (no minimum score); a short track timeout ends visits soon."""
+    config: dict[str, Any] = {
+        "cameras": cameras,
+        "model": {"file": str(weights), "device": "cpu"},
+        "tracking": {"timeout_s": 1.0, **(tracking or {})},
+        "events": {"min_score": 0.0, "cooldown_s": cooldown_s},
+        "stats_interval_s": 2,
+    }
+    if broker is not None:
+        config["mqtt"] = {"host": broker.host, "port": broker.port, "topic_prefix": prefix, "reconnect_max_s": 2}
+    return config
 
 
 class BirdwatchProcess:
