@@ -34,6 +34,8 @@ from birdwatch.config import MotionConfig
 from birdwatch.config import SnapshotsConfig
 from birdwatch.config import StoreConfig
 from birdwatch.config import TrackingConfig
+from birdwatch.detector.head import BirdDetector
+from birdwatch.detector.head import build_head
 from birdwatch.engine import ClassifierEngine
 from birdwatch.engine import Precision
 from birdwatch.models import Classifier
@@ -42,6 +44,7 @@ from birdwatch.models import resolve_device
 from birdwatch.models import save_untrained
 from birdwatch.pipeline import Pipeline
 from birdwatch.synthetic import Scene
+from birdwatch.synthetic import render_still
 from birdwatch.synthetic import write_video
 from birdwatch.types import Box
 from birdwatch.types import Frame
@@ -104,6 +107,19 @@ def model_only(clf: Classifier, precision: Precision, batch: int, min_s: float) 
     engine = ClassifierEngine(clf, batch_size=batch, precision=precision)
     x = torch.randn(batch, 3, *clf.size, device=clf.device)
     return batch / timed(lambda: engine.probabilities(x), min_s)
+
+
+def detector_only(clf: Classifier, precision: Precision, batch: int, min_s: float, size: int = 640) -> float:
+    """Frames per second of a detector head on this backbone (an untrained head costs what a trained
+    one does): 640x640 frames in one batch, letterbox, forward, NMS and mapping back included."""
+    if precision.channels_last:
+        clf.net.to(memory_format=torch.channels_last)
+    head = build_head(clf.net, precision=precision.dtype)
+    detector = BirdDetector(
+        head, rgb_stats=clf.rgb_stats, device=clf.device, max_size=size, channels_last=precision.channels_last
+    )
+    frames = [render_still(size, size, seed)[0] for seed in range(batch)]
+    return batch / timed(lambda: detector.detect(frames), min_s)
 
 
 def naive_loop(clf: Classifier, frames: list[Frame], boxes: list[list[Box]], min_s: float) -> float:
@@ -216,6 +232,8 @@ def bench_model(key: str, opts: BenchOptions, workdir: Path) -> dict[str, Any]:
     log.info("%s: model-only throughput", key)
     clf = fresh()
     result["model_only"] = {str(b): round(model_only(clf, precision, b, opts.min_s), 1) for b in (1, 8, 32)}
+    log.info("%s: detector head on the shared backbone, 640x640 frames", key)
+    result["detector_only"] = {str(b): round(detector_only(fresh(), precision, b, opts.min_s), 2) for b in (1, 4)}
 
     log.info("%s: batched engine against the naive loop on %d crops", key, opts.crops)
     naive = naive_loop(fresh(), frames, boxes, opts.min_s)
@@ -278,6 +296,8 @@ def format_table(report: dict[str, Any]) -> str:
         )
         mo = r["model_only"]
         lines.append(f"model only (img/s):  batch 1 {mo['1']:>7}   batch 8 {mo['8']:>7}   batch 32 {mo['32']:>7}")
+        do = r["detector_only"]
+        lines.append(f"detector, 640x640 (frames/s): batch 1 {do['1']:>6}   batch 4 {do['4']:>6}")
         nb = r["naive_vs_batched"]
         lines.append(
             f"naive infer_image loop:     {nb['naive_crops_per_s']:>7} crops/s   batched engine "

@@ -41,6 +41,7 @@ def test_bench_json_has_every_figure(tmp_path: Path) -> None:
     (r,) = report["results"]
     assert r["network"] == "hgnet_v2_b2" and r["input"] == [256, 256]
     assert set(r["model_only"]) == {"1", "8", "32"} and all(v > 0 for v in r["model_only"].values())
+    assert set(r["detector_only"]) == {"1", "4"} and all(v > 0 for v in r["detector_only"].values())
     nb = r["naive_vs_batched"]
     assert nb["naive_crops_per_s"] > 0 and nb["batched_crops_per_s"] > 0 and nb["ratio"] > 0
     pl = r["pipeline"]
