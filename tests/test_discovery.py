@@ -155,9 +155,11 @@ def test_configs_are_retained_on_the_broker_and_point_at_live_topics(
     sink = MqttSink(cfg, None, HomeAssistantConfig(discovery_prefix="hadisc"))
     sink.describe(["feeder"], "hgnet_v2_b2_danube-delta")
     sink.publish_state(CameraState("feeder", False, None, None, 0, "2026-11-24", None, None))
+    live = mqtt_collector("hatest/#")
     sink.start()
     try:
         assert sink.connected.wait(10)
+        live.wait_for(lambda m: m.topic == "hatest/feeder/state", timeout=10)  # sent after the configs: all are in
         late = mqtt_collector("hadisc/#")  # Home Assistant starting later still finds them
         got = late.wait_for(lambda m: m.topic.endswith("/config"), timeout=10, count=4)
         assert all(m.retain and m.qos == 1 for m in got)
@@ -183,8 +185,8 @@ def test_a_camera_removed_from_the_config_is_removed_from_home_assistant(
     """Home Assistant keeps an entity while its retained config exists: birdwatch clears the configs
     of its own cameras that left the config, and touches nobody else's."""
     foreign = {
-        "hadisc/sensor/lamp/power/config": {"name": "Power", "state_topic": "z2m/lamp", "availability_topic": "z2m/state"},
-        "hadisc/sensor/other_shed/species/config": {  # another birdwatch instance, its own prefix
+        "gonedisc/sensor/lamp/power/config": {"name": "Power", "state_topic": "z2m/lamp", "availability_topic": "z2m/state"},
+        "gonedisc/sensor/other_shed/species/config": {  # another birdwatch instance, its own prefix
             "name": "Species", "state_topic": "other/shed/state", "availability_topic": "other/status",
             "origin": {"name": "birdwatch"},
         },
@@ -192,16 +194,16 @@ def test_a_camera_removed_from_the_config_is_removed_from_home_assistant(
     for topic, config in foreign.items():
         paho_publish.single(topic, json.dumps(config), qos=1, retain=True, hostname=mosquitto.host, port=mosquitto.port)
     cfg = MqttConfig(host=mosquitto.host, port=mosquitto.port, topic_prefix="hagone", reconnect_max_s=1)
-    ha = HomeAssistantConfig(discovery_prefix="hadisc")
+    ha = HomeAssistantConfig(discovery_prefix="gonedisc")
     before = MqttSink(cfg, None, ha)
     before.describe(["feeder", "shed"], "m")
     before.start()
     try:
         assert before.connected.wait(10)
-        mqtt_collector("hadisc/#").wait_for(lambda m: "hagone_shed" in m.topic, timeout=10, count=4)
+        mqtt_collector("gonedisc/#").wait_for(lambda m: "hagone_shed" in m.topic, timeout=10, count=4)
     finally:
         before.stop()
-    watcher = mqtt_collector("hadisc/#")
+    watcher = mqtt_collector("gonedisc/#")
     after = MqttSink(cfg, None, ha)  # restarted with the shed camera taken out of the config
     after.describe(["feeder"], "m")
     after.start()
@@ -209,7 +211,7 @@ def test_a_camera_removed_from_the_config_is_removed_from_home_assistant(
         assert after.connected.wait(10)
         cleared = watcher.wait_for(lambda m: m.payload == b"", timeout=10, count=4)
         assert len({m.topic for m in cleared}) == 4 and all("/hagone_shed/" in m.topic for m in cleared)
-        late = mqtt_collector("hadisc/#")
+        late = mqtt_collector("gonedisc/#")
         late.wait_for(lambda m: m.retain, timeout=10, count=6)
         time.sleep(0.3)  # anything retained beyond these would have come with them
         left = {m.topic.split("/")[2] for m in late.messages if m.retain}

@@ -149,8 +149,10 @@ def test_availability_is_retained_online_then_offline_on_clean_stop(
     mosquitto: MosquittoBroker, mqtt_collector: Callable[..., MqttCollector]
 ) -> None:
     sink = sink_for(mosquitto)
+    live = mqtt_collector("bwtest/status")
     sink.start()
     assert sink.connected.wait(10)
+    live.wait_for(lambda m: m.payload == b"online", timeout=10)  # now the broker holds it
     late = mqtt_collector("bwtest/status")  # subscribes after the fact: sees the retained value
     late.wait_for(lambda m: m.payload == b"online" and m.retain, timeout=10)
     sink.stop()
