@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import resource
 import tempfile
 import threading
@@ -38,6 +39,7 @@ from birdwatch.detector.head import BirdDetector
 from birdwatch.detector.head import build_head
 from birdwatch.engine import ClassifierEngine
 from birdwatch.engine import Precision
+from birdwatch.engine import WorkerPlan
 from birdwatch.models import Classifier
 from birdwatch.models import load_classifier
 from birdwatch.models import resolve_device
@@ -86,6 +88,23 @@ def timed(fn: Callable[[], object], min_s: float, *, min_runs: int = 3) -> float
     return (time.perf_counter() - started) / runs
 
 
+def rate(fn: Callable[[], object], min_s: float, workers: int = 1, *, min_runs: int = 3) -> float:
+    """Calls per second of `fn`, run by `workers` threads side by side (as the classify workers run)."""
+    if workers == 1:
+        return 1 / timed(fn, min_s, min_runs=min_runs)
+    rates = [0.0] * workers
+
+    def one(i: int) -> None:
+        rates[i] = 1 / timed(fn, min_s, min_runs=min_runs)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(rates)
+
+
 def synthetic_crops(n: int, seed: int = 0) -> tuple[list[Frame], list[list[Box]]]:
     """Feeder frames and the true bird boxes in them: the crops every classifier measurement uses."""
     scene = Scene(640, 360, 200, n_birds=3, seed=seed, present_fraction=1.0)
@@ -102,11 +121,11 @@ def synthetic_crops(n: int, seed: int = 0) -> tuple[list[Frame], list[list[Box]]
     return frames, boxes
 
 
-def model_only(clf: Classifier, precision: Precision, batch: int, min_s: float) -> float:
-    """Images per second of the network's forward pass alone, on ready tensors."""
+def model_only(clf: Classifier, precision: Precision, batch: int, min_s: float, workers: int = 1) -> float:
+    """Images per second of the network's forward pass alone, on ready tensors, by `workers` threads."""
     engine = ClassifierEngine(clf, batch_size=batch, precision=precision)
     x = torch.randn(batch, 3, *clf.size, device=clf.device)
-    return batch / timed(lambda: engine.probabilities(x), min_s)
+    return batch * rate(lambda: engine.probabilities(x), min_s, workers)
 
 
 def detector_only(clf: Classifier, precision: Precision, batch: int, min_s: float, size: int = 640) -> float:
@@ -136,30 +155,54 @@ def naive_loop(clf: Classifier, frames: list[Frame], boxes: list[list[Box]], min
             for pil in pils:
                 infer_image(clf.net, pil, transform, device=clf.device)
 
-    return len(pils) / timed(run, min_s, min_runs=1)
+    # As a user runs it: one loop, torch's default of one thread per core.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    try:
+        return len(pils) / timed(run, min_s, min_runs=1)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def batched(
-    clf: Classifier, precision: Precision, batch: int, frames: list[Frame], boxes: list[list[Box]], min_s: float
+    clf: Classifier,
+    precision: Precision,
+    batch: int,
+    frames: list[Frame],
+    boxes: list[list[Box]],
+    min_s: float,
+    workers: int = 1,
 ) -> float:
-    """Crops per second through birdwatch's engine: same crops, preprocessing included."""
+    """Crops per second through birdwatch's engine and its classify workers: same crops, preprocessing included."""
     engine = ClassifierEngine(clf, batch_size=batch, precision=precision)
     n = sum(len(b) for b in boxes)
-    return n / timed(lambda: engine.classify(frames, boxes), min_s, min_runs=1)
+    return n * rate(lambda: engine.classify(frames, boxes), min_s, workers, min_runs=1)
 
 
 def tune(clf_loader: Callable[[], Classifier], batch: int, min_s: float) -> list[dict[str, Any]]:
-    """Every precision x memory format this device offers, fastest first."""
+    """Every precision x memory format x worker plan this device offers, fastest first."""
     rows = []
     device = clf_loader().device
     dtypes = ["fp32", "bf16"] + (["fp16"] if device.type == "cuda" else [])
-    for dtype in dtypes:
-        for channels_last in (False, True):
-            clf = clf_loader()  # fresh module: channels_last converts it in place
-            ips = model_only(clf, Precision(dtype, channels_last), batch, min_s)
-            rows.append(
-                {"precision": dtype, "channels_last": channels_last, "batch": batch, "img_per_s": round(ips, 1)}
-            )
+    cores = os.cpu_count() or 1
+    plans = {WorkerPlan.resolve(device), WorkerPlan.resolve(device, workers=1)}
+    for plan in sorted(plans, key=lambda p: p.workers):
+        plan.apply()
+        for dtype in dtypes:
+            for channels_last in (False, True):
+                clf = clf_loader()  # fresh module: channels_last converts it in place
+                ips = model_only(clf, Precision(dtype, channels_last), batch, min_s, plan.workers)
+                rows.append(
+                    {
+                        "precision": dtype,
+                        "channels_last": channels_last,
+                        "workers": plan.workers,
+                        "threads": plan.threads or cores,
+                        "batch": batch,
+                        "img_per_s": round(ips, 1),
+                    }
+                )
+    WorkerPlan.resolve(device).apply()
     rows.sort(key=lambda r: r["img_per_s"], reverse=True)
     return rows
 
@@ -225,19 +268,23 @@ def bench_model(key: str, opts: BenchOptions, workdir: Path) -> dict[str, Any]:
         return load_classifier(ModelConfig(file=str(weights), device=str(device)))
 
     precision = Precision.resolve(device, opts.precision, opts.channels_last)
+    plan = WorkerPlan.resolve(device)  # what the pipeline runs with (engine.workers/threads: 0)
+    plan.apply()
+    workers = plan.workers
     result: dict[str, Any] = {"model": key, "network": network, "input": list(size), "device": str(device)}
     result["precision"] = {"dtype": precision.dtype, "channels_last": precision.channels_last}
+    result["workers"] = {"workers": workers, "threads": plan.threads or torch.get_num_threads()}
     frames, boxes = synthetic_crops(opts.crops)
 
     log.info("%s: model-only throughput", key)
     clf = fresh()
-    result["model_only"] = {str(b): round(model_only(clf, precision, b, opts.min_s), 1) for b in (1, 8, 32)}
+    result["model_only"] = {str(b): round(model_only(clf, precision, b, opts.min_s, workers), 1) for b in (1, 8, 32)}
     log.info("%s: detector head on the shared backbone, 640x640 frames", key)
     result["detector_only"] = {str(b): round(detector_only(fresh(), precision, b, opts.min_s), 2) for b in (1, 4)}
 
     log.info("%s: batched engine against the naive loop on %d crops", key, opts.crops)
     naive = naive_loop(fresh(), frames, boxes, opts.min_s)
-    ours = batched(fresh(), precision, opts.batch_size, frames, boxes, opts.min_s)
+    ours = batched(fresh(), precision, opts.batch_size, frames, boxes, opts.min_s, workers)
     result["naive_vs_batched"] = {
         "crops": opts.crops,
         "naive_crops_per_s": round(naive, 1),
@@ -251,7 +298,7 @@ def bench_model(key: str, opts: BenchOptions, workdir: Path) -> dict[str, Any]:
     log.info("%s: pipeline with %d cameras for %.0f s", key, opts.cameras, opts.seconds)
     run = pipeline_run(weights, opts, workdir)
     mean_batch = max(1, round(run["mean_batch"]))
-    same_work = model_only(fresh(), run["precision"], mean_batch, opts.min_s)
+    same_work = model_only(fresh(), run["precision"], mean_batch, opts.min_s, workers)
     snap = run["snapshot"]
     result["pipeline"] = {
         "cameras": opts.cameras,
@@ -292,7 +339,8 @@ def format_table(report: dict[str, Any]) -> str:
         p = r["precision"]
         lines.append(
             f"== {r['model']} ({r['network']}, {r['input'][0]} px) on {r['device']}, "
-            f"{p['dtype']}{' channels_last' if p['channels_last'] else ''}"
+            f"{p['dtype']}{' channels_last' if p['channels_last'] else ''}, "
+            f"{r['workers']['workers']} classify worker(s) x {r['workers']['threads']} thread(s)"
         )
         mo = r["model_only"]
         lines.append(f"model only (img/s):  batch 1 {mo['1']:>7}   batch 8 {mo['8']:>7}   batch 32 {mo['32']:>7}")
@@ -323,13 +371,15 @@ def format_table(report: dict[str, Any]) -> str:
         for row in r.get("tune", []):
             lines.append(
                 f"  tune: {row['precision']:<5} channels_last={row['channels_last']!s:<5} "
+                f"{row['workers']} worker(s) x {row['threads']} thread(s), "
                 f"batch {row['batch']}: {row['img_per_s']} img/s"
             )
         if r.get("tune"):
             best = r["tune"][0]
             lines.append(
                 f"  best here -> engine: {{precision: {best['precision']}, "
-                f"channels_last: {str(best['channels_last']).lower()}}}"
+                f"channels_last: {str(best['channels_last']).lower()}, workers: {best['workers']}, "
+                f"threads: {best['threads']}}}"
             )
         lines.append("")
     lines.append(f"peak RSS {report['peak_rss_mb']} MB")

@@ -89,7 +89,8 @@ class EngineConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16/fp16 where the hardware has it
     channels_last: bool | None = None  # None: on (faster for birder's convnets on CPU and GPU)
     compile: bool = False  # torch.compile the classifier (slow start, faster steady state on GPU)
-    threads: int = field(default=0, metadata=_range(0, 256))  # torch CPU threads; 0: one per core
+    workers: int = field(default=0, metadata=_range(0, 64))  # classify workers; 0: auto (CPU: one per core, up to 4)
+    threads: int = field(default=0, metadata=_range(0, 256))  # torch CPU threads per worker; 0: cores / workers
     max_wait_ms: float = field(default=20.0, metadata=_range(0, 5000))  # a partial batch waits at most this
     queue_per_camera: int = field(default=4, metadata=_range(1, 256))  # frames waiting for the classifier
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 from collections.abc import Iterator
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -65,6 +66,38 @@ def auto_dtype(device: torch.device) -> str:
     if device.type == "cpu" and cpu_has_bf16():
         return "bf16"
     return "fp32"
+
+
+MAX_AUTO_WORKERS = 4  # beyond this, more workers only split the batches thinner
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """How many classify workers run batches side by side, and the torch CPU threads each one uses."""
+
+    workers: int
+    threads: int | None  # None: leave torch's default (on a GPU the CPU only feeds it)
+
+    @classmethod
+    def resolve(cls, device: torch.device, workers: int = 0, threads: int = 0) -> WorkerPlan:
+        """0 means auto. On a CPU, auto is one single-threaded worker per core (up to four, then the
+        cores are shared out): each worker runs whole batches on its own core, so a core taken for a
+        moment by capture or motion delays one batch, where a single worker's intra-op threads would
+        all wait for it at every layer. Measured on 2 cores under capture and motion load, hgnet_v2_b2
+        batch 7: 2 workers x 1 thread 72 img/s against 1 worker x 2 threads 50 img/s. On a GPU: one."""
+        if device.type != "cpu":
+            return cls(workers or 1, threads or None)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        workers = workers or min(cores, MAX_AUTO_WORKERS)
+        return cls(workers, threads or max(1, cores // workers))
+
+    def apply(self) -> int:
+        """torch's CPU thread count is one setting for the whole process (every thread's ops use it).
+        Returns the count it replaced, for whoever wants to put it back."""
+        before = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        return before
 
 
 def cpu_has_bf16() -> bool:

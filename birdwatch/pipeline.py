@@ -1,11 +1,15 @@
-"""Wiring: cameras -> localise -> classify -> decide -> publish, as two stage threads over
-bounded batch queues. The only module that knows every stage.
+"""Wiring: cameras -> localise -> classify -> decide -> publish, as stage threads over bounded
+batch queues. The only module that knows every stage.
 
     readers ──► detect queue (1 frame per camera: newest wins) ──► detect worker: localise(frames)
-            ──► classify queue (a few frames per camera, oldest dropped) ──► classify worker:
+            ──► classify queue (a few frames per camera, oldest dropped) ──► classify workers (1..N):
                 classify(frames, detections) -> decide(sightings) -> publish(events)
-                                                 tracks, visits,     outbox (SQLite) -> MQTT
-                                                 snapshots
+                side by side                     in the order the    outbox (SQLite) -> MQTT
+                                                 batches were taken: tracks, visits, snapshots
+
+Several classify workers run whole batches side by side (on a CPU, one per core: see
+engine.WorkerPlan); tracking needs each camera's frames in order, so their results are decided
+one batch at a time, in the order the batches left the queue.
 
 Capture never waits for the model: both queues drop the oldest frame of a camera when full, and
 count it. Both take round-robin across cameras so none starves. The main thread only supervises:
@@ -37,6 +41,7 @@ from birdwatch.detector.localiser import MotionGatedLocaliser
 from birdwatch.detector.localiser import build_localiser
 from birdwatch.engine import ClassifierEngine
 from birdwatch.engine import Precision
+from birdwatch.engine import WorkerPlan
 from birdwatch.metrics import StatsReport
 from birdwatch.metrics import summary_line
 from birdwatch.models import Classifier
@@ -86,7 +91,8 @@ class ClassifyJob:
 class StageStats:
     batches: int = 0
     items: int = 0
-    busy_s: float = 0.0
+    busy_s: float = 0.0  # summed over the stage's workers
+    workers: int = 1
     failures: int = 0
     consecutive_failures: int = 0
     # Recent samples only: percentiles of the last few thousand, memory stays flat.
@@ -139,9 +145,17 @@ class Pipeline:
             size_of=lambda job: len(job.detections),
         )
         self._workers: list[threading.Thread] = []
-        # Each stage thread stamps this on every pass (work or idle), so a thread stuck inside a
-        # model call shows up as a stale stamp and the watchdog ping stops.
-        self._heartbeat = {"detect": time.monotonic(), "classify": time.monotonic()}
+        # Each stage thread stamps this (by thread name) on every pass, work or idle, so a thread
+        # stuck inside a model call shows up as a stale stamp and the watchdog ping stops.
+        self._heartbeat: dict[str, float] = {}
+        self._stats_lock = threading.Lock()
+        # Classify batches are numbered as they leave the queue and decided in that order.
+        self._take_lock = threading.Lock()
+        self._turn = threading.Condition()
+        self._taken = 0
+        self._decided = 0
+        self.plan = WorkerPlan(1, None)
+        self._threads_before: int | None = None
         self._watchdog = systemd.Watchdog()
         self._hung_reported = False
         self._stats_report = StatsReport()
@@ -162,9 +176,10 @@ class Pipeline:
                 MqttSink(mqtt, mqtt.password_value(), cfg.homeassistant, snapshots_on_mqtt) if mqtt.host else LogSink()
             )
         engine_cfg = self.config.engine
-        if engine_cfg.threads:
-            torch.set_num_threads(engine_cfg.threads)
         classifier = self._classifier or load_classifier(self.config.model)
+        self.plan = WorkerPlan.resolve(classifier.device, engine_cfg.workers, engine_cfg.threads)
+        self._threads_before = self.plan.apply()
+        self.stages["classify"].workers = self.plan.workers
         check_species_lists(cfg.events, classifier.class_names, classifier.name)
         self.store = EventStore(cfg.store.path)
         precision = Precision.resolve(classifier.device, engine_cfg.precision, engine_cfg.channels_last)
@@ -195,22 +210,25 @@ class Pipeline:
         for cam_cfg in self.config.cameras:
             reader = CameraReader(cam_cfg, self.detect_queue.inlet(cam_cfg.name), secrets)
             self.cameras.append(Camera(cam_cfg, reader, MotionDetector(cam_cfg.motion)))
-        self._workers = [
-            threading.Thread(target=self._detect_worker, name="detect", daemon=True),
-            threading.Thread(target=self._classify_worker, name="classify", daemon=True),
+        self._workers = [threading.Thread(target=self._detect_worker, name="detect", daemon=True)] + [
+            threading.Thread(target=self._classify_worker, name=f"classify-{i}", daemon=True)
+            for i in range(self.plan.workers)
         ]
         for worker in self._workers:
+            self._heartbeat[worker.name] = time.monotonic()
             worker.start()
         for cam in self.cameras:
             cam.reader.start()
         log.info(
-            "birdwatch running: %d camera(s), model %s on %s (%s%s, batch %d)",
+            "birdwatch running: %d camera(s), model %s on %s (%s%s, batch %d, %d classify worker(s)%s)",
             len(self.cameras),
             classifier.name,
             classifier.device,
             precision.dtype,
             ", channels_last" if precision.channels_last else "",
             self.config.model.batch_size,
+            self.plan.workers,
+            f" x {self.plan.threads} thread(s)" if self.plan.threads else "",
         )
 
     def run(self, stop: threading.Event) -> int:
@@ -235,9 +253,9 @@ class Pipeline:
         """Ping systemd's watchdog only while every stage thread is alive and making progress."""
         now = time.monotonic()
         stale = [
-            (name, now - stamp)
-            for (name, stamp), worker in zip(self._heartbeat.items(), self._workers, strict=False)
-            if worker.is_alive() and now - stamp > STAGE_HUNG_S
+            (worker.name, now - self._heartbeat[worker.name])
+            for worker in self._workers
+            if worker.is_alive() and now - self._heartbeat[worker.name] > STAGE_HUNG_S
         ]
         if not stale:
             self._hung_reported = False
@@ -257,6 +275,8 @@ class Pipeline:
         if self.engine is None:
             if self.store is not None:
                 self.store.close()
+            if self._threads_before is not None:
+                torch.set_num_threads(self._threads_before)
             return True  # start() failed before anything ran: nothing to stop or report
         deadline = time.monotonic() + timeout
         clean = all([cam.reader.stop(timeout=min(5.0, timeout / 2)) for cam in self.cameras])
@@ -281,6 +301,8 @@ class Pipeline:
         if self.store is not None:
             self.store.close()
         self.report(final=True)
+        if self._threads_before is not None:  # in-process users (tests, bench) get their setting back
+            torch.set_num_threads(self._threads_before)
         return clean
 
     @property
@@ -310,33 +332,59 @@ class Pipeline:
             self.classify_queue.close()
 
     def _classify_worker(self) -> None:
+        me = threading.current_thread().name
         while True:
-            jobs = self.classify_queue.get_batch(timeout=0.5)
-            self._heartbeat["classify"] = time.monotonic()
-            # Frames without motion never come this far, so visits of birds that left end here.
-            try:
-                self.tick()
-            except Exception as exc:  # a full disk, say: logged, and the next tick tries again
-                log.exception("visit bookkeeping failed: %s", exc)
+            with self._take_lock:
+                jobs = self.classify_queue.get_batch(timeout=0.5)
+                ticket = self._taken
+                self._taken += bool(jobs)
+            self._heartbeat[me] = time.monotonic()
             if not jobs:
+                self._tick_logged()  # frames without motion never come this far: visits of birds that left end here
                 if self.classify_queue.closed and self.classify_queue.depth() == 0:
                     return
                 continue
             frames = [job.frame for job in jobs]
             started = time.monotonic()
-            events = self._guard("classify", frames, self._classify_jobs, jobs)
-            done = time.monotonic()
+            sightings = self._guard("classify", frames, self._classify_jobs, jobs)  # side by side
+            classified = time.monotonic()
             crops = sum(len(job.detections) for job in jobs)
-            self._account("classify", crops, started, done, [started - job.queued for job in jobs])
+            self._account("classify", crops, started, classified, [started - job.queued for job in jobs])
+            events = self._decide_in_turn(ticket, frames, sightings)
+            done = time.monotonic()
             self.stats.read_to_decision_s.extend(done - f.mono for f in frames)
-            for event in events or []:
+            for event in events:
                 if event.kind == "new":  # the moment a visit is told; updates and ends follow later by design
                     self.stats.read_to_event_s.append(done - self._frame_mono(event, frames))
 
-    def _classify_jobs(self, jobs: list[ClassifyJob]) -> list[VisitEvent]:
-        frames = [job.frame for job in jobs]
-        sightings = self.classify(frames, [job.detections for job in jobs])
+    def _classify_jobs(self, jobs: list[ClassifyJob]) -> list[Sighting]:
+        return self.classify([job.frame for job in jobs], [job.detections for job in jobs])
+
+    def _decide_in_turn(self, ticket: int, frames: list[Frame], sightings: list[Sighting] | None) -> list[VisitEvent]:
+        """Decide and publish batch `ticket` once every batch taken before it has been. A batch whose
+        classification failed (None) still takes its turn, so the ones after it are not held up."""
+        with self._turn:
+            self._turn.wait_for(lambda: self._decided == ticket)
+        try:
+            self._tick_logged()
+            if sightings is None:
+                return []
+            events = self._guard("classify", frames, self._decide_and_publish, (sightings, frames))
+            return events or []
+        finally:
+            with self._turn:
+                self._decided += 1
+                self._turn.notify_all()
+
+    def _decide_and_publish(self, work: tuple[list[Sighting], list[Frame]]) -> list[VisitEvent]:
+        sightings, frames = work
         return self.publish(self.decide(sightings, frames))
+
+    def _tick_logged(self) -> None:
+        try:
+            self.tick()
+        except Exception as exc:  # a full disk, say: logged, and the next tick tries again
+            log.exception("visit bookkeeping failed: %s", exc)
 
     def _guard(self, stage: str, frames: list[Frame], work: Callable[[T], list], arg: T) -> list | None:
         """Run one batch; a failure is logged with its frames and skipped, and repeated failures stop the
@@ -358,11 +406,12 @@ class Pipeline:
     def _account(self, stage: str, items: int, started: float, done: float, waits: list[float]) -> None:
         """items: frames for detect, crops for classify (what a batch's size means to that model)."""
         stats = self.stages[stage]
-        stats.batches += 1
-        stats.items += items
-        stats.busy_s += done - started
-        stats.batch_s.append(done - started)
-        stats.wait_s.extend(waits)
+        with self._stats_lock:  # several classify workers
+            stats.batches += 1
+            stats.items += items
+            stats.busy_s += done - started
+            stats.batch_s.append(done - started)
+            stats.wait_s.extend(waits)
 
     @staticmethod
     def _frame_mono(event: VisitEvent, frames: list[Frame]) -> float:
@@ -509,7 +558,8 @@ class Pipeline:
                 "batches": st.batches,
                 "mean_batch": round(st.items / st.batches, 2) if st.batches else 0.0,
                 "ms_per_batch": round(1000 * st.busy_s / st.batches, 1) if st.batches else 0.0,
-                "busy": round(st.busy_s / elapsed, 3),
+                "busy": round(st.busy_s / elapsed / st.workers, 3),  # of all the stage's workers' time
+                "workers": st.workers,
                 "failures": st.failures,
                 "wait_ms": percentiles_ms(st.wait_s),
                 "batch_ms": percentiles_ms(st.batch_s),

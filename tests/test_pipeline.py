@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,10 @@ from birdwatch.pipeline import Pipeline
 from birdwatch.synthetic import generate_frames
 from birdwatch.synthetic import write_video
 from birdwatch.types import CameraState
+from birdwatch.types import Detections
+from birdwatch.types import Frame
+from birdwatch.types import Sighting
+from birdwatch.types import VisitEvent
 
 SIZES = {"small": (320, 240), "wide": (640, 360), "mid": (480, 272)}
 
@@ -164,3 +170,42 @@ def test_file_sources_drain_and_end(tmp_path: Path, danube_weights: Path) -> Non
     assert snap["cameras"]["once"]["state"] == "finished"
     assert snap["stages"]["classify"]["queue_depth"] == 0 and snap["stages"]["detect"]["queue_depth"] == 0
     assert sink.events
+
+
+@pytest.mark.timeout(90)
+def test_classify_workers_run_side_by_side_and_decide_in_order(clips: dict[str, Path], danube_weights: Path) -> None:
+    """Two workers classify batches at once, finishing in any order; tracking still sees each
+    camera's frames in the order they were read."""
+    pipeline = Pipeline(config_for(clips, danube_weights, workers=2, threads=1), sink=ListSink())
+    classify, decide = pipeline.classify, pipeline.decide
+    lock = threading.Lock()
+    running, most_at_once = [0], [0]
+    decided: dict[str, list[int]] = {}
+    rng = random.Random(0)
+
+    def classify_slowly(frames: list[Frame], detections: list[Detections]) -> list[Sighting]:
+        with lock:
+            running[0] += 1
+            most_at_once[0] = max(most_at_once[0], running[0])
+            delay = rng.uniform(0, 0.2)  # batches finish out of order
+        try:
+            time.sleep(delay)
+            return classify(frames, detections)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    def record(sightings: list[Sighting], frames: list[Frame]) -> list[VisitEvent]:
+        for frame in frames:
+            decided.setdefault(frame.camera, []).append(frame.seq)
+        return decide(sightings, frames)
+
+    pipeline.classify = classify_slowly  # type: ignore[method-assign]
+    pipeline.decide = record  # type: ignore[method-assign]
+    pipeline.start()
+    assert pipeline.plan.workers == 2
+    assert run_for(pipeline, seconds=8) == 0
+    assert most_at_once[0] == 2, "the two workers classified at the same time"
+    assert all(len(seqs) > 3 for seqs in decided.values()), decided
+    for camera, seqs in decided.items():
+        assert seqs == sorted(seqs), f"{camera}: frames decided out of order: {seqs}"
