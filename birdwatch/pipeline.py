@@ -151,9 +151,11 @@ class Pipeline:
         self._stats_lock = threading.Lock()
         # Classify batches are numbered as they leave the queue and decided in that order.
         self._take_lock = threading.Lock()
-        self._turn = threading.Condition()
+        self._order_lock = threading.Lock()
         self._taken = 0
         self._decided = 0
+        self._ready: dict[int, tuple[list[Frame], list[Sighting] | None]] = {}  # classified, not yet decided
+        self._deciding = False
         self.plan = WorkerPlan(1, None)
         self._threads_before: int | None = None
         self._watchdog = systemd.Watchdog()
@@ -350,31 +352,37 @@ class Pipeline:
             classified = time.monotonic()
             crops = sum(len(job.detections) for job in jobs)
             self._account("classify", crops, started, classified, [started - job.queued for job in jobs])
-            events = self._decide_in_turn(ticket, frames, sightings)
-            done = time.monotonic()
-            self.stats.read_to_decision_s.extend(done - f.mono for f in frames)
-            for event in events:
-                if event.kind == "new":  # the moment a visit is told; updates and ends follow later by design
-                    self.stats.read_to_event_s.append(done - self._frame_mono(event, frames))
+            self._decide_in_order(ticket, frames, sightings)
 
     def _classify_jobs(self, jobs: list[ClassifyJob]) -> list[Sighting]:
         return self.classify([job.frame for job in jobs], [job.detections for job in jobs])
 
-    def _decide_in_turn(self, ticket: int, frames: list[Frame], sightings: list[Sighting] | None) -> list[VisitEvent]:
-        """Decide and publish batch `ticket` once every batch taken before it has been. A batch whose
-        classification failed (None) still takes its turn, so the ones after it are not held up."""
-        with self._turn:
-            self._turn.wait_for(lambda: self._decided == ticket)
-        try:
+    def _decide_in_order(self, ticket: int, frames: list[Frame], sightings: list[Sighting] | None) -> None:
+        """Hand batch `ticket` over for deciding, which happens strictly in ticket order. Whichever worker
+        completes the next ticket decides it and every later one already waiting, while the others go
+        back to classifying. A batch whose classification failed (None) still takes its turn."""
+        with self._order_lock:
+            self._ready[ticket] = (frames, sightings)
+            if self._deciding:
+                return  # the worker deciding now will come to this one
+            self._deciding = True
+        while True:
+            with self._order_lock:
+                item = self._ready.pop(self._decided, None)
+                if item is None:
+                    self._deciding = False
+                    return
+            frames, sightings = item
             self._tick_logged()
-            if sightings is None:
-                return []
-            events = self._guard("classify", frames, self._decide_and_publish, (sightings, frames))
-            return events or []
-        finally:
-            with self._turn:
+            if sightings is not None:
+                events = self._guard("classify", frames, self._decide_and_publish, (sightings, frames)) or []
+                done = time.monotonic()
+                self.stats.read_to_decision_s.extend(done - f.mono for f in frames)
+                for event in events:
+                    if event.kind == "new":  # the moment a visit is told; updates and ends follow later by design
+                        self.stats.read_to_event_s.append(done - self._frame_mono(event, frames))
+            with self._order_lock:
                 self._decided += 1
-                self._turn.notify_all()
 
     def _decide_and_publish(self, work: tuple[list[Sighting], list[Frame]]) -> list[VisitEvent]:
         sightings, frames = work
