@@ -266,7 +266,9 @@ class Pipeline:
             self._hung_reported = True
             name, silent = stale[0]
             log.error(
-                "the %s stage has made no progress for %.0f s; withholding the watchdog so systemd restarts us",
+                "the %s stage (thread %s) has made no progress for %.0f s; withholding the watchdog so systemd "
+                "restarts us",
+                name.partition("-")[0],
                 name,
                 silent,
             )

@@ -188,4 +188,5 @@ def test_a_hung_stage_withholds_the_watchdog(
             stop.set()
             runner.join(10)
             pipeline.stop()
-    assert any("classify stage has made no progress" in r.getMessage() for r in caplog.records)
+    hung = [r.getMessage() for r in caplog.records if "made no progress" in r.getMessage()]
+    assert hung and hung[0].startswith("the classify stage (thread classify-"), hung
