@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="measure throughput and latency on this machine (offline)")
     bench.add_argument("--model", choices=["danube-delta", "eu-common", "all"], default="danube-delta")
     bench.add_argument("--cameras", type=int, default=4, help="synthetic file cameras in the pipeline run")
-    bench.add_argument("--fps", type=float, default=10.0, help="frame rate of each synthetic camera")
+    bench.add_argument("--fps", type=float, default=25.0, help="frame rate of each synthetic camera")
     bench.add_argument("--seconds", type=float, default=30.0, help="length of the pipeline run")
     bench.add_argument("--device", default="auto")
     bench.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
