@@ -211,7 +211,7 @@ def pipeline_run(weights: Path, opts: BenchOptions, workdir: Path) -> dict[str, 
     """N synthetic file cameras, paced like real ones, through the whole pipeline."""
     cameras = []
     for i in range(opts.cameras):
-        clip = workdir / f"camera{i}.avi"
+        clip = workdir / f"camera{i}-{opts.fps:g}fps.avi"  # a kept workdir may hold clips of another rate
         if not clip.exists():
             scene = Scene(640, 360, 100, n_birds=3, seed=100 + i, present_fraction=1.0)
             write_video(clip, scene, fps=opts.fps)
