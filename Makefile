@@ -35,7 +35,7 @@ bench: $(VENV)/.installed
 	$(BIN)/birdwatch bench
 
 # Leak check: the pipeline at full speed on looping clips; SOAK_SECONDS=3600 for a long one.
-SOAK_SECONDS ?= 180
+SOAK_SECONDS ?= 480
 soak: $(VENV)/.installed
 	$(BIN)/python bench/soak.py --seconds $(SOAK_SECONDS)
 

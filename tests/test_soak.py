@@ -67,3 +67,6 @@ def test_verdict_flags_growth_only_in_the_second_half() -> None:
     fd_leak = verdict(samples([1000] * 6, [8, 8, 8, 12, 16, 20]), 2.0, 2)
     assert not fd_leak["flat"] and fd_leak["problems"] == ["fds +8"]
     assert slope_per_min([(0, 0), (60, 1)]) == 1.0
+    # A swing of the allocator (one sample 100 MB up) is not growth; a steady climb under swings is.
+    assert slope_per_min([(t, 1000 + (100 if t == 40 else 0)) for t in range(0, 90, 5)]) == 0.0
+    assert slope_per_min([(t, 1000 + t / 6 + (30 if t % 10 else -30)) for t in range(0, 90, 5)]) > 5
