@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import resource
 import tempfile
 import threading
@@ -40,6 +39,7 @@ from birdwatch.detector.head import build_head
 from birdwatch.engine import ClassifierEngine
 from birdwatch.engine import Precision
 from birdwatch.engine import WorkerPlan
+from birdwatch.engine import cpu_cores
 from birdwatch.models import Classifier
 from birdwatch.models import load_classifier
 from birdwatch.models import resolve_device
@@ -157,7 +157,7 @@ def naive_loop(clf: Classifier, frames: list[Frame], boxes: list[list[Box]], min
 
     # As a user runs it: one loop, torch's default of one thread per core.
     threads = torch.get_num_threads()
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(cpu_cores())
     try:
         return len(pils) / timed(run, min_s, min_runs=1)
     finally:
@@ -184,7 +184,6 @@ def tune(clf_loader: Callable[[], Classifier], batch: int, min_s: float) -> list
     rows = []
     device = clf_loader().device
     dtypes = ["fp32", "bf16"] + (["fp16"] if device.type == "cuda" else [])
-    cores = os.cpu_count() or 1
     plans = {WorkerPlan.resolve(device), WorkerPlan.resolve(device, workers=1)}
     for plan in sorted(plans, key=lambda p: p.workers):
         plan.apply()
@@ -197,7 +196,7 @@ def tune(clf_loader: Callable[[], Classifier], batch: int, min_s: float) -> list
                         "precision": dtype,
                         "channels_last": channels_last,
                         "workers": plan.workers,
-                        "threads": plan.threads or cores,
+                        "threads": plan.threads or torch.get_num_threads(),
                         "batch": batch,
                         "img_per_s": round(ips, 1),
                     }

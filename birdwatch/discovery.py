@@ -41,6 +41,17 @@ def config_topic(discovery_prefix: str, component: str, node: str, object_id: st
     return f"{discovery_prefix}/{component}/{node}/{object_id}/config"
 
 
+def is_birdwatch_config(payload: object, availability: str) -> bool:
+    """Whether a discovery config payload is one `camera_configs` made for the instance whose
+    availability topic this is (another device's, or another birdwatch prefix's, is not)."""
+    return (
+        isinstance(payload, dict)
+        and payload.get("availability_topic") == availability
+        and isinstance(payload.get("origin"), dict)
+        and payload["origin"].get("name") == "birdwatch"
+    )
+
+
 def camera_configs(
     topics: CameraTopics, *, discovery_prefix: str, node: str, model: str, qos: int = 1
 ) -> list[tuple[str, dict[str, Any]]]:

@@ -87,7 +87,7 @@ class WorkerPlan:
         batch 7: 2 workers x 1 thread 72 img/s against 1 worker x 2 threads 50 img/s. On a GPU: one."""
         if device.type != "cpu":
             return cls(workers or 1, threads or None)
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = cpu_cores()
         workers = workers or min(cores, MAX_AUTO_WORKERS)
         return cls(workers, threads or max(1, cores // workers))
 
@@ -98,6 +98,11 @@ class WorkerPlan:
         if self.threads:
             torch.set_num_threads(self.threads)
         return before
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (a container or systemd CPUAffinity may allow fewer than exist)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def cpu_has_bf16() -> bool:

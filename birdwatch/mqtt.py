@@ -41,6 +41,7 @@ from birdwatch.config import MqttConfig
 from birdwatch.config import MqttTlsConfig
 from birdwatch.discovery import CameraTopics
 from birdwatch.discovery import camera_configs
+from birdwatch.discovery import is_birdwatch_config
 from birdwatch.discovery import node_id
 from birdwatch.errors import ConfigError
 from birdwatch.types import CameraState
@@ -361,12 +362,7 @@ class MqttSink:
             payload = json.loads(msg.payload)
         except (UnicodeDecodeError, ValueError):
             return  # someone else's, in a format of their own
-        if (
-            isinstance(payload, dict)
-            and payload.get("availability_topic") == self.topics.status
-            and isinstance(payload.get("origin"), dict)
-            and payload["origin"].get("name") == "birdwatch"
-        ):
+        if is_birdwatch_config(payload, self.topics.status):
             log.info("Home Assistant: removing %s, its camera is no longer in the config", msg.topic)
             self._publish(msg.topic, b"", retain=True)
 
