@@ -22,19 +22,19 @@ from pathlib import Path
 
 import torch
 
+from birdwatch.classify.models import load_classifier
+from birdwatch.classify.models import save_untrained
 from birdwatch.config import DetectorConfig
 from birdwatch.config import ModelConfig
 from birdwatch.config import MotionConfig
-from birdwatch.detector.head import BirdDetector
-from birdwatch.detector.head import build_head
-from birdwatch.detector.head import shared_backbone
-from birdwatch.detector.localiser import DetectorLocaliser
-from birdwatch.detector.localiser import MotionGatedLocaliser
-from birdwatch.models import load_classifier
-from birdwatch.models import save_untrained
-from birdwatch.motion import MotionDetector
-from birdwatch.synthetic import render_scene
-from birdwatch.synthetic import render_still
+from birdwatch.locate.head import BirdDetector
+from birdwatch.locate.head import build_head
+from birdwatch.locate.head import shared_backbone
+from birdwatch.locate.localiser import DetectorLocaliser
+from birdwatch.locate.localiser import MotionGatedLocaliser
+from birdwatch.locate.motion import MotionDetector
+from birdwatch.tools.synthetic import render_scene
+from birdwatch.tools.synthetic import render_still
 
 BACKBONES = {"hgnet_v2_b2": (368, (256, 256)), "regnet_y_8g": (707, (384, 384))}
 FRAMES = ((640, 640), (1280, 720))

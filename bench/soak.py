@@ -33,11 +33,11 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from birdwatch.classify.models import save_untrained
 from birdwatch.config import parse_config
-from birdwatch.models import save_untrained
-from birdwatch.pipeline import Pipeline
-from birdwatch.synthetic import generate_frames
-from birdwatch.synthetic import write_video
+from birdwatch.runtime.pipeline import Pipeline
+from birdwatch.tools.synthetic import generate_frames
+from birdwatch.tools.synthetic import write_video
 
 NETWORK, CLASSES, SIZE = "hgnet_v2_b2", 368, (256, 256)
 

@@ -25,15 +25,15 @@ from birdwatch.config import EventsConfig
 from birdwatch.config import MotionConfig
 from birdwatch.config import SnapshotsConfig
 from birdwatch.config import TrackingConfig
-from birdwatch.motion import MotionDetector
-from birdwatch.snapshots import SnapshotWriter
-from birdwatch.store import EventStore
-from birdwatch.synthetic import Scene
-from birdwatch.tracking import Tracker
+from birdwatch.decide.snapshots import SnapshotWriter
+from birdwatch.decide.tracking import Tracker
+from birdwatch.decide.visits import Visits
+from birdwatch.deliver.store import EventStore
+from birdwatch.locate.motion import MotionDetector
+from birdwatch.tools.synthetic import Scene
 from birdwatch.types import Frame
 from birdwatch.types import Sighting
 from birdwatch.types import SpeciesScore
-from birdwatch.visits import Visits
 
 WINDOWS = [(10, 40), (70, 100), (130, 160)]
 

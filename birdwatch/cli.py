@@ -15,7 +15,7 @@ from birdwatch import __version__
 from birdwatch.errors import BirdwatchError
 
 if TYPE_CHECKING:
-    from birdwatch.store import EventStore
+    from birdwatch.deliver.store import EventStore
 
 log = logging.getLogger("birdwatch")
 
@@ -35,7 +35,7 @@ def setup_logging(level: str) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from birdwatch.config import load_config
     from birdwatch.redact import install_log_redaction
-    from birdwatch.service import Service
+    from birdwatch.runtime.service import Service
 
     config = load_config(args.config)
     setup_logging(args.log_level or config.log_level)
@@ -58,8 +58,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
-    from birdwatch.models import pretrained_classifiers
-    from birdwatch.models import pretrained_path
+    from birdwatch.classify.models import pretrained_classifiers
+    from birdwatch.classify.models import pretrained_path
 
     models_dir = _models_dir(args)
     names = pretrained_classifiers()
@@ -73,7 +73,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def cmd_models_pull(args: argparse.Namespace) -> int:
-    from birdwatch.models import pull
+    from birdwatch.classify.models import pull
 
     name = args.name
     if name is None:
@@ -88,7 +88,7 @@ def cmd_models_pull(args: argparse.Namespace) -> int:
 
 
 def _open_store(args: argparse.Namespace) -> EventStore:
-    from birdwatch.store import EventStore
+    from birdwatch.deliver.store import EventStore
 
     if args.db:
         return EventStore(args.db, readonly=True)
@@ -145,9 +145,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from birdwatch.bench import MODELS
-    from birdwatch.bench import BenchOptions
-    from birdwatch.bench import main as bench_main
+    from birdwatch.tools.bench import MODELS
+    from birdwatch.tools.bench import BenchOptions
+    from birdwatch.tools.bench import main as bench_main
 
     setup_logging("INFO")
     models = list(MODELS) if args.model == "all" else [args.model]
@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--days", type=_positive, default=7, help="this many days up to today (default 7)")
     stats.set_defaults(func=cmd_stats)
 
-    from birdwatch.detector.cli import add_parser as add_detector_parser
+    from birdwatch.tools.detector.cli import add_parser as add_detector_parser
 
     add_detector_parser(sub)
     return parser

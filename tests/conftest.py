@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from birdwatch.synthetic import generate_frames
-from birdwatch.synthetic import write_jpeg_sequence
+from birdwatch.tools.synthetic import generate_frames
+from birdwatch.tools.synthetic import write_jpeg_sequence
 from tests.fixtures_detector import bird_backbone_weights  # noqa: F401  (fixtures)
 from tests.fixtures_detector import bird_classifier  # noqa: F401
 from tests.fixtures_detector import synthetic_birds  # noqa: F401

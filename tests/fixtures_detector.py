@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
+from birdwatch.classify.engine import cpu_has_bf16
+from birdwatch.classify.models import Classifier
+from birdwatch.classify.models import load_classifier
 from birdwatch.config import ModelConfig
-from birdwatch.detector.train import TrainOptions
-from birdwatch.detector.train import TrainResult
-from birdwatch.detector.train import train
-from birdwatch.engine import cpu_has_bf16
-from birdwatch.models import Classifier
-from birdwatch.models import load_classifier
-from birdwatch.synthetic import EASY_STILLS
-from birdwatch.synthetic import write_coco_dataset
+from birdwatch.tools.detector.train import TrainOptions
+from birdwatch.tools.detector.train import TrainResult
+from birdwatch.tools.detector.train import train
+from birdwatch.tools.synthetic import EASY_STILLS
+from birdwatch.tools.synthetic import write_coco_dataset
 from tests.fixtures_models import DANUBE
 from tests.fixtures_models import species_names
 from tests.support.backbone import fine_tune_backbone

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from birdwatch.models import save_untrained
+from birdwatch.classify.models import save_untrained
 
 DANUBE = {"network": "hgnet_v2_b2", "classes": 368, "size": (256, 256), "name": "hgnet_v2_b2_danube-delta"}
 EU_COMMON = {"network": "regnet_y_8g", "classes": 707, "size": (384, 384), "name": "regnet_y_8g_intermediate-eu-common"}

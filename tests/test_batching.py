@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from birdwatch.batching import Batcher
+from birdwatch.runtime.batching import Batcher
 
 
 def test_full_batch_is_taken_at_once() -> None:

@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from birdwatch.capture import CameraReader
-from birdwatch.capture import LatestFrameSlot
-from birdwatch.capture import source_kind
+from birdwatch.capture.reader import CameraReader
+from birdwatch.capture.reader import LatestFrameSlot
+from birdwatch.capture.reader import source_kind
 from birdwatch.config import CameraConfig
 from birdwatch.config import ReconnectConfig
-from birdwatch.synthetic import generate_frames
-from birdwatch.synthetic import write_video
+from birdwatch.tools.synthetic import generate_frames
+from birdwatch.tools.synthetic import write_video
 from birdwatch.types import Frame
 from tests.support.servers import RtspServer
 from tests.support.servers import free_port

@@ -10,21 +10,21 @@ import pytest
 import torch
 import yaml
 
+from birdwatch.classify.models import Classifier
+from birdwatch.classify.models import load_classifier
+from birdwatch.classify.models import save_untrained
 from birdwatch.config import ModelConfig
 from birdwatch.config import parse_config
-from birdwatch.detector.checkpoint import HeadInfo
-from birdwatch.detector.checkpoint import classifier_sha256
-from birdwatch.detector.checkpoint import load_head
-from birdwatch.detector.checkpoint import read_head
-from birdwatch.detector.checkpoint import save_head
-from birdwatch.detector.head import BirdDetector
-from birdwatch.detector.head import build_head
 from birdwatch.errors import ConfigError
 from birdwatch.errors import ModelError
-from birdwatch.models import Classifier
-from birdwatch.models import load_classifier
-from birdwatch.models import save_untrained
-from birdwatch.synthetic import render_still
+from birdwatch.locate.checkpoint import HeadInfo
+from birdwatch.locate.checkpoint import classifier_sha256
+from birdwatch.locate.checkpoint import load_head
+from birdwatch.locate.checkpoint import read_head
+from birdwatch.locate.checkpoint import save_head
+from birdwatch.locate.head import BirdDetector
+from birdwatch.locate.head import build_head
+from birdwatch.tools.synthetic import render_still
 from tests.fixtures_models import species_names
 
 
@@ -72,7 +72,7 @@ def test_same_network_other_weights_loads_with_a_warning(
 ) -> None:
     other = save_untrained("hgnet_v2_b2", tmp_path / "hgnet_v2_b2_other.pt", species_names(10), (256, 256))
     classifier = load_classifier(ModelConfig(file=str(other), device="cpu"))
-    with caplog.at_level(logging.WARNING, logger="birdwatch.detector.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="birdwatch.locate.checkpoint"):
         head, _info = load_head(head_file, classifier)
     assert head.backbone.net is classifier.net
     assert any(

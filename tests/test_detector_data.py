@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from birdwatch.detector.data import BirdBoxes
-from birdwatch.detector.data import DatasetError
-from birdwatch.detector.data import DetectionDataset
-from birdwatch.detector.data import convert_cub
-from birdwatch.detector.data import convert_voc
-from birdwatch.detector.data import resolve
-from birdwatch.detector.evaluate import coco_map
-from birdwatch.detector.evaluate import plot_pr
-from birdwatch.synthetic import render_still
-from birdwatch.synthetic import write_coco_dataset
+from birdwatch.tools.detector.data import BirdBoxes
+from birdwatch.tools.detector.data import DatasetError
+from birdwatch.tools.detector.data import DetectionDataset
+from birdwatch.tools.detector.data import convert_cub
+from birdwatch.tools.detector.data import convert_voc
+from birdwatch.tools.detector.data import resolve
+from birdwatch.tools.detector.evaluate import coco_map
+from birdwatch.tools.detector.evaluate import plot_pr
+from birdwatch.tools.synthetic import render_still
+from birdwatch.tools.synthetic import write_coco_dataset
 
 
 def write_image(path: Path, width: int, height: int, seed: int = 0) -> None:

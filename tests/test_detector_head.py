@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from birdwatch.classify.engine import ClassifierEngine
+from birdwatch.classify.models import Classifier
+from birdwatch.classify.models import load_classifier
 from birdwatch.config import ModelConfig
-from birdwatch.detector.head import BirdDetector
-from birdwatch.detector.head import build_head
-from birdwatch.engine import ClassifierEngine
-from birdwatch.models import Classifier
-from birdwatch.models import load_classifier
-from birdwatch.synthetic import render_still
+from birdwatch.locate.head import BirdDetector
+from birdwatch.locate.head import build_head
+from birdwatch.tools.synthetic import render_still
 from birdwatch.types import Detections
 
 

@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 from birdwatch.config import parse_config
-from birdwatch.detector.localiser import MotionGatedLocaliser
-from birdwatch.pipeline import Pipeline
-from birdwatch.synthetic import render_scene
-from birdwatch.synthetic import write_video
+from birdwatch.locate.localiser import MotionGatedLocaliser
+from birdwatch.runtime.pipeline import Pipeline
+from birdwatch.tools.synthetic import render_scene
+from birdwatch.tools.synthetic import write_video
 from birdwatch.types import Sighting
 from tests.fixtures_detector import TrainedHead
 from tests.test_pipeline import ListSink

@@ -8,21 +8,21 @@ from pathlib import Path
 import pytest
 import torch
 
+from birdwatch.classify.models import Classifier
+from birdwatch.classify.models import load_classifier
 from birdwatch.cli import main
 from birdwatch.config import ModelConfig
-from birdwatch.detector.checkpoint import load_head
-from birdwatch.detector.checkpoint import read_head
-from birdwatch.detector.data import BirdBoxes
-from birdwatch.detector.data import resolve
-from birdwatch.detector.evaluate import evaluate
-from birdwatch.detector.head import BirdDetector
-from birdwatch.detector.train import TrainOptions
-from birdwatch.detector.train import train
 from birdwatch.errors import BirdwatchError
-from birdwatch.models import Classifier
-from birdwatch.models import load_classifier
-from birdwatch.synthetic import EASY_STILLS
-from birdwatch.synthetic import write_coco_dataset
+from birdwatch.locate.checkpoint import load_head
+from birdwatch.locate.checkpoint import read_head
+from birdwatch.locate.head import BirdDetector
+from birdwatch.tools.detector.data import BirdBoxes
+from birdwatch.tools.detector.data import resolve
+from birdwatch.tools.detector.evaluate import evaluate
+from birdwatch.tools.detector.train import TrainOptions
+from birdwatch.tools.detector.train import train
+from birdwatch.tools.synthetic import EASY_STILLS
+from birdwatch.tools.synthetic import write_coco_dataset
 from tests.fixtures_detector import TRAIN_LIMIT_S
 from tests.fixtures_detector import TRAIN_SIZE
 from tests.fixtures_detector import TrainedHead

@@ -17,10 +17,10 @@ import pytest
 
 from birdwatch.config import HomeAssistantConfig
 from birdwatch.config import MqttConfig
-from birdwatch.discovery import CameraTopics
-from birdwatch.discovery import camera_configs
-from birdwatch.discovery import node_id
-from birdwatch.mqtt import MqttSink
+from birdwatch.deliver.discovery import CameraTopics
+from birdwatch.deliver.discovery import camera_configs
+from birdwatch.deliver.discovery import node_id
+from birdwatch.deliver.mqtt import MqttSink
 from birdwatch.types import CameraState
 from tests.support.servers import MosquittoBroker
 from tests.support.servers import MqttCollector

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from birdwatch.store import EventStore
+from birdwatch.deliver.store import EventStore
 from tests.fixtures_models import DANUBE
 from tests.support.process import BirdwatchProcess
 from tests.support.process import service_config
@@ -133,8 +133,8 @@ def test_events_pending_at_exit_are_sent_by_the_next_start(
 ) -> None:
     """The broker is away for a whole run: its events wait in SQLite, and the next `birdwatch run`
     (a new process on the same working directory) sends them before anything new."""
-    from birdwatch.synthetic import generate_frames
-    from birdwatch.synthetic import write_video
+    from birdwatch.tools.synthetic import generate_frames
+    from birdwatch.tools.synthetic import write_video
 
     clip = tmp_path / "clip.avi"
     presence = [(4, 28), (40, 64)]
@@ -165,8 +165,8 @@ def test_events_pending_at_exit_are_sent_by_the_next_start(
 
 @pytest.mark.timeout(150)
 def test_file_camera_runs_to_the_end_without_a_broker(small_weights: Path, tmp_path: Path) -> None:
-    from birdwatch.synthetic import generate_frames
-    from birdwatch.synthetic import write_video
+    from birdwatch.tools.synthetic import generate_frames
+    from birdwatch.tools.synthetic import write_video
 
     clip = tmp_path / "clip.avi"
     write_video(clip, generate_frames(320, 240, 60, n_birds=1, seed=5, present_fraction=0.8), fps=10)

@@ -12,13 +12,13 @@ from birder import classification_transform
 from birder.inference.classification import infer_image
 from PIL import Image
 
+from birdwatch.classify.engine import ClassifierEngine
+from birdwatch.classify.engine import clip_box
+from birdwatch.classify.engine import frame_to_tensor
+from birdwatch.classify.models import Classifier
+from birdwatch.classify.models import load_classifier
 from birdwatch.config import ModelConfig
-from birdwatch.engine import ClassifierEngine
-from birdwatch.engine import clip_box
-from birdwatch.engine import frame_to_tensor
-from birdwatch.models import Classifier
-from birdwatch.models import load_classifier
-from birdwatch.synthetic import render_scene
+from birdwatch.tools.synthetic import render_scene
 from birdwatch.types import Frame
 
 
@@ -113,7 +113,7 @@ def test_frame_tensor_is_rgb_channels_first() -> None:
 
 
 def test_bf16_channels_last_agrees_with_fp32(classifier: Classifier, scene_frames: list[Frame]) -> None:
-    from birdwatch.engine import Precision
+    from birdwatch.classify.engine import Precision
 
     boxes = [CROPS[:2], CROPS[2:], CROPS[:1], CROPS[3:]]
     exact = ClassifierEngine(classifier, top_k=1).classify(scene_frames, boxes)

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from birdwatch.synthetic import generate_frames
-from birdwatch.synthetic import write_video
+from birdwatch.tools.synthetic import generate_frames
+from birdwatch.tools.synthetic import write_video
 from tests.support.process import BirdwatchProcess
 from tests.support.process import service_config
 from tests.support.servers import MosquittoBroker

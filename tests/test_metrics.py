@@ -18,13 +18,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from birdwatch.config import parse_config
 from birdwatch.errors import ConfigError
-from birdwatch.metrics import MetricsServer
-from birdwatch.metrics import StatsReport
-from birdwatch.metrics import health
-from birdwatch.metrics import summary_line
-from birdwatch.pipeline import Pipeline
-from birdwatch.synthetic import generate_frames
-from birdwatch.synthetic import write_video
+from birdwatch.runtime.metrics import MetricsServer
+from birdwatch.runtime.metrics import StatsReport
+from birdwatch.runtime.metrics import health
+from birdwatch.runtime.metrics import summary_line
+from birdwatch.runtime.pipeline import Pipeline
+from birdwatch.tools.synthetic import generate_frames
+from birdwatch.tools.synthetic import write_video
 from tests.support.servers import free_port
 
 

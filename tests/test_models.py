@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from birdwatch.classify.models import load_classifier
+from birdwatch.classify.models import network_of_file
+from birdwatch.classify.models import pretrained_classifiers
 from birdwatch.config import ModelConfig
 from birdwatch.errors import ModelError
-from birdwatch.models import load_classifier
-from birdwatch.models import network_of_file
-from birdwatch.models import pretrained_classifiers
 from tests.fixtures_models import DANUBE
 from tests.fixtures_models import EU_COMMON
 from tests.fixtures_models import species_names

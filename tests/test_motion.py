@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from birdwatch.config import MotionConfig
-from birdwatch.motion import MotionDetector
-from birdwatch.synthetic import Scene
-from birdwatch.synthetic import render_scene
+from birdwatch.locate.motion import MotionDetector
+from birdwatch.tools.synthetic import Scene
+from birdwatch.tools.synthetic import render_scene
 
 
 def covered(inner: tuple[int, int, int, int], outer: np.ndarray, slack: float = 0.8) -> bool:

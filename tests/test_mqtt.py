@@ -16,8 +16,8 @@ import pytest
 
 from birdwatch.config import HomeAssistantConfig
 from birdwatch.config import MqttConfig
-from birdwatch.mqtt import MqttSink
-from birdwatch.snapshots import encode_jpeg
+from birdwatch.decide.snapshots import encode_jpeg
+from birdwatch.deliver.mqtt import MqttSink
 from birdwatch.types import CameraState
 from birdwatch.types import SpeciesScore
 from birdwatch.types import VisitEvent

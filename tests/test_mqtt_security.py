@@ -19,10 +19,10 @@ import pytest
 from birdwatch.config import MqttConfig
 from birdwatch.config import MqttTlsConfig
 from birdwatch.config import parse_config
+from birdwatch.deliver.mqtt import MqttSink
 from birdwatch.errors import ConfigError
-from birdwatch.mqtt import MqttSink
-from birdwatch.synthetic import generate_frames
-from birdwatch.synthetic import write_video
+from birdwatch.tools.synthetic import generate_frames
+from birdwatch.tools.synthetic import write_video
 from tests.support.pki import Pki
 from tests.support.pki import make_pki
 from tests.support.process import BirdwatchProcess

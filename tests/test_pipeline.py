@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import torch
 
+from birdwatch.classify.models import load_classifier
 from birdwatch.config import CameraConfig
 from birdwatch.config import Config
 from birdwatch.config import EngineConfig
@@ -24,10 +25,9 @@ from birdwatch.config import MotionConfig
 from birdwatch.config import SnapshotsConfig
 from birdwatch.config import StoreConfig
 from birdwatch.config import TrackingConfig
-from birdwatch.models import load_classifier
-from birdwatch.pipeline import Pipeline
-from birdwatch.synthetic import generate_frames
-from birdwatch.synthetic import write_video
+from birdwatch.runtime.pipeline import Pipeline
+from birdwatch.tools.synthetic import generate_frames
+from birdwatch.tools.synthetic import write_video
 from birdwatch.types import CameraState
 from birdwatch.types import Detections
 from birdwatch.types import Frame

@@ -30,10 +30,10 @@ from birdwatch.config import ReconnectConfig
 from birdwatch.config import SnapshotsConfig
 from birdwatch.config import StoreConfig
 from birdwatch.config import TrackingConfig
-from birdwatch.pipeline import Pipeline
-from birdwatch.store import EventStore
-from birdwatch.synthetic import generate_frames
-from birdwatch.synthetic import write_video
+from birdwatch.deliver.store import EventStore
+from birdwatch.runtime.pipeline import Pipeline
+from birdwatch.tools.synthetic import generate_frames
+from birdwatch.tools.synthetic import write_video
 from birdwatch.types import Frame
 from tests.support.servers import MosquittoBroker
 from tests.support.servers import MqttCollector

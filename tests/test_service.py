@@ -20,8 +20,8 @@ import pytest
 import torch
 import yaml
 
-from birdwatch.synthetic import generate_frames
-from birdwatch.synthetic import write_video
+from birdwatch.tools.synthetic import generate_frames
+from birdwatch.tools.synthetic import write_video
 from tests.support.process import BirdwatchProcess
 from tests.test_systemd import NotifyListener
 
@@ -139,10 +139,10 @@ def test_a_hung_stage_withholds_the_watchdog(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from birdwatch import pipeline as pipeline_module
+    from birdwatch.classify.models import load_classifier
     from birdwatch.config import parse_config
-    from birdwatch.models import load_classifier
-    from birdwatch.pipeline import Pipeline
+    from birdwatch.runtime import pipeline as pipeline_module
+    from birdwatch.runtime.pipeline import Pipeline
 
     path, listener = notify_socket
     monkeypatch.setenv("NOTIFY_SOCKET", path)

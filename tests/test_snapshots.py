@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from birdwatch.config import SnapshotsConfig
-from birdwatch.snapshots import SnapshotWriter
-from birdwatch.synthetic import Scene
+from birdwatch.decide.snapshots import SnapshotWriter
+from birdwatch.tools.synthetic import Scene
 from birdwatch.types import SpeciesScore
 from birdwatch.types import VisitEvent
 

@@ -15,11 +15,11 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from birdwatch.synthetic import Scene
-from birdwatch.synthetic import generate_frames
-from birdwatch.synthetic import render_scene
-from birdwatch.synthetic import write_jpeg_sequence
-from birdwatch.synthetic import write_video
+from birdwatch.tools.synthetic import Scene
+from birdwatch.tools.synthetic import generate_frames
+from birdwatch.tools.synthetic import render_scene
+from birdwatch.tools.synthetic import write_jpeg_sequence
+from birdwatch.tools.synthetic import write_video
 from tests.support.servers import MosquittoBroker
 from tests.support.servers import MqttCollector
 from tests.support.servers import RtspServer

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from birdwatch import systemd
+from birdwatch.runtime import systemd
 
 REPO = Path(__file__).resolve().parents[1]
 UNIT = REPO / "systemd" / "birdwatch.service"
@@ -94,7 +94,7 @@ def test_abstract_namespace_socket(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.timeout(30)
 def test_a_child_process_started_like_systemd_starts_birdwatch_notifies(listener: NotifyListener) -> None:
-    code = "from birdwatch import systemd; import sys; sys.exit(0 if systemd.ready('up') else 1)"
+    code = "from birdwatch.runtime import systemd; import sys; sys.exit(0 if systemd.ready('up') else 1)"
     child = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=20)
     assert child.returncode == 0
     fields, pid = listener.receive()

@@ -7,9 +7,9 @@ import numpy as np
 
 from birdwatch.config import MotionConfig
 from birdwatch.config import TrackingConfig
-from birdwatch.motion import MotionDetector
-from birdwatch.synthetic import Scene
-from birdwatch.tracking import Tracker
+from birdwatch.decide.tracking import Tracker
+from birdwatch.locate.motion import MotionDetector
+from birdwatch.tools.synthetic import Scene
 
 
 def box(x: float, y: float, size: float = 40) -> list[float]:

@@ -11,13 +11,13 @@ import pytest
 
 from birdwatch.config import EventsConfig
 from birdwatch.config import TrackingConfig
+from birdwatch.decide.visits import Visits
+from birdwatch.decide.visits import check_species_lists
 from birdwatch.errors import ConfigError
 from birdwatch.types import Frame
 from birdwatch.types import Sighting
 from birdwatch.types import SpeciesScore
 from birdwatch.types import VisitEvent
-from birdwatch.visits import Visits
-from birdwatch.visits import check_species_lists
 
 T0 = 1_700_000_000.0  # wall clock of the first frame
 FPS = 10

@@ -26,9 +26,9 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _classifier(args: argparse.Namespace) -> Any:
+    from birdwatch.classify.models import load_classifier
     from birdwatch.config import ModelConfig
     from birdwatch.config import load_config
-    from birdwatch.models import load_classifier
 
     given = [n for n in ("config", "model_file", "model") if getattr(args, n)]
     if len(given) != 1:
@@ -47,8 +47,8 @@ def _classifier(args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from birdwatch.detector.train import TrainOptions
-    from birdwatch.detector.train import train
+    from birdwatch.tools.detector.train import TrainOptions
+    from birdwatch.tools.detector.train import train
 
     logging.getLogger("birdwatch").setLevel(logging.INFO)
     classifier = _classifier(args)
@@ -87,13 +87,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from birdwatch.detector.checkpoint import load_head
-    from birdwatch.detector.data import BirdBoxes
-    from birdwatch.detector.data import resolve
-    from birdwatch.detector.evaluate import evaluate
-    from birdwatch.detector.evaluate import plot_pr
-    from birdwatch.detector.head import BirdDetector
-    from birdwatch.detector.head import resolve_precision
+    from birdwatch.locate.checkpoint import load_head
+    from birdwatch.locate.head import BirdDetector
+    from birdwatch.locate.head import resolve_precision
+    from birdwatch.tools.detector.data import BirdBoxes
+    from birdwatch.tools.detector.data import resolve
+    from birdwatch.tools.detector.evaluate import evaluate
+    from birdwatch.tools.detector.evaluate import plot_pr
 
     classifier = _classifier(args)
     head, info = load_head(args.head, classifier, precision=resolve_precision(args.precision, classifier.device))
@@ -120,7 +120,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_convert_cub(args: argparse.Namespace) -> int:
-    from birdwatch.detector.data import convert_cub
+    from birdwatch.tools.detector.data import convert_cub
 
     for split, path in convert_cub(args.root, args.out).items():
         print(f"{split}: {path}")
@@ -128,7 +128,7 @@ def cmd_convert_cub(args: argparse.Namespace) -> int:
 
 
 def cmd_convert_voc(args: argparse.Namespace) -> int:
-    from birdwatch.detector.data import convert_voc
+    from birdwatch.tools.detector.data import convert_voc
 
     for split, path in convert_voc(args.root, args.out, classes=args.classes, keep_empty=args.keep_empty).items():
         print(f"{split}: {path}")
@@ -136,8 +136,8 @@ def cmd_convert_voc(args: argparse.Namespace) -> int:
 
 
 def cmd_make_synthetic(args: argparse.Namespace) -> int:
-    from birdwatch.synthetic import EASY_STILLS
-    from birdwatch.synthetic import write_coco_dataset
+    from birdwatch.tools.synthetic import EASY_STILLS
+    from birdwatch.tools.synthetic import write_coco_dataset
 
     kwargs = dict(EASY_STILLS) if args.easy else {}
     for split, n, seed in (("train", args.train, args.seed), ("val", args.val, args.seed + 1)):

@@ -39,10 +39,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from birdwatch.config import HomeAssistantConfig
 from birdwatch.config import MqttConfig
 from birdwatch.config import MqttTlsConfig
-from birdwatch.discovery import CameraTopics
-from birdwatch.discovery import camera_configs
-from birdwatch.discovery import is_birdwatch_config
-from birdwatch.discovery import node_id
+from birdwatch.deliver.discovery import CameraTopics
+from birdwatch.deliver.discovery import camera_configs
+from birdwatch.deliver.discovery import is_birdwatch_config
+from birdwatch.deliver.discovery import node_id
 from birdwatch.errors import ConfigError
 from birdwatch.types import CameraState
 

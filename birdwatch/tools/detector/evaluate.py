@@ -22,9 +22,9 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
-from birdwatch.detector.data import BirdBoxes
-from birdwatch.detector.data import DatasetError
-from birdwatch.detector.head import BirdDetector
+from birdwatch.locate.head import BirdDetector
+from birdwatch.tools.detector.data import BirdBoxes
+from birdwatch.tools.detector.data import DatasetError
 
 log = logging.getLogger(__name__)
 

@@ -13,13 +13,13 @@ import signal
 import threading
 from types import FrameType
 
-from birdwatch import systemd
 from birdwatch.config import Config
 from birdwatch.config import load_config
 from birdwatch.errors import BirdwatchError
-from birdwatch.metrics import MetricsServer
-from birdwatch.metrics import summary_line
-from birdwatch.pipeline import Pipeline
+from birdwatch.runtime import systemd
+from birdwatch.runtime.metrics import MetricsServer
+from birdwatch.runtime.metrics import summary_line
+from birdwatch.runtime.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import torch
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from birdwatch.models import Classifier
+from birdwatch.classify.models import Classifier
 from birdwatch.types import Box
 from birdwatch.types import Frame
 from birdwatch.types import SpeciesScore

@@ -30,9 +30,9 @@ import numpy as np
 
 from birdwatch.config import EventsConfig
 from birdwatch.config import TrackingConfig
+from birdwatch.decide.tracking import Track
+from birdwatch.decide.tracking import Tracker
 from birdwatch.errors import ConfigError
-from birdwatch.tracking import Track
-from birdwatch.tracking import Tracker
 from birdwatch.types import Box
 from birdwatch.types import CameraState
 from birdwatch.types import Frame

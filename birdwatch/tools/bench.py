@@ -25,6 +25,14 @@ from birder import classification_transform
 from birder.inference.classification import infer_image
 from PIL import Image
 
+from birdwatch.classify.engine import ClassifierEngine
+from birdwatch.classify.engine import Precision
+from birdwatch.classify.engine import WorkerPlan
+from birdwatch.classify.engine import cpu_cores
+from birdwatch.classify.models import Classifier
+from birdwatch.classify.models import load_classifier
+from birdwatch.classify.models import resolve_device
+from birdwatch.classify.models import save_untrained
 from birdwatch.config import CameraConfig
 from birdwatch.config import Config
 from birdwatch.config import EngineConfig
@@ -34,20 +42,12 @@ from birdwatch.config import MotionConfig
 from birdwatch.config import SnapshotsConfig
 from birdwatch.config import StoreConfig
 from birdwatch.config import TrackingConfig
-from birdwatch.detector.head import BirdDetector
-from birdwatch.detector.head import build_head
-from birdwatch.engine import ClassifierEngine
-from birdwatch.engine import Precision
-from birdwatch.engine import WorkerPlan
-from birdwatch.engine import cpu_cores
-from birdwatch.models import Classifier
-from birdwatch.models import load_classifier
-from birdwatch.models import resolve_device
-from birdwatch.models import save_untrained
-from birdwatch.pipeline import Pipeline
-from birdwatch.synthetic import Scene
-from birdwatch.synthetic import render_still
-from birdwatch.synthetic import write_video
+from birdwatch.locate.head import BirdDetector
+from birdwatch.locate.head import build_head
+from birdwatch.runtime.pipeline import Pipeline
+from birdwatch.tools.synthetic import Scene
+from birdwatch.tools.synthetic import render_still
+from birdwatch.tools.synthetic import write_video
 from birdwatch.types import Box
 from birdwatch.types import Frame
 
@@ -229,7 +229,7 @@ def pipeline_run(weights: Path, opts: BenchOptions, workdir: Path) -> dict[str, 
         stats_interval_s=3600,
     )
     pipeline = Pipeline(config)
-    quiet = logging.getLogger("birdwatch.pipeline")
+    quiet = logging.getLogger("birdwatch.runtime.pipeline")
     level = quiet.level
     quiet.setLevel(logging.WARNING)  # one INFO line per event otherwise
     try:

@@ -31,35 +31,35 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from birdwatch import systemd
-from birdwatch.batching import Batcher
-from birdwatch.capture import CameraReader
+from birdwatch.capture.reader import CameraReader
+from birdwatch.classify.engine import ClassifierEngine
+from birdwatch.classify.engine import Precision
+from birdwatch.classify.engine import WorkerPlan
+from birdwatch.classify.models import Classifier
+from birdwatch.classify.models import load_classifier
 from birdwatch.config import CameraConfig
 from birdwatch.config import Config
-from birdwatch.detector.localiser import DetectorLocaliser
-from birdwatch.detector.localiser import MotionGatedLocaliser
-from birdwatch.detector.localiser import build_localiser
-from birdwatch.engine import ClassifierEngine
-from birdwatch.engine import Precision
-from birdwatch.engine import WorkerPlan
-from birdwatch.metrics import StatsReport
-from birdwatch.metrics import summary_line
-from birdwatch.models import Classifier
-from birdwatch.models import load_classifier
-from birdwatch.motion import MotionDetector
-from birdwatch.mqtt import EventSink
-from birdwatch.mqtt import LogSink
-from birdwatch.mqtt import MqttSink
-from birdwatch.snapshots import SnapshotWriter
-from birdwatch.store import EventStore
-from birdwatch.store import Outbox
+from birdwatch.decide.snapshots import SnapshotWriter
+from birdwatch.decide.visits import Visits
+from birdwatch.decide.visits import check_species_lists
+from birdwatch.deliver.mqtt import EventSink
+from birdwatch.deliver.mqtt import LogSink
+from birdwatch.deliver.mqtt import MqttSink
+from birdwatch.deliver.store import EventStore
+from birdwatch.deliver.store import Outbox
+from birdwatch.locate.localiser import DetectorLocaliser
+from birdwatch.locate.localiser import MotionGatedLocaliser
+from birdwatch.locate.localiser import build_localiser
+from birdwatch.locate.motion import MotionDetector
+from birdwatch.runtime import systemd
+from birdwatch.runtime.batching import Batcher
+from birdwatch.runtime.metrics import StatsReport
+from birdwatch.runtime.metrics import summary_line
 from birdwatch.types import Detections
 from birdwatch.types import Frame
 from birdwatch.types import Sighting
 from birdwatch.types import VisitEvent
 from birdwatch.types import local_day
-from birdwatch.visits import Visits
-from birdwatch.visits import check_species_lists
 
 log = logging.getLogger(__name__)
 

@@ -18,13 +18,13 @@ import numpy as np
 import torch
 from torchvision.ops import batched_nms
 
+from birdwatch.classify.models import Classifier
 from birdwatch.config import Config
 from birdwatch.config import DetectorConfig
-from birdwatch.detector.checkpoint import load_head
-from birdwatch.detector.head import BirdDetector
-from birdwatch.detector.head import resolve_precision
 from birdwatch.errors import ModelError
-from birdwatch.models import Classifier
+from birdwatch.locate.checkpoint import load_head
+from birdwatch.locate.head import BirdDetector
+from birdwatch.locate.head import resolve_precision
 from birdwatch.types import Detections
 
 log = logging.getLogger(__name__)

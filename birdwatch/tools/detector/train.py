@@ -23,22 +23,22 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from birdwatch.detector.checkpoint import HeadInfo
-from birdwatch.detector.checkpoint import check_compatible
-from birdwatch.detector.checkpoint import read_head
-from birdwatch.detector.checkpoint import save_head
-from birdwatch.detector.data import BirdBoxes
-from birdwatch.detector.data import DetectionDataset
-from birdwatch.detector.data import collate
-from birdwatch.detector.data import resolve
-from birdwatch.detector.evaluate import EvalResult
-from birdwatch.detector.evaluate import evaluate
-from birdwatch.detector.head import DEFAULT_FPN_WIDTH
-from birdwatch.detector.head import BirdDetector
-from birdwatch.detector.head import build_head
-from birdwatch.detector.head import resolve_precision
+from birdwatch.classify.models import Classifier
 from birdwatch.errors import BirdwatchError
-from birdwatch.models import Classifier
+from birdwatch.locate.checkpoint import HeadInfo
+from birdwatch.locate.checkpoint import check_compatible
+from birdwatch.locate.checkpoint import read_head
+from birdwatch.locate.checkpoint import save_head
+from birdwatch.locate.head import DEFAULT_FPN_WIDTH
+from birdwatch.locate.head import BirdDetector
+from birdwatch.locate.head import build_head
+from birdwatch.locate.head import resolve_precision
+from birdwatch.tools.detector.data import BirdBoxes
+from birdwatch.tools.detector.data import DetectionDataset
+from birdwatch.tools.detector.data import collate
+from birdwatch.tools.detector.data import resolve
+from birdwatch.tools.detector.evaluate import EvalResult
+from birdwatch.tools.detector.evaluate import evaluate
 
 log = logging.getLogger(__name__)
 

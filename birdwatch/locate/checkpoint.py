@@ -22,11 +22,11 @@ from birder.common import cli as birder_cli
 from birder.net.detection.base import DetectionBaseNet
 
 from birdwatch import __version__
-from birdwatch.detector.head import DEFAULT_FPN_WIDTH
-from birdwatch.detector.head import HEAD_NETWORK
-from birdwatch.detector.head import build_head
+from birdwatch.classify.models import Classifier
 from birdwatch.errors import ModelError
-from birdwatch.models import Classifier
+from birdwatch.locate.head import DEFAULT_FPN_WIDTH
+from birdwatch.locate.head import HEAD_NETWORK
+from birdwatch.locate.head import build_head
 
 log = logging.getLogger(__name__)
 
