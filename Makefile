@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 VENV_FLAGS ?=
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bench soak models clean
+.PHONY: run test system-packages lint bench soak models clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "birdwatch needs Python 3.11+"'
@@ -23,9 +23,14 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 run: $(VENV)/.installed
 	$(BIN)/birdwatch run --config $(CONFIG)
 
-test: $(VENV)/.installed
+test: system-packages $(VENV)/.installed
 	$(BIN)/ruff check birdwatch tests bench
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# What the tests start for real (mosquitto, the GStreamer RTSP server, ...): installed when this user
+# may (root or password-less sudo on Debian/Ubuntu), else the one command to run is printed.
+system-packages:
+	@PYTHON=$(PYTHON) bash tests/support/system-packages.sh
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check birdwatch tests bench

@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 
 from birdwatch.classify.models import load_classifier
-from birdwatch.classify.models import save_untrained
 from birdwatch.config import DetectorConfig
 from birdwatch.config import ModelConfig
 from birdwatch.config import MotionConfig
@@ -33,10 +32,15 @@ from birdwatch.locate.head import shared_backbone
 from birdwatch.locate.localiser import DetectorLocaliser
 from birdwatch.locate.localiser import MotionGatedLocaliser
 from birdwatch.locate.motion import MotionDetector
+from birdwatch.precision import Dtype
+from birdwatch.tools.specs import DANUBE_DELTA
+from birdwatch.tools.specs import EU_COMMON
+from birdwatch.tools.specs import ModelSpec
 from birdwatch.tools.synthetic import render_scene
 from birdwatch.tools.synthetic import render_still
+from birdwatch.tools.untrained import save_untrained
 
-BACKBONES = {"hgnet_v2_b2": (368, (256, 256)), "regnet_y_8g": (707, (384, 384))}
+BACKBONES: dict[str, ModelSpec] = {spec.network: spec for spec in (DANUBE_DELTA, EU_COMMON)}
 FRAMES = ((640, 640), (1280, 720))
 
 
@@ -59,11 +63,11 @@ def per_frame(detector: BirdDetector, classifier_net: torch.nn.Module, repeats: 
         size = max(width, height)
         row = {}
         for mode in ("fp32", "bf16", "channels_last"):
-            backbone.precision = "bf16" if mode == "bf16" else "fp32"
+            backbone.precision = Dtype.BF16 if mode == "bf16" else Dtype.FP32
             detector.channels_last = mode == "channels_last"
             classifier_net.to(memory_format=torch.channels_last if mode == "channels_last" else torch.contiguous_format)
             row[mode] = round(timed(lambda f=frame, s=size: detector.detect([f], max_size=s), repeats), 1)
-        backbone.precision, detector.channels_last = "fp32", False
+        backbone.precision, detector.channels_last = Dtype.FP32, False
         classifier_net.to(memory_format=torch.contiguous_format)
         out[f"{width}x{height}"] = row
     return out
@@ -107,8 +111,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     results: dict[str, object] = {"threads": args.threads, "torch": torch.__version__}
     with tempfile.TemporaryDirectory() as tmp:
-        for network, (classes, size) in BACKBONES.items():
-            path = save_untrained(network, Path(tmp) / f"{network}_bench.pt", [f"s{i}" for i in range(classes)], size)
+        for network, spec in BACKBONES.items():
+            names = [f"s{i}" for i in range(spec.classes)]
+            path = save_untrained(network, Path(tmp) / f"{network}_bench.pt", names, spec.size)
             classifier = load_classifier(ModelConfig(file=str(path), device="cpu"))
             detector = BirdDetector(
                 build_head(classifier.net), rgb_stats=classifier.rgb_stats, device=classifier.device, max_size=640
@@ -116,7 +121,7 @@ def main() -> None:
             detector.configure(score_threshold=0.4, nms_iou=0.5, max_detections=20)
             results[network] = per_frame(detector, classifier.net, args.repeats)
             print(f"{network}: {json.dumps(results[network])}", flush=True)
-            if network == "hgnet_v2_b2":
+            if spec is DANUBE_DELTA:
                 results["gating"] = gating(detector, args.gating_frames)
                 print(f"gating ({network}, 1280x720): {json.dumps(results['gating'])}", flush=True)
     print()

@@ -33,13 +33,14 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from birdwatch.classify.models import save_untrained
 from birdwatch.config import parse_config
 from birdwatch.runtime.pipeline import Pipeline
+from birdwatch.tools.specs import DANUBE_DELTA
 from birdwatch.tools.synthetic import generate_frames
 from birdwatch.tools.synthetic import write_video
+from birdwatch.tools.untrained import save_untrained
 
-NETWORK, CLASSES, SIZE = "hgnet_v2_b2", 368, (256, 256)
+SPEC = DANUBE_DELTA  # the shape of the model the soak classifies with
 
 
 def proc_status() -> dict[str, int]:
@@ -64,7 +65,7 @@ def make_inputs(workdir: Path, n_cameras: int, width: int, height: int, frames: 
         write_video(clip, generate_frames(width, height, frames, n_birds=2, seed=100 + i, present_fraction=0.8), fps=25)
         clips.append(clip)
     weights = save_untrained(
-        NETWORK, workdir / f"{NETWORK}_soak.pt", [f"Species {i:03d}" for i in range(CLASSES)], SIZE
+        SPEC.network, workdir / f"{SPEC.network}_soak.pt", [f"Species {i:03d}" for i in range(SPEC.classes)], SPEC.size
     )
     return clips, weights
 
@@ -92,7 +93,7 @@ def build_config(clips: list[Path], weights: Path, args: argparse.Namespace) -> 
 
 def sample(t0: float, pipeline: Pipeline) -> dict[str, Any]:
     status = proc_status()
-    snap = pipeline.snapshot()
+    snap = pipeline.counters()
     cameras: dict[str, Any] = snap["cameras"]  # type: ignore[assignment]
     return {
         "t_s": round(time.monotonic() - t0, 1),
@@ -201,9 +202,9 @@ def main(argv: list[str] | None = None) -> int:
             drop="drop/s", crops_s="crops/s", events="events", queues="queues",
         )  # fmt: skip
         print(
-            f"soak: {args.cameras} looping {args.width}x{args.height} clips at full speed, {NETWORK} "
-            f"{CLASSES} classes {SIZE[0]} px on {args.device}, torch {torch.__version__}, {os.cpu_count()} CPUs, "
-            f"{args.seconds:.0f} s"
+            f"soak: {args.cameras} looping {args.width}x{args.height} clips at full speed, {SPEC.network} "
+            f"{SPEC.classes} classes {SPEC.size[0]} px on {args.device}, torch {torch.__version__}, "
+            f"{os.cpu_count()} CPUs, {args.seconds:.0f} s"
         )
         print(header)
         try:

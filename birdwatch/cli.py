@@ -13,6 +13,7 @@ import yaml
 
 from birdwatch import __version__
 from birdwatch.errors import BirdwatchError
+from birdwatch.types import EventKind
 
 if TYPE_CHECKING:
     from birdwatch.deliver.store import EventStore
@@ -46,11 +47,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from birdwatch.classify.models import class_names_of
+    from birdwatch.classify.models import weights_file
     from birdwatch.config import load_config
     from birdwatch.config import to_redacted_dict
+    from birdwatch.decide.visits import check_species_lists
+    from birdwatch.errors import ConfigError
 
     config = load_config(args.file)
     config.mqtt.password_value()  # a missing password file or variable is a config error too
+    # What only the weights can tell, read as `run` would but without building the network:
+    # that they are there (weights_file's own error if not), and that events.allow/block name their species.
+    path, _, model_name = weights_file(config.model)
+    try:
+        check_species_lists(config.events, class_names_of(path), model_name)
+    except ConfigError as exc:
+        raise ConfigError(f"{args.file}: {exc}") from None
     if not args.quiet:
         print(yaml.safe_dump(to_redacted_dict(config), sort_keys=False), end="")
     print(f"{args.file}: OK ({len(config.cameras)} camera(s), model {config.model.file or config.model.name})")
@@ -230,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     events = sub.add_parser("events", help="recent visit events from the history, newest first")
     history_args(events)
     events.add_argument("--species", help="only this species (exact name)")
-    events.add_argument("--kind", choices=["new", "update", "end"])
+    events.add_argument("--kind", choices=[kind.value for kind in EventKind])
     events.add_argument("--limit", "-n", type=_positive, default=20, help="at most this many (default 20)")
     events.set_defaults(func=cmd_events)
 

@@ -1,17 +1,40 @@
-"""The vocabulary every stage speaks. Stages import this module, never each other."""
+"""The vocabulary every stage speaks: what flows from capture to delivery, and the closed sets
+its fields take. Every room imports this module; it imports none of them."""
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
 
 # (x1, y1, x2, y2) in pixels of the full-resolution frame, x2/y2 exclusive.
 Box = tuple[int, int, int, int]
+
+
+class EventKind(StrEnum):
+    """What a visit event says: `new` once confirmed and named, `update` on a change or heartbeat, `end` once."""
+
+    NEW = "new"
+    UPDATE = "update"
+    END = "end"
+
+
+class EndReason(StrEnum):
+    TIMEOUT = "timeout"  # the bird left: its track saw no box for tracking.timeout_s
+    SHUTDOWN = "shutdown"  # birdwatch stopped while the bird was there
+
+
+class Source(StrEnum):
+    """Which localiser found a box."""
+
+    MOTION = "motion"
+    DETECTOR = "detector"
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,56 +54,64 @@ class Frame:
 
 
 @dataclass(frozen=True, slots=True)
-class Detections:
-    """Where something worth classifying is in one frame (from motion or the detector)."""
-
-    boxes: np.ndarray  # (N, 4) float32 xyxy in full-frame pixels
-    scores: np.ndarray  # (N,) float32, 0..1
-    source: str = "motion"
-
-    def __post_init__(self) -> None:
-        boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
-        scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
-        if len(boxes) != len(scores):
-            raise ValueError(f"Detections: {len(boxes)} boxes but {len(scores)} scores")
-        object.__setattr__(self, "boxes", boxes)
-        object.__setattr__(self, "scores", scores)
-
-    def __len__(self) -> int:
-        return len(self.boxes)
-
-    @classmethod
-    def empty(cls, source: str = "motion") -> Detections:
-        return cls(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), source)
-
-    def int_boxes(self) -> list[Box]:
-        return [tuple(int(v) for v in row) for row in np.rint(self.boxes)]  # type: ignore[misc]
-
-
-@dataclass(frozen=True, slots=True)
 class SpeciesScore:
     name: str
     score: float
 
 
 @dataclass(frozen=True, slots=True)
-class Sighting:
-    """One classified crop: a box in a frame and the classifier's top-k species, best first."""
+class Detections:
+    """A frame's boxes, passed stage to stage: the localiser gives boxes and scores, the classifier
+    adds each box's species (top-k, best first), the tracker each box's track id. Validated on
+    construction; indexing with a mask, indices or a slice filters every field together
+    (`found[found.scores > 0.5]`)."""
 
-    camera: str
-    seq: int
-    ts: float
-    mono: float
-    box: Box
-    top_k: tuple[SpeciesScore, ...]
-    box_score: float = 1.0
+    boxes: np.ndarray  # (N, 4) float32 xyxy in full-frame pixels
+    scores: np.ndarray  # (N,) float32, 0..1: how sure the localiser is that something is there
+    source: Source = Source.MOTION
+    species: tuple[tuple[SpeciesScore, ...], ...] | None = None  # per box, once classified
+    track_ids: np.ndarray | None = None  # (N,) int64, once tracked
 
-    @property
-    def species(self) -> SpeciesScore:
-        return self.top_k[0]
+    def __post_init__(self) -> None:
+        boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
+        scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
+        if len(boxes) != len(scores):
+            raise ValueError(f"Detections: {len(boxes)} boxes but {len(scores)} scores")
+        if self.species is not None and len(self.species) != len(boxes):
+            raise ValueError(f"Detections: {len(boxes)} boxes but species for {len(self.species)}")
+        if self.track_ids is not None:
+            ids = np.asarray(self.track_ids, dtype=np.int64).reshape(-1)
+            if len(ids) != len(boxes):
+                raise ValueError(f"Detections: {len(boxes)} boxes but {len(ids)} track ids")
+            object.__setattr__(self, "track_ids", ids)
+        object.__setattr__(self, "boxes", boxes)
+        object.__setattr__(self, "scores", scores)
 
+    def __len__(self) -> int:
+        return len(self.boxes)
 
-VISIT_EVENT_KINDS = ("new", "update", "end")
+    def __getitem__(self, index: np.ndarray | Sequence[int] | slice | int) -> Detections:
+        rows = np.arange(len(self))[index].reshape(-1)  # a mask, indices, a slice or one index -> positions
+        return Detections(
+            self.boxes[rows],
+            self.scores[rows],
+            self.source,
+            None if self.species is None else tuple(self.species[i] for i in rows),
+            None if self.track_ids is None else self.track_ids[rows],
+        )
+
+    @classmethod
+    def empty(cls, source: Source = Source.MOTION) -> Detections:
+        return cls(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), source)
+
+    def int_boxes(self) -> list[Box]:
+        return [tuple(int(v) for v in row) for row in np.rint(self.boxes)]  # type: ignore[misc]
+
+    def with_species(self, species: Sequence[tuple[SpeciesScore, ...]]) -> Detections:
+        return Detections(self.boxes, self.scores, self.source, tuple(species), self.track_ids)
+
+    def with_tracks(self, track_ids: Sequence[int] | np.ndarray) -> Detections:
+        return Detections(self.boxes, self.scores, self.source, self.species, np.asarray(track_ids, np.int64))
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +120,7 @@ class VisitEvent:
     heartbeat, `end` once. `id` is unique per event so subscribers can drop duplicates (QoS 1 is
     at least once); `visit_id` is the same for every event of one visit."""
 
-    kind: str  # one of VISIT_EVENT_KINDS
+    kind: EventKind
     visit_id: str
     camera: str
     ts: float  # wall clock of the event
@@ -101,12 +132,10 @@ class VisitEvent:
     frames: int  # crops (frames with this bird) so far
     box: Box  # the best crop's box, full-frame pixels
     model: str
-    end_reason: str | None = None  # end only: "timeout" (the bird left) or "shutdown" (birdwatch stopped)
+    end_reason: EndReason | None = None  # end only
     snapshot: str | None = None  # path of the best crop's JPEG, when one was written for this event
     snapshot_frame: str | None = None  # path of the full frame with the box drawn
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    # The full frame of the best crop when this event should carry a new snapshot; never serialised.
-    image: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_payload(self) -> dict[str, Any]:
         return {

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from birdwatch.classify.engine import cpu_has_bf16
 from birdwatch.classify.models import Classifier
 from birdwatch.classify.models import load_classifier
 from birdwatch.config import ModelConfig
+from birdwatch.precision import cpu_has_bf16
 from birdwatch.tools.detector.train import TrainOptions
 from birdwatch.tools.detector.train import TrainResult
 from birdwatch.tools.detector.train import train

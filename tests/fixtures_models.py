@@ -1,19 +1,23 @@
 """Untrained networks of the real architectures, saved in birder's format (no model hub offline).
 
 Session-scoped: building and saving takes a second or two each. Species names are made up but the
-class counts and input sizes are those of the pretrained models birdwatch ships configs for.
+class counts and input sizes are those of the pretrained models birdwatch ships configs for
+(birdwatch.tools.specs, the table the bench uses too).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from birdwatch.classify.models import save_untrained
+from birdwatch.tools import specs
+from birdwatch.tools.untrained import save_untrained
 
-DANUBE = {"network": "hgnet_v2_b2", "classes": 368, "size": (256, 256), "name": "hgnet_v2_b2_danube-delta"}
-EU_COMMON = {"network": "regnet_y_8g", "classes": 707, "size": (384, 384), "name": "regnet_y_8g_intermediate-eu-common"}
+# As dicts (name, network, classes, size), the way the tests read them.
+DANUBE = dataclasses.asdict(specs.DANUBE_DELTA)
+EU_COMMON = dataclasses.asdict(specs.EU_COMMON)
 
 
 def species_names(n: int) -> list[str]:

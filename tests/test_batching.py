@@ -74,3 +74,16 @@ def test_producers_never_block_and_close_drains() -> None:
     consumer.join(5)
     assert got == [[9_997, 9_998, 9_999]], "closing hands over what is queued at once"
     assert b.get_batch(timeout=0.1) == []
+
+
+def test_take_hands_each_batch_on_while_the_queue_is_held() -> None:
+    """What `then` does (queue the batch for the next stage) happens in the order batches are taken."""
+    batcher: Batcher[int] = Batcher(max_batch=2, max_wait_s=0.0, capacity_per_key=8)
+    handed: list[list[int]] = []
+    for i in range(4):
+        batcher.put("cam", i)
+    assert batcher.take(0.1, lambda batch: handed.append(batch) or len(batch)) == 2
+    assert batcher.take(0.1, lambda batch: handed.append(batch) or len(batch)) == 2
+    assert handed == [[0, 1], [2, 3]]
+    assert batcher.take(0.05, handed.append) is None, "nothing queued: then is not called"
+    assert len(handed) == 2

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from birdwatch.capture.reader import CameraReader
-from birdwatch.capture.reader import LatestFrameSlot
+from birdwatch.capture.reader import CameraStatus
 from birdwatch.capture.reader import source_kind
 from birdwatch.config import CameraConfig
 from birdwatch.config import ReconnectConfig
@@ -31,6 +31,27 @@ def wait_until(predicate, timeout: float, step: float = 0.05) -> bool:
             return True
         time.sleep(step)
     return predicate()
+
+
+class LatestFrameSlot:
+    """The reader's sink in these tests: holds the newest frame; putting over an untaken one drops it (counted).
+    The pipeline gives readers its bounded per-camera queue instead (runtime.batching)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._frame: Frame | None = None
+        self.dropped = 0
+
+    def put(self, frame: Frame) -> None:
+        with self._lock:
+            if self._frame is not None:
+                self.dropped += 1
+            self._frame = frame
+
+    def take(self) -> Frame | None:
+        with self._lock:
+            frame, self._frame = self._frame, None
+            return frame
 
 
 @pytest.fixture(scope="module")
@@ -69,16 +90,6 @@ def test_source_kinds() -> None:
     assert source_kind("/srv/clip.mp4") == "file"
 
 
-def test_slot_keeps_only_the_newest_and_counts_drops() -> None:
-    slot = LatestFrameSlot()
-    image = np.zeros((2, 2, 3), np.uint8)
-    for seq in range(1, 6):
-        slot.put(Frame("c", seq, 0.0, image))
-    assert slot.take().seq == 5
-    assert slot.take() is None
-    assert slot.dropped == 4
-
-
 @pytest.mark.timeout(30)
 def test_file_source_reads_every_frame_and_finishes(clip: Path) -> None:
     slot = LatestFrameSlot()
@@ -89,7 +100,7 @@ def test_file_source_reads_every_frame_and_finishes(clip: Path) -> None:
     collector.stop()
     reader.stop()
     leftover = [f for f in [slot.take()] if f is not None]  # the last frame may not have been taken yet
-    assert reader.stats.state == "finished"
+    assert reader.stats.status is CameraStatus.FINISHED and reader.stats.status == "finished"  # a StrEnum
     assert reader.stats.frames_read == 30
     assert len(collector.frames) + len(leftover) + slot.dropped == 30
     assert collector.frames[0].image.shape == (120, 160, 3)
@@ -104,7 +115,7 @@ def test_file_source_loops(clip: Path) -> None:
     reader.start()
     assert wait_until(lambda: reader.stats.frames_read > 75, 10)
     reader.stop()
-    assert reader.stats.state == "stopped" and reader.stats.reconnects == 0
+    assert reader.stats.status == "stopped" and reader.stats.reconnects == 0
 
 
 @pytest.mark.timeout(30)
@@ -129,7 +140,7 @@ def test_corrupt_file_fails_that_camera_only(tmp_path: Path, caplog: pytest.LogC
         reader.start()
         assert wait_until(lambda: reader.done, 15)
     reader.stop()
-    assert reader.stats.state == "failed"
+    assert reader.stats.status == "failed"
     assert any("camera broken" in r.getMessage() and "others go on" in r.getMessage() for r in caplog.records)
 
 
@@ -142,7 +153,7 @@ def test_rtsp_stream_is_read(rtsp_server: RtspServer) -> None:
         assert wait_until(lambda: reader.stats.frames_read >= 10, 20), reader.stats
         frame = slot.take()
         assert frame is not None and frame.image.shape == (240, 320, 3)
-        assert reader.stats.state == "streaming"
+        assert reader.stats.status == "streaming"
     finally:
         reader.stop()
 
@@ -186,7 +197,7 @@ def test_rtsp_server_restart_reconnects(rtsp_server: RtspServer) -> None:
         before = reader.stats.frames_read
         rtsp_server.start()
         assert wait_until(lambda: reader.stats.frames_read > before + 5, 30), reader.stats
-        assert reader.stats.state == "streaming"
+        assert reader.stats.status == "streaming"
     finally:
         reader.stop()
 

@@ -147,11 +147,12 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.timeout(120)
-def test_check_config_exit_codes_and_redaction(tmp_path: Path) -> None:
+def test_check_config_exit_codes_and_redaction(tmp_path: Path, small_weights: Path) -> None:
     good = tmp_path / "good.yaml"
     good.write_text(
         "cameras:\n  - {name: a, url: 'rtsp://admin:hunter2@cam/x'}\n"
         "mqtt: {host: h, username: u, password: topsecret}\n"
+        f"model: {{file: '{small_weights}'}}\n"  # check-config reads the weights' species too
     )
     result = run_cli("check-config", str(good))
     assert result.returncode == 0, result.stderr

@@ -10,17 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from birdwatch import config as config_module
 from birdwatch.config import load_config
+from birdwatch.config import secrets as config_secrets
 from birdwatch.redact import SecretFilter
 from birdwatch.redact import install_log_redaction
+from tests.support.pki import make_pki
 
 MINIMAL = "cameras:\n  - name: feeder\n    url: rtsp://cam.local/stream\n"
 
 
 @pytest.fixture(autouse=True)
 def _forget_warnings() -> None:
-    config_module._warned_exposed.clear()  # each test sees its own warnings
+    config_secrets._warned_exposed.clear()  # each test sees its own warnings
 
 
 def write(path: Path, text: str, mode: int) -> Path:
@@ -71,9 +72,10 @@ def test_no_warning_for_a_private_file_or_a_file_without_secrets(
 
 
 def test_a_readable_password_file_and_client_key_warn_too(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    pki = make_pki(tmp_path / "pki")  # real PEM files: the config load checks that they are usable
     password = write(tmp_path / "mqtt.secret", "pw\n", 0o644)
-    key = write(tmp_path / "client.key", "not really a key\n", 0o644)
-    cert = write(tmp_path / "client.crt", "not really a cert\n", 0o644)
+    key = write(tmp_path / "client.key", pki.client_key.read_text(), 0o644)
+    cert = write(tmp_path / "client.crt", pki.client_cert.read_text(), 0o644)
     path = write(
         tmp_path / "config.yaml",
         MINIMAL + f"mqtt: {{host: h, username: u, password_file: {password}, "
@@ -93,10 +95,11 @@ def test_a_readable_password_file_and_client_key_warn_too(tmp_path: Path, caplog
 
 
 @pytest.mark.timeout(120)
-def test_check_config_warns_on_stderr_and_prints_no_secret(tmp_path: Path) -> None:
+def test_check_config_warns_on_stderr_and_prints_no_secret(tmp_path: Path, small_weights: Path) -> None:
     path = write(
         tmp_path / "config.yaml",
-        "cameras:\n  - {name: a, url: 'rtsp://admin:cam-pw@cam/x'}\nmqtt: {host: h, username: u, password: mq-pw}\n",
+        "cameras:\n  - {name: a, url: 'rtsp://admin:cam-pw@cam/x'}\nmqtt: {host: h, username: u, password: mq-pw}\n"
+        f"model: {{file: '{small_weights}'}}\n",
         0o644,
     )
     result = subprocess.run(

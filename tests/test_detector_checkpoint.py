@@ -12,7 +12,6 @@ import yaml
 
 from birdwatch.classify.models import Classifier
 from birdwatch.classify.models import load_classifier
-from birdwatch.classify.models import save_untrained
 from birdwatch.config import ModelConfig
 from birdwatch.config import parse_config
 from birdwatch.errors import ConfigError
@@ -25,6 +24,7 @@ from birdwatch.locate.checkpoint import save_head
 from birdwatch.locate.head import BirdDetector
 from birdwatch.locate.head import build_head
 from birdwatch.tools.synthetic import render_still
+from birdwatch.tools.untrained import save_untrained
 from tests.fixtures_models import species_names
 
 

@@ -14,7 +14,8 @@ from birdwatch.locate.localiser import MotionGatedLocaliser
 from birdwatch.runtime.pipeline import Pipeline
 from birdwatch.tools.synthetic import render_scene
 from birdwatch.tools.synthetic import write_video
-from birdwatch.types import Sighting
+from birdwatch.types import Detections
+from birdwatch.types import Frame
 from tests.fixtures_detector import TrainedHead
 from tests.test_pipeline import ListSink
 
@@ -57,12 +58,14 @@ def test_detector_plus_motion_gives_sightings_with_detector_boxes(trained_head: 
         )
     )
     pipeline = Pipeline(config, sink=ListSink())  # type: ignore[arg-type]
-    sightings: list[Sighting] = []
+    classified: list[tuple[int, tuple[int, int, int, int]]] = []  # (frame seq, box) of every crop classified
     classify = pipeline.classify
 
-    def recording(frames, detections):  # type: ignore[no-untyped-def]
-        out = classify(frames, detections)
-        sightings.extend(out)
+    def recording(frames: list[Frame], found: list[Detections]) -> list[Detections]:
+        out = classify(frames, found)
+        classified.extend(
+            (frame.seq, box) for frame, boxes in zip(frames, out, strict=True) for box in boxes.int_boxes()
+        )
         return out
 
     pipeline.classify = recording  # type: ignore[method-assign]
@@ -74,14 +77,14 @@ def test_detector_plus_motion_gives_sightings_with_detector_boxes(trained_head: 
 
     localiser = pipeline.localiser
     assert isinstance(localiser, MotionGatedLocaliser)
-    processed = pipeline.snapshot()["cameras"]["feeder"]["frames_processed"]
+    processed = pipeline.counters()["cameras"]["feeder"]["frames_processed"]
     # Gating: the bird-free stretches at both ends of the clip never reach the detector.
     assert 0 < localiser.frames_detected < processed
-    assert sightings, "no sightings"
+    assert classified, "nothing classified"
     matched = []
-    for event in sightings:
-        truth = clip.boxes[event.seq - 1]  # the reader numbers frames from 1
-        matched.append(max((iou(event.box, t) for t in truth), default=0.0))
+    for seq, box in classified:
+        truth = clip.boxes[seq - 1]  # the reader numbers frames from 1
+        matched.append(max((iou(box, t) for t in truth), default=0.0))
     # Detector boxes are tight around the bird; motion regions are padded squares (IoU well below 0.5).
     assert np.mean([m >= 0.5 for m in matched]) >= 0.6, matched
-    assert any(abs((e.box[2] - e.box[0]) - (e.box[3] - e.box[1])) > 4 for e in sightings), "only square boxes"
+    assert any(abs((b[2] - b[0]) - (b[3] - b[1])) > 4 for _, b in classified), "only square boxes"

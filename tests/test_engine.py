@@ -13,11 +13,12 @@ from birder.inference.classification import infer_image
 from PIL import Image
 
 from birdwatch.classify.engine import ClassifierEngine
-from birdwatch.classify.engine import clip_box
-from birdwatch.classify.engine import frame_to_tensor
 from birdwatch.classify.models import Classifier
 from birdwatch.classify.models import load_classifier
 from birdwatch.config import ModelConfig
+from birdwatch.geometry import clip_box
+from birdwatch.imaging import bgr_to_tensor
+from birdwatch.precision import Precision
 from birdwatch.tools.synthetic import render_scene
 from birdwatch.types import Frame
 
@@ -47,7 +48,7 @@ def birder_reference(clf: Classifier, image: np.ndarray, box: tuple[int, int, in
 def test_batched_path_matches_birders_infer_image(classifier: Classifier, scene_frames: list[Frame]) -> None:
     engine = ClassifierEngine(classifier, top_k=5, batch_size=32)
     frame = scene_frames[0]
-    image = frame_to_tensor(frame.image, engine.device)
+    image = bgr_to_tensor(frame.image, engine.device)
     ours = engine.probabilities(engine.preprocess([(image, box) for box in CROPS])).numpy()
     for row, box in enumerate(CROPS):
         reference = birder_reference(classifier, frame.image, box)
@@ -59,7 +60,7 @@ def test_preprocessing_is_birders_to_within_pixel_rounding(classifier: Classifie
     # A BGR/RGB swap or a different resize would show here even where the untrained net hides it.
     engine = ClassifierEngine(classifier)
     frame = scene_frames[1]
-    image = frame_to_tensor(frame.image, engine.device)
+    image = bgr_to_tensor(frame.image, engine.device)
     transform = classification_transform(classifier.size, classifier.rgb_stats)
     one_level = 1 / 255 / min(classifier.rgb_stats["std"])
     for x1, y1, x2, y2 in CROPS:
@@ -107,14 +108,12 @@ def test_boxes_are_clipped_into_the_frame() -> None:
 def test_frame_tensor_is_rgb_channels_first() -> None:
     bgr = np.zeros((2, 3, 3), np.uint8)
     bgr[..., 0] = 255  # blue in OpenCV's order
-    tensor = frame_to_tensor(bgr, torch.device("cpu"))
+    tensor = bgr_to_tensor(bgr, torch.device("cpu"))
     assert tensor.shape == (3, 2, 3)
     assert tensor[2].min() == 255 and tensor[0].max() == 0
 
 
 def test_bf16_channels_last_agrees_with_fp32(classifier: Classifier, scene_frames: list[Frame]) -> None:
-    from birdwatch.classify.engine import Precision
-
     boxes = [CROPS[:2], CROPS[2:], CROPS[:1], CROPS[3:]]
     exact = ClassifierEngine(classifier, top_k=1).classify(scene_frames, boxes)
     fast = ClassifierEngine(classifier, top_k=1, precision=Precision("bf16", True)).classify(scene_frames, boxes)

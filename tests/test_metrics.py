@@ -29,7 +29,7 @@ from tests.support.servers import free_port
 
 
 def snapshot(**overrides: Any) -> dict[str, Any]:
-    """The shape of Pipeline.snapshot(), with the keys the pipeline adds for metrics."""
+    """The shape of Pipeline.counters(), with the keys the pipeline adds for metrics."""
     snap: dict[str, Any] = {
         "elapsed_s": 10.0,
         "cameras": {
@@ -236,7 +236,7 @@ snapshots: {{dir: "{tmp_path / "snapshots"}"}}
     pipeline.start()
     runner = threading.Thread(target=pipeline.run, args=(stop,), daemon=True)
     runner.start()
-    server = MetricsServer(pipeline.snapshot, port=0)
+    server = MetricsServer(pipeline.counters, port=0)
     server.start()
     try:
         deadline = time.monotonic() + 60

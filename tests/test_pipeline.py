@@ -25,13 +25,13 @@ from birdwatch.config import MotionConfig
 from birdwatch.config import SnapshotsConfig
 from birdwatch.config import StoreConfig
 from birdwatch.config import TrackingConfig
+from birdwatch.deliver.store import EventStore
 from birdwatch.runtime.pipeline import Pipeline
 from birdwatch.tools.synthetic import generate_frames
 from birdwatch.tools.synthetic import write_video
 from birdwatch.types import CameraState
 from birdwatch.types import Detections
 from birdwatch.types import Frame
-from birdwatch.types import Sighting
 from birdwatch.types import VisitEvent
 
 SIZES = {"small": (320, 240), "wide": (640, 360), "mid": (480, 272)}
@@ -110,7 +110,7 @@ def test_three_cameras_at_full_speed(clips: dict[str, Path], danube_weights: Pat
     pipeline = Pipeline(config_for(clips, danube_weights), sink=sink)
     pipeline.start()
     assert run_for(pipeline, seconds=8) == 0
-    snap = pipeline.snapshot()
+    snap = pipeline.counters()
 
     # Every camera was served although the readers outrun the model by far.
     for name in SIZES:
@@ -166,7 +166,7 @@ def test_file_sources_drain_and_end(tmp_path: Path, danube_weights: Path) -> Non
     pipeline = Pipeline(config, sink=sink)
     pipeline.start()
     assert run_for(pipeline, seconds=50) == 0
-    snap = pipeline.snapshot()
+    snap = pipeline.counters()
     assert snap["cameras"]["once"]["state"] == "finished"
     assert snap["stages"]["classify"]["queue_depth"] == 0 and snap["stages"]["detect"]["queue_depth"] == 0
     assert sink.events
@@ -181,31 +181,101 @@ def test_classify_workers_run_side_by_side_and_decide_in_order(clips: dict[str, 
     lock = threading.Lock()
     running, most_at_once = [0], [0]
     decided: dict[str, list[int]] = {}
+    deciders: set[str] = set()
     rng = random.Random(0)
 
-    def classify_slowly(frames: list[Frame], detections: list[Detections]) -> list[Sighting]:
+    def classify_slowly(frames: list[Frame], found: list[Detections]) -> list[Detections]:
         with lock:
             running[0] += 1
             most_at_once[0] = max(most_at_once[0], running[0])
             delay = rng.uniform(0, 0.2)  # batches finish out of order
         try:
             time.sleep(delay)
-            return classify(frames, detections)
+            return classify(frames, found)
         finally:
             with lock:
                 running[0] -= 1
 
-    def record(sightings: list[Sighting], frames: list[Frame]) -> list[VisitEvent]:
+    def record(frames: list[Frame], found: list[Detections]) -> list[VisitEvent]:
+        deciders.add(threading.current_thread().name)
         for frame in frames:
             decided.setdefault(frame.camera, []).append(frame.seq)
-        return decide(sightings, frames)
+        return decide(frames, found)
 
     pipeline.classify = classify_slowly  # type: ignore[method-assign]
     pipeline.decide = record  # type: ignore[method-assign]
     pipeline.start()
-    assert pipeline.plan.workers == 2
+    assert pipeline.plan is not None and pipeline.plan.workers == 2
     assert run_for(pipeline, seconds=8) == 0
     assert most_at_once[0] == 2, "the two workers classified at the same time"
+    assert deciders == {"decide"}, "one thread decides"
     assert all(len(seqs) > 3 for seqs in decided.values()), decided
     for camera, seqs in decided.items():
         assert seqs == sorted(seqs), f"{camera}: frames decided out of order: {seqs}"
+
+
+class SlowJournal(logging.Handler):
+    """A log that sometimes takes its time, as writing to a busy journal does. It blocks the thread
+    that logs, outside the handler lock, so other threads' records go by meanwhile."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("end on"):
+            time.sleep(self.seconds)
+        return True
+
+
+@pytest.mark.timeout(180)
+def test_a_cameras_events_reach_the_outbox_in_visit_order(tmp_path: Path, danube_weights: Path) -> None:
+    """Birds come and go while classification is randomly slow and the log now and then blocks: a
+    visit that began after the previous bird had left is never told before that bird's `end`."""
+    fps, timeout_s = 20, 0.8
+    windows = [(5 + 80 * i, 25 + 80 * i) for i in range(4)]  # a bird for 1 s, then 3 s without
+    clip = tmp_path / "comings.avi"
+    write_video(clip, generate_frames(320, 240, windows[-1][1] + 40, n_birds=1, seed=3, presence=windows), fps=fps)
+    config = config_for({"comings": clip}, danube_weights, workers=2, threads=1)
+    config.cameras[0].realtime = True  # birds come and go in real time
+    config.cameras[0].loop = False
+    config.tracking.timeout_s = timeout_s
+    pipeline = Pipeline(config, sink=ListSink())
+    classify = pipeline.classify
+    rng = random.Random(1)
+
+    def classify_slowly(frames: list[Frame], found: list[Detections]) -> list[Detections]:
+        time.sleep(rng.uniform(0, 0.3))
+        return classify(frames, found)
+
+    pipeline.classify = classify_slowly  # type: ignore[method-assign]
+    journal = SlowJournal(3.0)  # longer than the rest of the gap after a bird's end
+    logger = logging.getLogger("birdwatch")
+    level = logger.level
+    logger.addHandler(journal)
+    logger.setLevel(logging.INFO)  # events are logged at INFO, as `birdwatch run` does
+    try:
+        pipeline.start()
+        assert run_for(pipeline, seconds=60) == 0, "the clip ends"
+    finally:
+        logger.removeHandler(journal)
+        logger.setLevel(level)
+    store = EventStore(config.store.path, readonly=True)
+    try:
+        events = [row.data for row in reversed(store.recent(camera="comings", limit=1000))]  # outbox order
+    finally:
+        store.close()
+    visits: dict[str, dict[str, Any]] = {}  # visit id -> where its new and end are in the outbox, when it was seen
+    for position, event in enumerate(events):
+        visit = visits.setdefault(event["visit_id"], {"new": None, "end": None})
+        if event["kind"] in ("new", "end"):
+            visit[event["kind"]] = position
+        visit["first_seen"], visit["last_seen"] = event["first_seen"], event["last_seen"]
+    told = sorted(visits.values(), key=lambda v: v["first_seen"])
+    assert len(told) >= 3, f"birds were told: {events}"
+    for earlier in told:
+        for later in told:
+            if later["first_seen"] > earlier["last_seen"] + timeout_s + 0.05:  # the earlier bird had left
+                assert earlier["end"] is not None and earlier["end"] < later["new"], (
+                    f"a new visit was told before the end of the one that came before it: {events}"
+                )

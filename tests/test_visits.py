@@ -1,4 +1,4 @@
-"""Visit rules, driven by constructed sightings (an untrained classifier names every crop alike):
+"""Visit rules, driven by constructed classified boxes (an untrained classifier names every crop alike):
 one `new` and one `end` per visit, the species voted over the visit's crops and weighted by score,
 updates only on material change or heartbeat, the cooldown, and allow/block lists."""
 
@@ -11,11 +11,12 @@ import pytest
 
 from birdwatch.config import EventsConfig
 from birdwatch.config import TrackingConfig
+from birdwatch.decide.visits import Told
 from birdwatch.decide.visits import Visits
 from birdwatch.decide.visits import check_species_lists
 from birdwatch.errors import ConfigError
+from birdwatch.types import Detections
 from birdwatch.types import Frame
-from birdwatch.types import Sighting
 from birdwatch.types import SpeciesScore
 from birdwatch.types import VisitEvent
 
@@ -31,6 +32,8 @@ class Feeder:
         self.camera = camera
         self.seq = 0
         self.events: list[VisitEvent] = []
+        self.pictures: list[VisitEvent] = []  # the events that carried a (better) picture
+        self.tracks: list[list[int]] = []  # per frame, the track id of each box
 
     @property
     def now(self) -> float:
@@ -41,19 +44,17 @@ class Feeder:
         self.seq += 1
         image = np.full((240, 320, 3), self.seq % 255, np.uint8)
         frame = Frame(self.camera, self.seq, T0 + self.now, image, self.now)
-        sightings = [
-            Sighting(
-                self.camera,
-                self.seq,
-                frame.ts,
-                frame.mono,
-                tuple(int(v) for v in box),
-                tuple(SpeciesScore(n, s) for n, s in top),
-            )  # type: ignore[arg-type]
-            for box, top in crops
-        ]
-        events = self.visits.observe([frame], sightings)
+        found = Detections(
+            np.array([box for box, _ in crops], np.float32).reshape(-1, 4), np.ones(len(crops), np.float32)
+        ).with_species([tuple(SpeciesScore(n, s) for n, s in top) for _, top in crops])
+        tracked, told = self.visits.observe(frame, found)
+        self.tracks.append(tracked.track_ids.tolist())  # type: ignore[union-attr]
+        return self.keep(told)
+
+    def keep(self, told: list[Told]) -> list[VisitEvent]:
+        events = [t.event for t in told]
         self.events += events
+        self.pictures += [t.event for t in told if t.picture is not None]
         return events
 
     def bird(self, top: Sequence[tuple[str, float]], x: float = 100) -> list[VisitEvent]:
@@ -271,7 +272,7 @@ def test_tick_ends_visits_when_the_camera_goes_quiet() -> None:
     for _ in range(5):
         feeder.bird(BLUE_TIT)
     assert feeder.visits.tick(now=feeder.now + 0.5, wall=T0 + 1) == []
-    (end,) = feeder.visits.tick(now=feeder.now + 1.01, wall=T0 + 2)
+    (end,) = feeder.keep(feeder.visits.tick(now=feeder.now + 1.01, wall=T0 + 2))
     assert end.kind == "end" and end.ts == T0 + 2
 
 
@@ -279,7 +280,7 @@ def test_close_ends_open_visits_as_shutdown() -> None:
     feeder = Feeder(make())
     for _ in range(5):
         feeder.bird(BLUE_TIT)
-    (end,) = feeder.visits.close()
+    (end,) = feeder.keep(feeder.visits.close())
     assert end.kind == "end" and end.end_reason == "shutdown"
     assert feeder.visits.close() == []
 
@@ -294,7 +295,7 @@ def test_snapshots_go_with_new_and_with_a_better_crop_only() -> None:
     for _ in range(6):
         feeder.bird([("Eurasian Jay", 0.6)])
     feeder.wait(2)
-    with_image = [(e.kind, e.box) for e in feeder.events if e.image is not None]
+    with_image = [(e.kind, e.box) for e in feeder.pictures]
     assert with_image[0] == ("new", (100, 80, 160, 140))
     assert with_image[1:] == [("update", (120, 80, 180, 140))]
     assert feeder.events[-1].box == (120, 80, 180, 140)
@@ -323,3 +324,17 @@ def test_species_lists_are_checked_against_the_model() -> None:
         match=r"events.block\[0\]: 'Blue Tit' is not a species of model m; did you mean 'Eurasian Blue Tit'\?",
     ):
         check_species_lists(EventsConfig(block=["Blue Tit"]), names, "m")
+
+
+def test_the_boxes_come_back_with_their_track_ids() -> None:
+    feeder = Feeder(make())
+    feeder.frame(([100, 80, 160, 140], BLUE_TIT), ([250, 20, 300, 70], BLUE_TIT))
+    feeder.frame(([104, 80, 164, 140], BLUE_TIT), ([250, 22, 300, 72], BLUE_TIT))
+    first, second = feeder.tracks
+    assert len(set(first)) == 2 and second == first, "each bird keeps its track from frame to frame"
+
+
+def test_unclassified_boxes_are_refused() -> None:
+    frame = Frame("feeder", 1, T0, np.zeros((240, 320, 3), np.uint8), 0.0)
+    with pytest.raises(ValueError, match="not classified"):
+        make().observe(frame, Detections(np.array([[0, 0, 10, 10]], np.float32), np.ones(1, np.float32)))

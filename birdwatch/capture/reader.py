@@ -1,7 +1,8 @@
-"""Camera readers: one thread per camera that keeps only the newest frame.
+"""Camera readers: one thread per camera that hands every frame it reads to a sink that never blocks.
 
-A reader reads as fast as the source delivers and overwrites its slot, so a slow model never
-builds up stream lag: frames it could not look at are dropped and counted. A supervisor thread per
+A reader reads as fast as the source delivers; the sink (the pipeline's bounded per-camera queue)
+drops the oldest frames when the model falls behind, so a slow model never builds up stream lag:
+frames it could not look at are dropped and counted there. A supervisor thread per
 camera opens the source, reconnects with capped exponential backoff, and runs the stall watchdog,
 which judges a stream by its own frame interval (a 1 fps camera is not stalled after 5 s).
 A read that hangs inside FFmpeg cannot be interrupted safely, so the watchdog abandons that
@@ -19,7 +20,9 @@ import time
 from collections.abc import Callable
 from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
+from typing import Protocol
 
 import cv2
 
@@ -42,52 +45,46 @@ def source_kind(url: str | int) -> str:
     return "file"
 
 
-class LatestFrameSlot:
-    """Holds at most one frame. Putting over an untaken frame drops it (counted)."""
+class FrameSink(Protocol):
+    """Where a reader puts frames; `put` must not block (the pipeline's queue drops the oldest instead)."""
 
-    def __init__(self, notify: threading.Condition | None = None) -> None:
-        self._lock = threading.Lock()
-        self._frame: Frame | None = None
-        self._notify = notify
-        self.dropped = 0
+    def put(self, frame: Frame) -> None: ...
 
-    def put(self, frame: Frame) -> None:
-        with self._lock:
-            if self._frame is not None:
-                self.dropped += 1
-            self._frame = frame
-        if self._notify is not None:
-            with self._notify:
-                self._notify.notify_all()
 
-    def take(self) -> Frame | None:
-        with self._lock:
-            frame, self._frame = self._frame, None
-            return frame
+class CameraStatus(StrEnum):
+    """A reader's state; a StrEnum, so it equals (and serialises as) its string."""
+
+    STARTING = "starting"
+    CONNECTING = "connecting"
+    STREAMING = "streaming"
+    BACKOFF = "backoff"  # waiting to reconnect
+    FINISHED = "finished"  # a file without loop has ended
+    FAILED = "failed"  # a file that cannot be read: this camera stops for good
+    STOPPED = "stopped"
 
 
 @dataclass
 class CameraStats:
     frames_read: int = 0
     reconnects: int = 0
-    state: str = "starting"  # starting, connecting, streaming, backoff, finished, failed, stopped
+    status: CameraStatus = CameraStatus.STARTING
     last_error: str = ""
     interval_s: float = 0.0  # smoothed time between frames from the source
     last_frame_mono: float = 0.0
 
 
 class CameraReader:
-    """Reads one camera into a LatestFrameSlot until stopped (or, for a file without loop, until its end)."""
+    """Reads one camera into a sink until stopped (or, for a file without loop, until its end)."""
 
     def __init__(
         self,
         cfg: CameraConfig,
-        slot: LatestFrameSlot,
+        sink: FrameSink,
         secrets: list[str] | None = None,
         open_capture: Callable[[CameraConfig], cv2.VideoCapture] | None = None,
     ) -> None:
         self.cfg = cfg
-        self.slot = slot
+        self.sink = sink
         self.stats = CameraStats()
         self.kind = source_kind(cfg.url)
         self.display_url = redact_url(cfg.url)
@@ -113,14 +110,14 @@ class CameraReader:
         for thread in (self._thread, self._worker):
             if thread is not None:
                 thread.join(max(0.0, deadline - time.monotonic()))
-        if self.stats.state not in ("finished", "failed"):
-            self.stats.state = "stopped"
+        if not self.done:
+            self.stats.status = CameraStatus.STOPPED
         return not any(t is not None and t.is_alive() for t in (self._thread, self._worker))
 
     @property
     def done(self) -> bool:
         """True once a source has ended for good (a file without loop, or a file that cannot be read)."""
-        return self.stats.state in ("finished", "failed")
+        return self.stats.status in (CameraStatus.FINISHED, CameraStatus.FAILED)
 
     def stall_timeout(self) -> float:
         if self.cfg.stall_timeout_s is not None:
@@ -134,7 +131,7 @@ class CameraReader:
         while not self._stop.is_set():
             self._session += 1
             session = self._session
-            self.stats.state = "connecting"
+            self.stats.status = CameraStatus.CONNECTING
             started = time.monotonic()
             frames_before = self.stats.frames_read
             worker = threading.Thread(
@@ -153,7 +150,7 @@ class CameraReader:
             delay *= random.uniform(0.9, 1.1)  # cameras that fail together do not retry in lockstep
             failures += 1
             self.stats.reconnects += 1
-            self.stats.state = "backoff"
+            self.stats.status = CameraStatus.BACKOFF
             log.warning(
                 "camera %s: %s; reconnecting to %s in %.1f s",
                 self.cfg.name,
@@ -169,11 +166,11 @@ class CameraReader:
         while worker.is_alive() and not self._stop.is_set():
             worker.join(0.25)
             now = time.monotonic()
-            if self.stats.state == "connecting" and now > opened_by:
+            if self.stats.status == CameraStatus.CONNECTING and now > opened_by:
                 self.stats.last_error = f"no answer within {self.cfg.open_timeout_s:.0f} s while opening"
                 self._session += 1
                 return
-            if self.stats.state == "streaming":
+            if self.stats.status == CameraStatus.STREAMING:
                 silent = now - self.stats.last_frame_mono
                 if silent > self.stall_timeout():
                     self.stats.last_error = (
@@ -193,7 +190,7 @@ class CameraReader:
                 if not cap.isOpened():
                     self.stats.last_error = self._open_failure()
                     if self.kind == "file":
-                        self._finish("failed", self.stats.last_error)
+                        self._finish(CameraStatus.FAILED, self.stats.last_error)
                     return
                 self._read_frames(cap, session)
             finally:
@@ -214,7 +211,7 @@ class CameraReader:
         while self._session == session and not self._stop.is_set():
             ok, image = cap.read()
             if self._session != session:
-                return  # abandoned while blocked in read(): the new session owns the slot now
+                return  # abandoned while blocked in read(): the new session owns the sink now
             if not ok or image is None:
                 if self.kind == "file" and got_any and self.cfg.loop:
                     cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
@@ -222,9 +219,9 @@ class CameraReader:
                     continue
                 if self.kind == "file":
                     if got_any:
-                        self._finish("finished", "end of file")
+                        self._finish(CameraStatus.FINISHED, "end of file")
                     else:
-                        self._finish("failed", f"cannot decode any frame from {self.display_url}")
+                        self._finish(CameraStatus.FAILED, f"cannot decode any frame from {self.display_url}")
                     return
                 self.stats.last_error = "stream ended or read failed"
                 return
@@ -244,15 +241,15 @@ class CameraReader:
             self._seq += 1
             self.stats.frames_read += 1
             self.stats.last_frame_mono = now
-            if self.stats.state != "streaming":
-                self.stats.state = "streaming"
+            if self.stats.status != CameraStatus.STREAMING:
+                self.stats.status = CameraStatus.STREAMING
                 self.stats.last_error = ""
-            self.slot.put(Frame(self.cfg.name, self._seq, time.time(), image, now))
+            self.sink.put(Frame(self.cfg.name, self._seq, time.time(), image, now))
 
-    def _finish(self, state: str, why: str) -> None:
-        self.stats.state = state
+    def _finish(self, state: CameraStatus, why: str) -> None:
+        self.stats.status = state
         self.stats.last_error = why
-        if state == "failed":
+        if state == CameraStatus.FAILED:
             log.error("camera %s: %s; this camera stops, the others go on", self.cfg.name, why)
         else:
             log.info("camera %s: %s after %d frames", self.cfg.name, why, self.stats.frames_read)

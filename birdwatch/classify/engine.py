@@ -9,64 +9,25 @@ one forward pass.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
-from collections.abc import Iterator
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import torch
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from birdwatch.classify.models import Classifier
+from birdwatch.geometry import clip_box
+from birdwatch.imaging import bgr_to_tensor
+from birdwatch.precision import Precision
 from birdwatch.types import Box
 from birdwatch.types import Frame
 from birdwatch.types import SpeciesScore
 
 log = logging.getLogger(__name__)
-
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass(frozen=True)
-class Precision:
-    """How the network runs: measured per machine by `birdwatch bench --tune`, set in `engine:`."""
-
-    dtype: str = "fp32"  # fp32, bf16 or fp16 (autocast)
-    channels_last: bool = False
-
-    @classmethod
-    def resolve(cls, device: torch.device, dtype: str = "auto", channels_last: bool | None = None) -> Precision:
-        if dtype == "auto":
-            dtype = auto_dtype(device)
-        if dtype == "fp16" and device.type == "cpu":
-            dtype = "bf16"  # CPU autocast has no useful fp16 path
-        if channels_last is None:
-            channels_last = True  # faster for these convnets on CUDA and on this project's CPUs (bench)
-        return cls(dtype, channels_last)
-
-    @contextlib.contextmanager
-    def autocast(self, device: torch.device) -> Iterator[None]:
-        if self.dtype == "fp32":
-            yield
-        else:
-            with torch.autocast(device.type, dtype=_DTYPES[self.dtype]):
-                yield
-
-
-def auto_dtype(device: torch.device) -> str:
-    """bf16 where the hardware computes it natively; otherwise fp32 (emulated bf16 is slower)."""
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if device.type == "cpu" and cpu_has_bf16():
-        return "bf16"
-    return "fp32"
-
 
 MAX_AUTO_WORKERS = 4  # beyond this, more workers only split the batches thinner
 
@@ -103,14 +64,6 @@ class WorkerPlan:
 def cpu_cores() -> int:
     """The cores this process may run on (a container or systemd CPUAffinity may allow fewer than exist)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(flag in flags for flag in (" avx512_bf16", " amx_bf16"))
 
 
 class ClassifierEngine:
@@ -165,7 +118,7 @@ class ClassifierEngine:
         for frame, frame_boxes in zip(frames, boxes, strict=True):
             if not frame_boxes:
                 continue
-            image = frame_to_tensor(frame.image, self.device)
+            image = bgr_to_tensor(frame.image, self.device)
             crops.extend((image, clip_box(box, frame.size)) for box in frame_boxes)
         if not crops:
             return [[] for _ in frames]
@@ -183,21 +136,3 @@ class ClassifierEngine:
                 row += 1
             results.append(per_frame)
         return results
-
-
-def frame_to_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
-    """BGR HxWx3 uint8 (OpenCV) -> RGB 3xHxW uint8 on the device; one copy to the device per frame."""
-    tensor = torch.from_numpy(np.ascontiguousarray(image))
-    if device.type == "cuda":
-        tensor = tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.permute(2, 0, 1).flip(0)
-
-
-def clip_box(box: Box, size: tuple[int, int]) -> Box:
-    """Clamp to the frame and keep at least one pixel each way."""
-    width, height = size
-    x1 = min(max(0, int(box[0])), width - 1)
-    y1 = min(max(0, int(box[1])), height - 1)
-    x2 = min(max(x1 + 1, int(box[2])), width)
-    y2 = min(max(y1 + 1, int(box[3])), height)
-    return (x1, y1, x2, y2)

@@ -8,8 +8,6 @@ Species names come from the weights file (`class_to_idx`); no separate list is n
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,12 +17,11 @@ from birder.common import cli as birder_cli
 from birder.common import fs_ops
 from birder.conf import settings as birder_settings
 from birder.data.transforms.classification import RGBType
-from birder.data.transforms.classification import get_rgb_stats
 from birder.model_registry import Task
 from birder.model_registry import registry
-from birder.net.base import get_signature
 
 from birdwatch.config import ModelConfig
+from birdwatch.config.rules import device_problem
 from birdwatch.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -48,12 +45,10 @@ def resolve_device(spec: str) -> torch.device:
     """`auto` picks CUDA when there is one, else the CPU."""
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError(f"model.device: {spec!r} asked for, but torch sees no CUDA device; use 'auto' or 'cpu'")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ModelError(f"model.device: {spec!r} asked for, but MPS is not available; use 'auto' or 'cpu'")
-    return device
+    problem = device_problem(spec)  # also a rule when the config loads; bench passes --device here directly
+    if problem:
+        raise ModelError(problem)
+    return torch.device(spec)
 
 
 def pretrained_classifiers() -> list[str]:
@@ -144,6 +139,22 @@ def weights_file(cfg: ModelConfig) -> tuple[Path, str, str]:
     return path, meta["net"]["network"], cfg.name
 
 
+def class_names_of(path: str | Path) -> list[str]:
+    """The species of a birder .pt file in class-index order, read without building the network."""
+    try:
+        try:  # mmap: the weights stay on disk; only the pickled dict around them is read
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # torch's legacy (pre-zip) format cannot be mapped; read it whole, as birder does
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        names = [str(name) for name, _ in sorted(data["class_to_idx"].items(), key=lambda item: item[1])]
+    except Exception as exc:  # torch.load raises many types for a file that is not a birder checkpoint
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(
+            f"cannot read the species of {path} ({first[:160]}); is it a complete birder .pt file?"
+        ) from None
+    return names
+
+
 def load_classifier(cfg: ModelConfig, device: torch.device | None = None) -> Classifier:
     path, network, name = weights_file(cfg)
     device = device or resolve_device(cfg.device)
@@ -167,46 +178,3 @@ def load_classifier(cfg: ModelConfig, device: torch.device | None = None) -> Cla
     size = tuple(info.signature["inputs"][0]["data_shape"][2:4])
     log.info("loaded %s (%s, %d species, %dx%d) on %s", name, network, len(class_names), size[1], size[0], device)
     return Classifier(net, network, name, class_names, (int(size[0]), int(size[1])), info.rgb_stats, path, device)
-
-
-def save_untrained(
-    network: str, path: str | Path, class_names: list[str], size: tuple[int, int], *, decisive: bool = False
-) -> Path:
-    """A randomly initialised network of a real architecture, written by birder's own checkpoint code.
-
-    No model hub is reachable offline; tests and the benchmark use these (same cost as trained weights).
-    Untrained embeddings are tiny, so softmax comes out near-uniform; `decisive` scales the classifier
-    head to give logits a standard deviation of about 4, so a top-1 means something in tests.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    net = registry.net_factory(network, len(class_names), 3, size=size)
-    net.eval()
-    if decisive:
-        with torch.no_grad():
-            probe = torch.rand(4, 3, *size)
-            logits = net(probe)
-            scale = 4.0 / float((logits - logits.mean(dim=1, keepdim=True)).std().clamp_min(1e-12))
-            net.classifier.weight.mul_(scale)
-            net.classifier.bias.zero_()
-    return save_network(net, path, class_names, size)
-
-
-def save_network(net: torch.nn.Module, path: str | Path, class_names: list[str], size: tuple[int, int]) -> Path:
-    """Write a birder classification network in birder's own file format (what `load_classifier` reads)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    signature = get_signature((1, 3, *size), len(class_names))
-    class_to_idx = {name: i for i, name in enumerate(class_names)}
-    with tempfile.TemporaryDirectory() as tmp:
-        previous = birder_settings.MODELS_DIR
-        birder_settings.MODELS_DIR = Path(tmp)  # checkpoint_model writes <MODELS_DIR>/<name>_<epoch>.pt
-        try:
-            fs_ops.checkpoint_model(
-                "untrained", 0, net, signature, class_to_idx, get_rgb_stats("birder"), None, None, None, None
-            )
-        finally:
-            birder_settings.MODELS_DIR = previous
-        shutil.move(str(Path(tmp) / "untrained_0.pt"), path)
-    return path

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from birdwatch.config import SnapshotsConfig
+from birdwatch.geometry import clip_box
 from birdwatch.types import Box
 from birdwatch.types import VisitEvent
 from birdwatch.types import local_day
@@ -108,10 +109,7 @@ class SnapshotWriter:
 
 
 def crop_image(image: np.ndarray, box: Box) -> np.ndarray:
-    h, w = image.shape[:2]
-    x1, y1, x2, y2 = (int(v) for v in box)
-    x1, y1 = min(max(0, x1), w - 1), min(max(0, y1), h - 1)
-    x2, y2 = min(max(x1 + 1, x2), w), min(max(y1 + 1, y2), h)
+    x1, y1, x2, y2 = clip_box(box, (image.shape[1], image.shape[0]))
     return image[y1:y2, x1:x2]
 
 

@@ -20,6 +20,8 @@ import torch
 from torchvision.ops import box_iou
 
 from birdwatch.config import TrackingConfig
+from birdwatch.geometry import inter_over_min
+from birdwatch.geometry import union
 
 # How much of a new measurement to take; the rest is the old estimate. Motion boxes jitter and
 # split, so one frame's displacement or size alone overshoots.
@@ -70,7 +72,7 @@ class Track:
 
     def absorb(self, fragment: np.ndarray) -> None:
         """Another box of the same bird in this frame: the track covers both."""
-        self.box = _union(self.box, np.asarray(fragment, np.float32))
+        self.box = union(self.box, np.asarray(fragment, np.float32))
         self.centre, self.size = _centre_size(self.box)
 
 
@@ -120,12 +122,12 @@ class Tracker:
             cols = [c for c in range(len(boxes)) if c not in {p[1] for p in pairs}]
             if rows and cols:
                 contain = np.maximum(
-                    _inter_over_min(predicted[rows], boxes[cols]), _inter_over_min(last[rows], boxes[cols])
+                    inter_over_min(predicted[rows], boxes[cols]), inter_over_min(last[rows], boxes[cols])
                 )
                 pairs += [(rows[r], cols[c]) for r, c in _greedy_pairs(contain, _CONTAINMENT)]
             for ti, bi in pairs:
                 track = tracks[ti]
-                regions.append(_union(_union(predicted[ti], last[ti]), boxes[bi]))
+                regions.append(union(union(predicted[ti], last[ti]), boxes[bi]))
                 track.update(boxes[bi], now)
                 assigned[bi] = track.id
                 matched.append(track)
@@ -138,7 +140,7 @@ class Tracker:
             # A fragment of a bird that already matched a box this frame (motion blobs split at a
             # wing or a tail) belongs to that bird, not to a new one.
             if matched:
-                contain = _inter_over_min(np.stack(regions), box[None])[:, 0]
+                contain = inter_over_min(np.stack(regions), box[None])[:, 0]
                 best = int(np.argmax(contain))
                 if contain[best] >= _CONTAINMENT:
                     matched[best].absorb(box)
@@ -167,20 +169,6 @@ class Tracker:
 def _centre_size(box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     box = np.asarray(box, np.float32)
     return (box[:2] + box[2:]) / 2, np.maximum(box[2:] - box[:2], 1.0)
-
-
-def _union(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.concatenate([np.minimum(a[:2], b[:2]), np.maximum(a[2:], b[2:])])
-
-
-def _inter_over_min(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(len(a), len(b)) intersection area over the smaller of the two areas."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
-    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
-    return inter / np.maximum(np.minimum(area_a[:, None], area_b[None, :]), 1e-6)
 
 
 def _greedy_pairs(iou: np.ndarray, threshold: float) -> list[tuple[int, int]]:

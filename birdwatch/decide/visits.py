@@ -35,8 +35,10 @@ from birdwatch.decide.tracking import Tracker
 from birdwatch.errors import ConfigError
 from birdwatch.types import Box
 from birdwatch.types import CameraState
+from birdwatch.types import Detections
+from birdwatch.types import EndReason
+from birdwatch.types import EventKind
 from birdwatch.types import Frame
-from birdwatch.types import Sighting
 from birdwatch.types import SpeciesScore
 from birdwatch.types import VisitEvent
 from birdwatch.types import local_day
@@ -49,6 +51,15 @@ class _Crop:
     score: float  # this crop's probability for the species it is the best crop of
     frame: Frame
     box: Box
+
+
+@dataclass(frozen=True)
+class Told:
+    """An event the visits decided to tell, with the picture it should carry when it has a better one
+    than the visit's last (the full frame of the best crop; `event.box` is where the bird is in it)."""
+
+    event: VisitEvent
+    picture: np.ndarray | None = None
 
 
 @dataclass
@@ -70,16 +81,16 @@ class Visit:
     last_event_mono: float = 0.0
     snapshot_key: tuple[str, int] | None = None  # (species, frame seq) of the last snapshot sent
 
-    def add(self, s: Sighting, frame: Frame, keep: int) -> None:
-        if s.seq != self.last_seq:
+    def add(self, frame: Frame, box: Box, top_k: tuple[SpeciesScore, ...], keep: int) -> None:
+        if frame.seq != self.last_seq:
             self.frames += 1
-            self.last_seq = s.seq
-        self.last_seen = max(self.last_seen, s.ts)
-        self.last_mono = max(self.last_mono, s.mono)
-        for sp in s.top_k:
+            self.last_seq = frame.seq
+        self.last_seen = max(self.last_seen, frame.ts)
+        self.last_mono = max(self.last_mono, frame.mono)
+        for sp in top_k:
             self.votes[sp.name] += sp.score
             if sp.score > (self.best[sp.name].score if sp.name in self.best else -1.0):
-                self.best[sp.name] = _Crop(sp.score, frame, s.box)
+                self.best[sp.name] = _Crop(sp.score, frame, box)
         if len(self.best) > keep:  # bounded: frames are big, keep crops of the leading species only
             leaders = {name for name, _ in self.ranked()[:keep]}
             self.best = {k: v for k, v in self.best.items() if k in leaders}
@@ -118,7 +129,8 @@ def check_species_lists(cfg: EventsConfig, class_names: Iterable[str], model: st
 
 
 class Visits:
-    """Tracks and visits of every camera; the only state behind visit events and camera states."""
+    """Tracks and visits of every camera; the only state behind visit events and camera states.
+    Not thread-safe by design: the decide thread alone calls it."""
 
     def __init__(
         self,
@@ -146,39 +158,59 @@ class Visits:
 
     # -- input --
 
-    def observe(self, frames: Iterable[Frame], sightings: Iterable[Sighting]) -> list[VisitEvent]:
-        """One step of frames (several cameras) and their classified crops -> events, ends first."""
-        by_frame: dict[tuple[str, int], list[Sighting]] = defaultdict(list)
-        for s in sightings:
-            by_frame[(s.camera, s.seq)].append(s)
-        events: list[VisitEvent] = []
-        for frame in frames:
-            crops = by_frame.get((frame.camera, frame.seq), [])
-            events += self._step(frame, crops)
-        return events
+    def observe(self, frame: Frame, found: Detections) -> tuple[Detections, list[Told]]:
+        """One frame and its classified boxes -> the boxes with their track ids, and events, ends first."""
+        if found.species is None:
+            raise ValueError("Visits.observe: the detections are not classified yet")
+        camera = frame.camera
+        tracker = self._trackers.get(camera)
+        if tracker is None:
+            tracker = self._trackers[camera] = Tracker(self.tracking)
+        step = tracker.update(found.boxes, frame.mono)
+        tracked = found.with_tracks(step.assigned)
+        told: list[Told] = []
+        for track in step.ended:
+            told += self._end(camera, track, frame.mono, frame.ts, EndReason.TIMEOUT)
+        visits = self._visits[camera]
+        touched: dict[int, Visit] = {}
+        for box, top_k, track_id in zip(found.int_boxes(), found.species, step.assigned, strict=True):
+            visit = visits.get(track_id)
+            if visit is None:
+                visit = visits[track_id] = Visit(uuid.uuid4().hex, camera, frame.ts, frame.ts, frame.mono, frame.mono)
+            visit.add(frame, box, top_k, keep=max(2 * self.top_k, 4))
+            touched[track_id] = visit
+        for track in step.confirmed:
+            if track.id in visits:
+                visits[track.id].confirmed = True
+        for visit in touched.values():
+            if visit.confirmed:
+                event = self._decide(visit, frame.mono, frame.ts)
+                if event is not None:
+                    told.append(event)
+        return tracked, told
 
-    def tick(self, now: float | None = None, wall: float | None = None) -> list[VisitEvent]:
+    def tick(self, now: float | None = None, wall: float | None = None) -> list[Told]:
         """Time passes without frames (a quiet or dead camera): end timed-out visits, send heartbeats."""
         now = self._mono() if now is None else now
         wall = self._wall() if wall is None else wall
-        events: list[VisitEvent] = []
+        told: list[Told] = []
         for camera, tracker in self._trackers.items():
             for track in tracker.sweep(now):
-                events += self._end(camera, track, now, wall, "timeout")
+                told += self._end(camera, track, now, wall, EndReason.TIMEOUT)
             for visit in self._visits[camera].values():
                 if visit.told and self._heartbeat_due(visit, now):
-                    events.append(self._event("update", visit, now, wall))
-        return events
+                    told.append(self._event(EventKind.UPDATE, visit, now, wall))
+        return told
 
-    def close(self) -> list[VisitEvent]:
+    def close(self) -> list[Told]:
         """birdwatch is stopping: every told visit ends now."""
         now, wall = self._mono(), self._wall()
-        events: list[VisitEvent] = []
+        told: list[Told] = []
         for camera, tracker in self._trackers.items():
             for track in list(tracker.tracks.values()):
-                events += self._end(camera, track, now, wall, "shutdown")
+                told += self._end(camera, track, now, wall, EndReason.SHUTDOWN)
             tracker.tracks.clear()
-        return events
+        return told
 
     # -- camera state (Home Assistant) --
 
@@ -205,38 +237,7 @@ class Visits:
             last_seen=last.last_seen if last else None,
         )
 
-    def open_visits(self, camera: str) -> list[Visit]:
-        return list(self._visits.get(camera, {}).values())
-
     # -- rules --
-
-    def _step(self, frame: Frame, crops: list[Sighting]) -> list[VisitEvent]:
-        camera = frame.camera
-        tracker = self._trackers.get(camera)
-        if tracker is None:
-            tracker = self._trackers[camera] = Tracker(self.tracking)
-        boxes = np.array([s.box for s in crops], np.float32).reshape(-1, 4)
-        step = tracker.update(boxes, frame.mono)
-        events: list[VisitEvent] = []
-        for track in step.ended:
-            events += self._end(camera, track, frame.mono, frame.ts, "timeout")
-        visits = self._visits[camera]
-        touched: dict[int, Visit] = {}
-        for s, track_id in zip(crops, step.assigned, strict=True):
-            visit = visits.get(track_id)
-            if visit is None:
-                visit = visits[track_id] = Visit(uuid.uuid4().hex, camera, s.ts, s.ts, s.mono, s.mono)
-            visit.add(s, frame, keep=max(2 * self.top_k, 4))
-            touched[track_id] = visit
-        for track in step.confirmed:
-            if track.id in visits:
-                visits[track.id].confirmed = True
-        for visit in touched.values():
-            if visit.confirmed:
-                event = self._decide(visit, frame.mono, frame.ts)
-                if event is not None:
-                    events.append(event)
-        return events
 
     def _report(self, visit: Visit) -> tuple[SpeciesScore, ...]:
         """The visit's voted top-k, led by its best allowed species."""
@@ -247,7 +248,7 @@ class Visits:
         lead = allowed[0]
         return (lead, *[s for s in ranked if s.name != lead.name][: self.top_k - 1])
 
-    def _decide(self, visit: Visit, now: float, wall: float) -> VisitEvent | None:
+    def _decide(self, visit: Visit, now: float, wall: float) -> Told | None:
         if visit.quiet:
             return None
         if not visit.told:
@@ -267,22 +268,22 @@ class Visits:
             day, count = self._today.get(visit.camera, (local_day(visit.first_seen), 0))
             first_day = local_day(visit.first_seen)
             self._today[visit.camera] = (first_day, count + 1 if day == first_day else 1)
-            return self._event("new", visit, now, wall)
+            return self._event(EventKind.NEW, visit, now, wall)
         report = self._report(visit)
         if not report:
             return None
         lead, told = report[0], visit.named[0]
         material = lead.name != told.name or abs(lead.score - told.score) >= self.cfg.update_min_score_change
         if material and now - visit.last_event_mono >= self.cfg.update_min_interval_s:
-            return self._event("update", visit, now, wall)
+            return self._event(EventKind.UPDATE, visit, now, wall)
         if self._heartbeat_due(visit, now):
-            return self._event("update", visit, now, wall)
+            return self._event(EventKind.UPDATE, visit, now, wall)
         return None
 
     def _heartbeat_due(self, visit: Visit, now: float) -> bool:
         return self.cfg.heartbeat_s > 0 and now - visit.last_event_mono >= self.cfg.heartbeat_s
 
-    def _end(self, camera: str, track: Track, now: float, wall: float, reason: str) -> list[VisitEvent]:
+    def _end(self, camera: str, track: Track, now: float, wall: float, reason: EndReason) -> list[Told]:
         visit = self._visits[camera].pop(track.id, None)
         if visit is None or not visit.confirmed:
             return []
@@ -290,11 +291,11 @@ class Visits:
             if not visit.quiet:
                 self.unnamed += 1
             return []
-        event = self._event("end", visit, now, wall, reason)
-        self._cooldown[(camera, event.species)] = now
-        return [event]
+        told = self._event(EventKind.END, visit, now, wall, reason)
+        self._cooldown[(camera, told.event.species)] = now
+        return [told]
 
-    def _event(self, kind: str, visit: Visit, now: float, wall: float, reason: str | None = None) -> VisitEvent:
+    def _event(self, kind: EventKind, visit: Visit, now: float, wall: float, reason: EndReason | None = None) -> Told:
         report = self._report(visit) or visit.named
         lead = report[0]
         crop = visit.best_crop(lead.name)
@@ -322,7 +323,6 @@ class Visits:
             box=box,
             model=self.model,
             end_reason=reason,
-            image=image,
         )
         self._last[visit.camera] = event
-        return event
+        return Told(event, image)

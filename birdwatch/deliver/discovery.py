@@ -21,8 +21,6 @@ from typing import Any
 
 from birdwatch import __version__
 
-COMPONENTS = ("sensor", "binary_sensor", "image")
-
 
 @dataclass(frozen=True)
 class CameraTopics:

@@ -39,11 +39,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from birdwatch.config import HomeAssistantConfig
 from birdwatch.config import MqttConfig
 from birdwatch.config import MqttTlsConfig
+from birdwatch.config.tls import ssl_reason as _ssl_reason
+from birdwatch.config.tls import tls_context  # the load-time check (config/rules.py) builds the same context
 from birdwatch.deliver.discovery import CameraTopics
 from birdwatch.deliver.discovery import camera_configs
 from birdwatch.deliver.discovery import is_birdwatch_config
 from birdwatch.deliver.discovery import node_id
-from birdwatch.errors import ConfigError
 from birdwatch.types import CameraState
 
 log = logging.getLogger(__name__)
@@ -87,37 +88,6 @@ def stats_topic(prefix: str) -> str:
     return f"{prefix}/stats"
 
 
-def tls_context(tls: MqttTlsConfig) -> ssl.SSLContext:
-    """A client context: the broker's chain verified against `ca_file` (or the system CAs), our own
-    certificate and key when given. Unreadable or mismatched PEM files are config errors, at start-up."""
-    try:
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.ca_file)
-    except (ssl.SSLError, OSError, ValueError) as exc:
-        raise ConfigError(
-            f"mqtt.tls.ca_file: {tls.ca_file!r} holds no usable CA certificate ({_ssl_reason(exc)}); give a PEM file"
-        ) from None
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if tls.cert_file:
-
-        def no_passphrase() -> str:
-            # OpenSSL would otherwise prompt on the terminal, or hang a service that has none.
-            raise ConfigError(
-                f"mqtt.tls.key_file: {tls.key_file!r} is encrypted; birdwatch needs it unencrypted "
-                "(openssl pkey -in KEY -out KEY.plain; chmod 600 KEY.plain)"
-            )
-
-        try:
-            context.load_cert_chain(tls.cert_file, tls.key_file, password=no_passphrase)
-        except (ssl.SSLError, OSError) as exc:
-            raise ConfigError(
-                f"mqtt.tls.cert_file/key_file: cannot load {tls.cert_file!r} with {tls.key_file!r} "
-                f"({_ssl_reason(exc)}); give the PEM client certificate and its own private key"
-            ) from None
-    if tls.insecure:
-        context.check_hostname = False  # the chain is still verified (verify_mode stays CERT_REQUIRED)
-    return context
-
-
 def configure_tls(client: mqtt.Client, tls: MqttTlsConfig | None) -> None:
     """TLS on `client` per `mqtt.tls` (no-op for None). tls_set_context rather than tls_set: our own
     context lets an encrypted key fail cleanly instead of prompting, and enforces TLS 1.2+."""
@@ -127,14 +97,6 @@ def configure_tls(client: mqtt.Client, tls: MqttTlsConfig | None) -> None:
     if tls.insecure:
         client.tls_insecure_set(True)
         log.warning("mqtt.tls.insecure: the broker's host name is not checked against its certificate")
-
-
-def _ssl_reason(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return exc.verify_message or str(exc)
-    if isinstance(exc, ssl.SSLError) and exc.reason:
-        return exc.reason.replace("_", " ").lower()
-    return getattr(exc, "strerror", None) or str(exc)
 
 
 def tls_failure_hint(exc: BaseException | None) -> str | None:

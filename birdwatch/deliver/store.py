@@ -25,6 +25,8 @@ from typing import Any
 from typing import Protocol
 
 from birdwatch.errors import BirdwatchError
+from birdwatch.types import EndReason
+from birdwatch.types import EventKind
 from birdwatch.types import SpeciesScore
 from birdwatch.types import VisitEvent
 from birdwatch.types import local_day
@@ -321,7 +323,7 @@ def _read(path: str | None) -> bytes | None:
 def event_from_payload(p: dict[str, Any]) -> VisitEvent:
     """A stored payload back as a VisitEvent (for state carried over a restart)."""
     return VisitEvent(
-        kind=p["kind"],
+        kind=EventKind(p["kind"]),
         visit_id=p["visit_id"],
         camera=p["camera"],
         ts=p["ts"],
@@ -333,7 +335,7 @@ def event_from_payload(p: dict[str, Any]) -> VisitEvent:
         frames=p["frames"],
         box=tuple(p["box"]),  # type: ignore[arg-type]
         model=p["model"],
-        end_reason=p.get("end_reason"),
+        end_reason=EndReason(p["end_reason"]) if p.get("end_reason") else None,
         snapshot=p.get("snapshot"),
         id=p["id"],
     )

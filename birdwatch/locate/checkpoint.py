@@ -27,6 +27,7 @@ from birdwatch.errors import ModelError
 from birdwatch.locate.head import DEFAULT_FPN_WIDTH
 from birdwatch.locate.head import HEAD_NETWORK
 from birdwatch.locate.head import build_head
+from birdwatch.precision import Dtype
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ def check_compatible(info: HeadInfo, classifier: Classifier, path: str | Path) -
 
 
 def load_head(
-    path: str | Path, classifier: Classifier, *, precision: str = "fp32"
+    path: str | Path, classifier: Classifier, *, precision: Dtype | str = Dtype.FP32
 ) -> tuple[DetectionBaseNet, HeadInfo]:
     """Build the head on the classifier's own network and load its weights."""
     payload, info = read_head(path)

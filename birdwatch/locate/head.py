@@ -18,31 +18,33 @@ bf16 cannot hold pixel coordinates of a large frame (its step at 1024 is 8 pixel
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
 from birder.model_registry import registry
 from birder.net.detection.base import DetectionBaseNet
 from torch import nn
+from torchvision.ops import clip_boxes_to_image
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from birdwatch.errors import ModelError
+from birdwatch.imaging import bgr_to_tensor
+from birdwatch.precision import Dtype
+from birdwatch.precision import autocast
 from birdwatch.types import Detections
+from birdwatch.types import Source
 
 HEAD_NETWORK = "fcos"
 DEFAULT_FPN_WIDTH = 64  # 256 (FCOS's usual) triples the cost of a frame on a CPU; see bench/detector.py
 PAD_MULTIPLE = 32  # the backbones' largest stride: canvases are padded to a multiple of it
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 class SharedBackbone(nn.Module):
     """A classifier network presented to a birder detection net as its backbone, without handing it over."""
 
-    def __init__(self, net: nn.Module, precision: str = "fp32") -> None:
+    def __init__(self, net: nn.Module, precision: Dtype | str = Dtype.FP32) -> None:
         super().__init__()
         if not callable(getattr(net, "detection_features", None)) or not hasattr(net, "return_channels"):
             raise ModelError(f"{type(net).__name__} has no detection_features: it cannot carry a detection head")
@@ -53,7 +55,7 @@ class SharedBackbone(nn.Module):
         self.max_stride = net.max_stride
         self.stem_stride = getattr(net, "stem_stride", None)
         self.size = net.size
-        self.precision = precision
+        self.precision = Dtype(precision)  # autocast of the backbone's forward pass
         # Only the tests' preparation of an untrained backbone sets this; heads always train on a frozen one.
         self.trainable = False
 
@@ -74,22 +76,6 @@ class SharedBackbone(nn.Module):
         return {name: features[name].float() for name in self.return_stages}
 
 
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """`auto` is fp16 on CUDA and fp32 elsewhere; fp16 on a CPU is refused (no fast kernels there)."""
-    if precision == "auto":
-        return "fp16" if device.type == "cuda" else "fp32"
-    if precision == "fp16" and device.type == "cpu":
-        raise ModelError("precision fp16 needs a GPU; on a CPU use bf16 or fp32")
-    return precision
-
-
 def freeze(net: nn.Module) -> None:
     """The classifier stays as loaded: no gradients, BatchNorm in eval mode (running statistics fixed)."""
     net.eval()
@@ -98,7 +84,11 @@ def freeze(net: nn.Module) -> None:
 
 
 def build_head(
-    net: nn.Module, *, fpn_width: int = DEFAULT_FPN_WIDTH, num_classes: int = 1, precision: str = "fp32"
+    net: nn.Module,
+    *,
+    fpn_width: int = DEFAULT_FPN_WIDTH,
+    num_classes: int = 1,
+    precision: Dtype | str = Dtype.FP32,
 ) -> DetectionBaseNet:
     """A fresh FCOS head on the shared, frozen network."""
     if fpn_width % 32:
@@ -174,17 +164,9 @@ class BirdDetector:
         out = []
         for result, (sx, sy), image in zip(results, scales, images, strict=True):
             boxes = result["boxes"].float() / torch.tensor([sx, sy, sx, sy], device=self.device)
-            h, w = image.shape[:2]
-            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
-            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
-            out.append(Detections(boxes.cpu().numpy(), result["scores"].float().cpu().numpy(), "detector"))
+            boxes = clip_boxes_to_image(boxes, image.shape[:2])
+            out.append(Detections(boxes.cpu().numpy(), result["scores"].float().cpu().numpy(), Source.DETECTOR))
         return out
-
-
-def bgr_to_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
-    """BGR HxWx3 uint8 -> RGB 3xHxW uint8 on the device."""
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).to(device)
-    return tensor.permute(2, 0, 1).flip(0)
 
 
 def fit(image: torch.Tensor, max_size: int) -> tuple[torch.Tensor, tuple[float, float]]:

@@ -22,10 +22,15 @@ from birdwatch.classify.models import Classifier
 from birdwatch.config import Config
 from birdwatch.config import DetectorConfig
 from birdwatch.errors import ModelError
+from birdwatch.geometry import enclosing
+from birdwatch.geometry import merge_overlapping
+from birdwatch.geometry import square_around
 from birdwatch.locate.checkpoint import load_head
 from birdwatch.locate.head import BirdDetector
-from birdwatch.locate.head import resolve_precision
+from birdwatch.precision import Precision
+from birdwatch.types import Box
 from birdwatch.types import Detections
+from birdwatch.types import Source
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +39,9 @@ def load_detector(cfg: DetectorConfig, classifier: Classifier) -> BirdDetector:
     """The configured head on the classifier's own (shared, frozen) backbone."""
     if not cfg.file:
         raise ModelError("detector.file: not set; point it at a head from `birdwatch detector train`")
-    precision = resolve_precision(cfg.precision, classifier.device)
-    head, info = load_head(cfg.file, classifier, precision=precision)
-    if cfg.channels_last:
+    precision = Precision.resolve(classifier.device, cfg.precision, cfg.channels_last)
+    head, info = load_head(cfg.file, classifier, precision=precision.dtype)
+    if precision.channels_last:
         # The backbone is shared: this changes the classifier's memory layout too (not its weights).
         classifier.net.to(memory_format=torch.channels_last)
     detector = BirdDetector(
@@ -47,7 +52,7 @@ def load_detector(cfg: DetectorConfig, classifier: Classifier) -> BirdDetector:
         score_threshold=cfg.score_threshold,
         nms_iou=cfg.nms_iou,
         max_detections=cfg.max_detections,
-        channels_last=cfg.channels_last,
+        channels_last=precision.channels_last,
     )
     log.info(
         "detector head %s on %s's backbone (%s, trained at %d px%s), frames at %d px, %s",
@@ -57,7 +62,7 @@ def load_detector(cfg: DetectorConfig, classifier: Classifier) -> BirdDetector:
         info.input_size,
         f", val mAP@.5 {info.trained['mAP50']:.3f}" if "mAP50" in info.trained else "",
         detector.max_size,
-        precision,
+        precision.dtype,
     )
     return detector
 
@@ -91,19 +96,15 @@ class MotionGatedLocaliser:
         self.frames_detected = 0
         self.regions_detected = 0
 
-    def regions(self, motion: Detections, width: int, height: int) -> list[tuple[int, int, int, int]]:
+    def regions(self, motion: Detections, width: int, height: int) -> list[Box]:
         """Padded squares around the motion boxes, merged where they overlap, inside the frame."""
-        squares = [_square(box, self.padding, self.region_size, width, height) for box in motion.boxes.tolist()]
-        merged = _merge(squares)
+        squares = [
+            _rounded(square_around(box, self.padding, width, height, min_side=self.region_size))
+            for box in motion.boxes.tolist()
+        ]
+        merged = merge_overlapping(squares)
         if len(merged) > self.max_regions:  # many moving things: one region around them all
-            merged = [
-                (
-                    min(r[0] for r in merged),
-                    min(r[1] for r in merged),
-                    max(r[2] for r in merged),
-                    max(r[3] for r in merged),
-                )
-            ]
+            merged = [enclosing(merged)]
         return merged
 
     def __call__(self, images: Sequence[np.ndarray], motion: Sequence[Detections] | None = None) -> list[Detections]:
@@ -118,7 +119,7 @@ class MotionGatedLocaliser:
             for x1, y1, x2, y2 in self.regions(moved, width, height):
                 crops.append(image[y1:y2, x1:x2])
                 owners.append((i, x1, y1))
-        out = [Detections.empty("detector") for _ in images]
+        out = [Detections.empty(Source.DETECTOR) for _ in images]
         if not crops:
             return out
         self.frames_detected += len({i for i, _, _ in owners})
@@ -136,37 +137,13 @@ class MotionGatedLocaliser:
                     torch.from_numpy(boxes), torch.from_numpy(scores), torch.zeros(len(boxes), dtype=torch.int64), iou
                 ).numpy()
                 boxes, scores = boxes[keep], scores[keep]
-            out[i] = Detections(boxes, scores, "detector")
+            out[i] = Detections(boxes, scores, Source.DETECTOR)
         return out
 
 
-def _square(box: Sequence[float], padding: float, min_side: int, width: int, height: int) -> tuple[int, int, int, int]:
+def _rounded(box: tuple[float, float, float, float]) -> Box:
     x1, y1, x2, y2 = box
-    side = max(x2 - x1, y2 - y1) * (1.0 + padding)
-    side = min(max(side, float(min_side)), float(width), float(height))
-    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-    left = min(max(0.0, cx - side / 2), width - side)
-    top = min(max(0.0, cy - side / 2), height - side)
-    return round(left), round(top), round(left + side), round(top + side)
-
-
-def _merge(regions: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
-    """Union overlapping rectangles until none overlap."""
-    regions = list(regions)
-    merged = True
-    while merged:
-        merged = False
-        for a in range(len(regions)):
-            for b in range(a + 1, len(regions)):
-                ra, rb = regions[a], regions[b]
-                if ra[0] < rb[2] and rb[0] < ra[2] and ra[1] < rb[3] and rb[1] < ra[3]:
-                    regions[a] = (min(ra[0], rb[0]), min(ra[1], rb[1]), max(ra[2], rb[2]), max(ra[3], rb[3]))
-                    del regions[b]
-                    merged = True
-                    break
-            if merged:
-                break
-    return regions
+    return round(x1), round(y1), round(x2), round(y2)
 
 
 def build_localiser(config: Config, classifier: Classifier) -> DetectorLocaliser | MotionGatedLocaliser | None:

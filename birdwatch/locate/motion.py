@@ -11,7 +11,9 @@ import cv2
 import numpy as np
 
 from birdwatch.config import MotionConfig
+from birdwatch.geometry import square_around
 from birdwatch.types import Detections
+from birdwatch.types import Source
 
 
 class MotionDetector:
@@ -33,7 +35,7 @@ class MotionDetector:
         mask = self._bg.apply(grey)
         self.frames_seen += 1
         if self.frames_seen <= self.cfg.warmup_frames:
-            return Detections.empty("motion")
+            return Detections.empty(Source.MOTION)
         # Opening drops sensor noise; dilation joins the parts of one moving bird into one blob.
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, self._kernel)
         mask = cv2.dilate(mask, self._kernel, iterations=2)
@@ -46,20 +48,10 @@ class MotionDetector:
                 blobs.append((x, y, w, h, float(np.count_nonzero(mask[y : y + h, x : x + w])) / (w * h)))
         blobs.sort(key=lambda b: b[2] * b[3], reverse=True)
         boxes = [
-            _square_box(x / scale, y / scale, w / scale, h / scale, self.cfg.padding, width, height)
+            square_around((x / scale, y / scale, (x + w) / scale, (y + h) / scale), self.cfg.padding, width, height)
             for x, y, w, h, _ in blobs[: self.cfg.max_regions]
         ]
         scores = [fill for *_, fill in blobs[: self.cfg.max_regions]]
         if not boxes:
-            return Detections.empty("motion")
-        return Detections(np.array(boxes, np.float32), np.array(scores, np.float32), "motion")
-
-
-def _square_box(x: float, y: float, w: float, h: float, padding: float, width: int, height: int) -> list[float]:
-    """Grow a box to a padded square around its centre, kept inside the frame."""
-    side = max(w, h) * (1.0 + padding)
-    side = min(side, width, height)
-    cx, cy = x + w / 2, y + h / 2
-    x1 = min(max(0.0, cx - side / 2), width - side)
-    y1 = min(max(0.0, cy - side / 2), height - side)
-    return [x1, y1, x1 + side, y1 + side]
+            return Detections.empty(Source.MOTION)
+        return Detections(np.array(boxes, np.float32), np.array(scores, np.float32), Source.MOTION)

@@ -17,6 +17,7 @@ from typing import Generic
 from typing import TypeVar
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass
@@ -45,7 +46,6 @@ class Batcher(Generic[T]):
         self._cond = threading.Condition()
         self._closed = False
         self.dropped: dict[str, int] = {}
-        self.taken = 0
 
     # -- producer side --
 
@@ -86,6 +86,12 @@ class Batcher(Generic[T]):
 
     def get_batch(self, timeout: float) -> list[T]:
         """Up to `max_batch` worth of items; [] after `timeout` with nothing queued (or when closed and empty)."""
+        return self.take(timeout, lambda batch: batch) or []
+
+    def take(self, timeout: float, then: Callable[[list[T]], R]) -> R | None:
+        """A batch as `get_batch` forms it, handed to `then` while the queue's lock is still held, so what
+        `then` records (say, a place in the next stage's queue) is in the order batches are taken; `then`
+        must not block. None after `timeout` with nothing queued (or when closed and empty)."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
@@ -96,11 +102,11 @@ class Batcher(Generic[T]):
                     due = oldest + self.max_wait_s
                     now = time.monotonic()
                     if work >= self.max_batch or now >= due or self._closed:
-                        return self._take()
+                        return then(self._take())
                     self._cond.wait(min(due, deadline) - now if deadline > now else due - now)
                     continue
                 if self._closed or time.monotonic() >= deadline:
-                    return []
+                    return None
                 self._cond.wait(deadline - time.monotonic())
 
     def _take(self) -> list[T]:
@@ -125,7 +131,6 @@ class Batcher(Generic[T]):
             if not took:
                 break
         self._next = (start + 1) % len(keys)
-        self.taken += len(batch)
         return batch
 
 

@@ -1,5 +1,5 @@
 """Prometheus metrics, a /healthz endpoint and the periodic MQTT stats payload, all read from the
-pipeline's `snapshot()` dict, so the numbers in the log, on MQTT and in Prometheus are the same.
+pipeline's `counters()` dict, so the numbers in the log, on MQTT and in Prometheus are the same.
 
 The snapshot is read when asked (at scrape time), never pushed: no counter is kept twice. Keys it may
 hold (missing optional keys leave their metrics out):

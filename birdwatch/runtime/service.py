@@ -59,14 +59,14 @@ class Service:
         try:
             pipeline.start()
             self._start_metrics()
-            systemd.ready(summary_line(pipeline.snapshot()))
+            systemd.ready(summary_line(pipeline.counters()))
             while True:
                 code = pipeline.run(self._wake)
                 if self.stop_requested.is_set() or not self.reload_requested.is_set():
                     return code
                 new = self._load_new_config()
                 if new is None:
-                    systemd.ready(summary_line(pipeline.snapshot()))
+                    systemd.ready(summary_line(pipeline.counters()))
                     continue  # keep the running pipeline as it is
                 self._stop(pipeline, code)
                 self.config = new
@@ -78,7 +78,7 @@ class Service:
                     return 2
                 self._stop_metrics()
                 self._start_metrics()
-                systemd.ready(summary_line(pipeline.snapshot()))
+                systemd.ready(summary_line(pipeline.counters()))
                 log.info("config reloaded: %d camera(s)", len(new.cameras))
         finally:
             self._stop_metrics()
@@ -86,7 +86,7 @@ class Service:
 
     def _snapshot(self) -> dict[str, object]:
         assert self.pipeline is not None
-        return self.pipeline.snapshot()
+        return self.pipeline.counters()
 
     def _start_metrics(self) -> None:
         """A port already taken is a ConfigError (exit 2) at start, before READY."""

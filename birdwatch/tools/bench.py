@@ -26,13 +26,11 @@ from birder.inference.classification import infer_image
 from PIL import Image
 
 from birdwatch.classify.engine import ClassifierEngine
-from birdwatch.classify.engine import Precision
 from birdwatch.classify.engine import WorkerPlan
 from birdwatch.classify.engine import cpu_cores
 from birdwatch.classify.models import Classifier
 from birdwatch.classify.models import load_classifier
 from birdwatch.classify.models import resolve_device
-from birdwatch.classify.models import save_untrained
 from birdwatch.config import CameraConfig
 from birdwatch.config import Config
 from birdwatch.config import EngineConfig
@@ -44,19 +42,19 @@ from birdwatch.config import StoreConfig
 from birdwatch.config import TrackingConfig
 from birdwatch.locate.head import BirdDetector
 from birdwatch.locate.head import build_head
+from birdwatch.precision import Dtype
+from birdwatch.precision import Precision
 from birdwatch.runtime.pipeline import Pipeline
+from birdwatch.tools.specs import MODELS
 from birdwatch.tools.synthetic import Scene
 from birdwatch.tools.synthetic import render_still
 from birdwatch.tools.synthetic import write_video
+from birdwatch.tools.untrained import save_untrained
 from birdwatch.types import Box
 from birdwatch.types import Frame
 
 log = logging.getLogger(__name__)
 
-MODELS = {
-    "danube-delta": ("hgnet_v2_b2", 368, (256, 256)),
-    "eu-common": ("regnet_y_8g", 707, (384, 384)),
-}
 NOTE = "untrained weights of the real architectures: the same cost per forward pass as the trained ones"
 
 
@@ -183,7 +181,7 @@ def tune(clf_loader: Callable[[], Classifier], batch: int, min_s: float) -> list
     """Every precision x memory format x worker plan this device offers, fastest first."""
     rows = []
     device = clf_loader().device
-    dtypes = ["fp32", "bf16"] + (["fp16"] if device.type == "cuda" else [])
+    dtypes = [Dtype.FP32, Dtype.BF16] + ([Dtype.FP16] if device.type == "cuda" else [])
     plans = {WorkerPlan.resolve(device), WorkerPlan.resolve(device, workers=1)}
     for plan in sorted(plans, key=lambda p: p.workers):
         plan.apply()
@@ -193,7 +191,7 @@ def tune(clf_loader: Callable[[], Classifier], batch: int, min_s: float) -> list
                 ips = model_only(clf, Precision(dtype, channels_last), batch, min_s, plan.workers)
                 rows.append(
                     {
-                        "precision": dtype,
+                        "precision": dtype.value,
                         "channels_last": channels_last,
                         "workers": plan.workers,
                         "threads": plan.threads or torch.get_num_threads(),
@@ -243,7 +241,7 @@ def pipeline_run(weights: Path, opts: BenchOptions, workdir: Path) -> dict[str, 
         pipeline.run(stop)
         crops = pipeline.stats.crops - crops0
         elapsed = time.monotonic() - t0
-        snap = pipeline.snapshot()
+        snap = pipeline.counters()
     finally:
         pipeline.stop()
         quiet.setLevel(level)
@@ -257,10 +255,11 @@ def pipeline_run(weights: Path, opts: BenchOptions, workdir: Path) -> dict[str, 
 
 
 def bench_model(key: str, opts: BenchOptions, workdir: Path) -> dict[str, Any]:
-    network, classes, size = MODELS[key]
+    spec = MODELS[key]
+    network, size = spec.network, spec.size
     weights = workdir / f"{network}_untrained-{key}.pt"
     if not weights.exists():
-        save_untrained(network, weights, [f"species {i}" for i in range(classes)], size)
+        save_untrained(network, weights, [f"species {i}" for i in range(spec.classes)], size)
     device = resolve_device(opts.device)
 
     def fresh() -> Classifier:
@@ -271,7 +270,7 @@ def bench_model(key: str, opts: BenchOptions, workdir: Path) -> dict[str, Any]:
     plan.apply()
     workers = plan.workers
     result: dict[str, Any] = {"model": key, "network": network, "input": list(size), "device": str(device)}
-    result["precision"] = {"dtype": precision.dtype, "channels_last": precision.channels_last}
+    result["precision"] = {"dtype": precision.dtype.value, "channels_last": precision.channels_last}
     result["workers"] = {"workers": workers, "threads": plan.threads or torch.get_num_threads()}
     frames, boxes = synthetic_crops(opts.crops)
 

@@ -20,17 +20,17 @@ import torch
 from birder.data.transforms.classification import get_rgb_stats
 from birder.model_registry import registry
 
-from birdwatch.classify.engine import cpu_has_bf16
-from birdwatch.classify.models import save_network
 from birdwatch.locate.head import BirdDetector
 from birdwatch.locate.head import build_head
 from birdwatch.locate.head import shared_backbone
+from birdwatch.precision import cpu_has_bf16
 from birdwatch.tools.detector.data import BirdBoxes
 from birdwatch.tools.detector.data import DetectionDataset
 from birdwatch.tools.detector.data import collate
 from birdwatch.tools.detector.data import resolve
 from birdwatch.tools.synthetic import EASY_STILLS
 from birdwatch.tools.synthetic import write_coco_dataset
+from birdwatch.tools.untrained import save_network
 
 log = logging.getLogger(__name__)
 

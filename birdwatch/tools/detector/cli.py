@@ -89,14 +89,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from birdwatch.locate.checkpoint import load_head
     from birdwatch.locate.head import BirdDetector
-    from birdwatch.locate.head import resolve_precision
+    from birdwatch.precision import Precision
     from birdwatch.tools.detector.data import BirdBoxes
     from birdwatch.tools.detector.data import resolve
     from birdwatch.tools.detector.evaluate import evaluate
     from birdwatch.tools.detector.evaluate import plot_pr
 
     classifier = _classifier(args)
-    head, info = load_head(args.head, classifier, precision=resolve_precision(args.precision, classifier.device))
+    precision = Precision.resolve(classifier.device, args.precision)
+    head, info = load_head(args.head, classifier, precision=precision.dtype)
     detector = BirdDetector(
         head, rgb_stats=classifier.rgb_stats, device=classifier.device, max_size=args.size or info.input_size
     )

@@ -31,6 +31,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from birdwatch.errors import BirdwatchError
+from birdwatch.imaging import bgr_to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +227,7 @@ def read_rgb(path: Path) -> torch.Tensor:
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise DatasetError(f"{path}: OpenCV cannot read this image")
-    return torch.from_numpy(np.ascontiguousarray(image[:, :, ::-1])).permute(2, 0, 1).contiguous()
+    return bgr_to_tensor(image, torch.device("cpu")).contiguous()  # the dataset's transforms want contiguous
 
 
 def collate(

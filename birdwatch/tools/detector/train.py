@@ -32,7 +32,8 @@ from birdwatch.locate.checkpoint import save_head
 from birdwatch.locate.head import DEFAULT_FPN_WIDTH
 from birdwatch.locate.head import BirdDetector
 from birdwatch.locate.head import build_head
-from birdwatch.locate.head import resolve_precision
+from birdwatch.precision import Dtype
+from birdwatch.precision import Precision
 from birdwatch.tools.detector.data import BirdBoxes
 from birdwatch.tools.detector.data import DetectionDataset
 from birdwatch.tools.detector.data import collate
@@ -81,15 +82,10 @@ class TrainResult:
     stopped_early: bool = False
 
 
-def amp_precision(amp: str, device: torch.device) -> str:
-    """Mixed precision where the device supports it: bf16 (or fp16) on CUDA; on a CPU only when asked."""
-    if amp == "off":
-        return "fp32"
-    if amp == "auto":
-        if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "fp32"
-    return resolve_precision(amp, device)
+def amp_precision(amp: str, device: torch.device) -> Dtype:
+    """`--amp`: `off` is fp32; `auto` is birdwatch.precision's rule, except that on a CPU it stays fp32
+    (bf16 there only when asked for, as `--amp bf16`)."""
+    return Precision.resolve(device, Dtype.FP32 if amp == "off" else amp, cpu_auto=False).dtype
 
 
 class WarmupCosine:
@@ -222,7 +218,7 @@ def train(classifier: Classifier, opts: TrainOptions) -> TrainResult:
             "images": len(train_set),
             "boxes": train_set.n_boxes,
             "data": str(annotations),
-            "precision": precision,
+            "precision": precision.value,  # a plain str: head files are read with torch.load(weights_only=True)
             **({"val": str(opts.val), "mAP": round(result.map, 4), "mAP50": round(result.map50, 4)} if result else {}),
         }
         if improved:

@@ -1,0 +1,178 @@
+"""Rules that span several keys, or need more than one value to judge: one small function per rule.
+
+Each takes the bound Config and raises a one-line ConfigError naming the key path; `check_rules` runs
+`RULES` in order when a config is loaded, so `birdwatch check-config` and a reload see every mistake
+that needs no model and no network. Checks of one value alone are per-field checks in binder.py.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from birdwatch.config.schema import Config
+from birdwatch.config.tls import tls_context
+from birdwatch.errors import ConfigError
+
+
+def cameras_not_empty(config: Config) -> None:
+    """At least one camera is configured."""
+    if not config.cameras:
+        raise ConfigError("cameras: the list is empty; add at least one camera")
+
+
+def camera_names_unique(config: Config) -> None:
+    """No two cameras share a name (it is part of their MQTT topics)."""
+    seen: dict[str, int] = {}
+    for i, cam in enumerate(config.cameras):
+        if cam.name in seen:
+            raise ConfigError(f"cameras[{i}].name: {cam.name!r} is already used by cameras[{seen[cam.name]}]")
+        seen[cam.name] = i
+
+
+def reconnect_max_not_below_initial(config: Config) -> None:
+    """Each camera's reconnect.max_s is at least its reconnect.initial_s."""
+    for i, cam in enumerate(config.cameras):
+        if cam.reconnect.max_s < cam.reconnect.initial_s:
+            raise ConfigError(
+                f"cameras[{i}].reconnect.max_s: {cam.reconnect.max_s} is below initial_s {cam.reconnect.initial_s}"
+            )
+
+
+def localiser_has_detector_file(config: Config) -> None:
+    """A detector localiser has a detector.file, and the file exists."""
+    if config.localiser == "motion":
+        return
+    if not config.detector.file:
+        raise ConfigError(
+            f"localiser: {config.localiser!r} needs detector.file, a head trained with "
+            "`birdwatch detector train`; or use localiser: motion"
+        )
+    if not Path(config.detector.file).expanduser().is_file():
+        raise ConfigError(
+            f"detector.file: {config.detector.file!r} does not exist; train a head with "
+            "`birdwatch detector train` (it writes head.pt)"
+        )
+
+
+def model_device_available(config: Config) -> None:
+    """A CUDA or MPS model.device is one that torch sees on this machine."""
+    problem = device_problem(config.model.device)
+    if problem:
+        raise ConfigError(problem)
+
+
+def one_password_source(config: Config) -> None:
+    """At most one of mqtt.password, mqtt.password_file and mqtt.password_env is given."""
+    given = _password_keys(config)
+    if len(given) > 1:
+        raise ConfigError(f"mqtt: give only one of {', '.join('mqtt.' + k for k in given)}")
+
+
+def password_needs_username(config: Config) -> None:
+    """An MQTT password comes with mqtt.username."""
+    if _password_keys(config) and not config.mqtt.username:
+        raise ConfigError("mqtt.username: required when a password is given")
+
+
+def tls_cert_needs_key(config: Config) -> None:
+    """mqtt.tls.cert_file and mqtt.tls.key_file are given together."""
+    tls = config.mqtt.tls
+    if tls is not None and bool(tls.cert_file) != bool(tls.key_file):
+        have, missing = ("cert_file", "key_file") if tls.cert_file else ("key_file", "cert_file")
+        raise ConfigError(f"mqtt.tls.{missing}: required with mqtt.tls.{have} (a client certificate needs its key)")
+
+
+def tls_files_usable(config: Config) -> None:
+    """The mqtt.tls PEM files load: a CA certificate, a client certificate with its own unencrypted key."""
+    if config.mqtt.tls is not None:
+        tls_context(config.mqtt.tls)  # what the MQTT sink builds at start; binder.py checked the files exist
+
+
+def species_names_not_empty(config: Config) -> None:
+    """No species name in events.allow or events.block is blank."""
+    for key in ("allow", "block"):
+        for i, name in enumerate(getattr(config.events, key)):
+            if not name.strip():
+                raise ConfigError(f"events.{key}[{i}]: empty species name")
+
+
+def species_not_both_allowed_and_blocked(config: Config) -> None:
+    """No species is in both events.allow and events.block."""
+    both = sorted(set(config.events.allow) & set(config.events.block))
+    if both:
+        raise ConfigError(f"events: {both[0]!r} is in both events.allow and events.block; keep one")
+
+
+def metrics_port_not_broker_port(config: Config) -> None:
+    """metrics.port is not mqtt.port when the broker is on this machine (one of the two could not listen)."""
+    metrics, mqtt = config.metrics, config.mqtt
+    if not (metrics.enabled and mqtt.host and metrics.port == mqtt.port):
+        return
+    if _is_loopback(mqtt.host) or mqtt.host == metrics.bind:
+        raise ConfigError(
+            f"metrics.port: {metrics.port} is also mqtt.port of the broker on this machine ({mqtt.host}); "
+            "choose another metrics.port, e.g. 9464"
+        )
+
+
+RULES: tuple[Callable[[Config], None], ...] = (
+    cameras_not_empty,
+    camera_names_unique,
+    reconnect_max_not_below_initial,
+    localiser_has_detector_file,
+    model_device_available,
+    one_password_source,
+    password_needs_username,
+    tls_cert_needs_key,
+    tls_files_usable,  # after tls_cert_needs_key: a certificate without its key cannot load
+    species_names_not_empty,
+    species_not_both_allowed_and_blocked,
+    metrics_port_not_broker_port,
+)
+
+
+def check_rules(config: Config, source: str) -> None:
+    """Run every rule in order; the first broken one is the error, prefixed with `source` (the file)."""
+    for rule in RULES:
+        try:
+            rule(config)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+
+
+def device_problem(spec: str) -> str | None:
+    """Why the torch device `spec` (auto, cpu, cuda, cuda:N, mps) cannot be used here, or None if it can."""
+    cuda = re.fullmatch(r"cuda(?::(\d+))?", spec)
+    if cuda is None and spec != "mps":
+        return None  # auto and cpu always work; binder.py rejected anything else
+    import torch  # only for a GPU device: the import takes seconds
+
+    if cuda is None:
+        if not torch.backends.mps.is_available():
+            return f"model.device: {spec!r} asked for, but MPS is not available; use 'auto' or 'cpu'"
+        return None
+    if not torch.cuda.is_available():
+        return f"model.device: {spec!r} asked for, but torch sees no CUDA device; use 'auto' or 'cpu'"
+    count = torch.cuda.device_count()
+    if cuda.group(1) is not None and int(cuda.group(1)) >= count:
+        return (
+            f"model.device: {spec!r} asked for, but torch sees {count} CUDA device(s), cuda:0 to cuda:{count - 1}; "
+            "use one of those, 'cuda' or 'auto'"
+        )
+    return None
+
+
+def _password_keys(config: Config) -> list[str]:
+    return [k for k in ("password", "password_file", "password_env") if getattr(config.mqtt, k)]
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: where it points is not known until it is looked up

@@ -1,0 +1,204 @@
+"""The config schema: one dataclass per section. Adding a field here is all it takes to add a key.
+
+The binder (binder.py) walks the type hints. A field's `metadata` carries what the type cannot say:
+`min`/`max` for numbers (see `_range`) and `check`, the name of a per-field check in binder.py. The
+comment after a field is its help text. Rules that span several keys are in rules.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from dataclasses import field
+from typing import Any
+from typing import Literal
+
+from birdwatch.config import secrets as _secrets
+
+
+def _range(lo: float | None = None, hi: float | None = None) -> dict[str, Any]:
+    return {"min": lo, "max": hi}
+
+
+@dataclass
+class ReconnectConfig:
+    initial_s: float = field(default=1.0, metadata=_range(0.05, 3600))
+    max_s: float = field(default=60.0, metadata=_range(0.1, 86400))
+
+
+@dataclass
+class MotionConfig:
+    """Background subtraction on a downscaled grey frame; regions are mapped back to full size."""
+
+    width: int = field(default=320, metadata=_range(64, 1920))  # analysis width in pixels
+    threshold: float = field(default=24.0, metadata=_range(1, 255))  # MOG2 variance threshold
+    min_area: float = field(default=0.002, metadata=_range(0.0, 1.0))  # fraction of the frame
+    max_regions: int = field(default=8, metadata=_range(1, 64))
+    padding: float = field(default=0.2, metadata=_range(0.0, 2.0))  # grow each box by this fraction
+    warmup_frames: int = field(default=10, metadata=_range(0, 10000))
+    history: int = field(default=300, metadata=_range(10, 100000))
+
+
+@dataclass
+class CameraConfig:
+    name: str = field(metadata={"check": "camera_name"})
+    url: str | int = field(metadata={"check": "camera_url"})
+    rtsp_transport: Literal["tcp", "udp"] = "tcp"
+    loop: bool = False  # video files: start again at the end
+    realtime: bool = True  # video files: read at the file's frame rate, as a camera would
+    stall_timeout_s: float | None = field(default=None, metadata=_range(0.5, 3600))  # None: 10 frame intervals, >= 5 s
+    open_timeout_s: float = field(default=10.0, metadata=_range(0.5, 600))
+    reconnect: ReconnectConfig = field(default_factory=ReconnectConfig)
+    motion: MotionConfig = field(default_factory=MotionConfig)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "hgnet_v2_b2_danube-delta"  # a birder pretrained name, fetched by `birdwatch models pull`
+    file: str | None = None  # a local birder .pt file; overrides `name`
+    network: str | None = None  # birder network of `file` when its file name does not start with it
+    models_dir: str = "models"
+    device: str = field(default="auto", metadata={"check": "device"})
+    top_k: int = field(default=3, metadata=_range(1, 50))
+    batch_size: int = field(default=8, metadata=_range(1, 512))  # crops per forward pass; 32-64 suit a GPU
+    verify_sha256: bool = True  # check a pretrained file against birder's published hash
+
+
+@dataclass
+class EngineConfig:
+    """How inference runs. `birdwatch bench --tune` measures the choices on this machine."""
+
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16/fp16 where the hardware has it
+    channels_last: bool | None = None  # None: on (faster for birder's convnets on CPU and GPU)
+    compile: bool = False  # torch.compile the classifier (slow start, faster steady state on GPU)
+    workers: int = field(default=0, metadata=_range(0, 64))  # classify workers; 0: auto (CPU: one per core, up to 4)
+    threads: int = field(default=0, metadata=_range(0, 256))  # torch CPU threads per worker; 0: cores / workers
+    max_wait_ms: float = field(default=20.0, metadata=_range(0, 5000))  # a partial batch waits at most this
+    queue_per_camera: int = field(default=4, metadata=_range(1, 256))  # frames waiting for the classifier
+
+
+@dataclass
+class MqttTlsConfig:
+    """TLS to the broker. Present (even empty, `tls: {}`) means TLS on, verified against the system CAs."""
+
+    ca_file: str | None = field(default=None, metadata={"check": "readable_file"})  # CA that signed the broker
+    cert_file: str | None = field(default=None, metadata={"check": "readable_file"})  # client certificate (PEM)
+    key_file: str | None = field(default=None, metadata={"check": "readable_file"})  # its private key (PEM)
+    insecure: bool = False  # skip the host name check (the certificate chain is still verified)
+
+
+@dataclass
+class DetectorConfig:
+    """The detection head on the classifier's backbone (`localiser: detector` or `detector+motion`)."""
+
+    file: str | None = None  # head.pt from `birdwatch detector train`
+    score_threshold: float = field(default=0.4, metadata=_range(0.0, 1.0))  # boxes scoring less are dropped
+    nms_iou: float = field(default=0.5, metadata=_range(0.05, 1.0))  # overlap above which the weaker box goes
+    max_detections: int = field(default=20, metadata=_range(1, 300))  # per frame
+    max_size: int | None = field(default=None, metadata=_range(64, 4096))  # frame's longer side; None: head's size
+    region_size: int = field(default=320, metadata=_range(64, 2048))  # detector+motion: regions resized to this
+    region_padding: float = field(default=1.0, metadata=_range(0.0, 4.0))  # grow motion boxes by this fraction
+    max_regions: int = field(default=4, metadata=_range(1, 32))  # per frame; more are merged into one
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # backbone autocast; auto as engine.precision
+    channels_last: bool = False  # NHWC memory layout for the shared backbone
+
+
+@dataclass
+class MqttConfig:
+    host: str | None = None  # no host: events are only logged
+    port: int = field(default=1883, metadata=_range(1, 65535))
+    username: str | None = None
+    password: str | None = None
+    password_file: str | None = None
+    password_env: str | None = None
+    client_id: str | None = None  # None: birdwatch-<hostname>-<topic_prefix>, unique per instance
+    topic_prefix: str = field(default="birdwatch", metadata={"check": "topic_prefix"})
+    keepalive_s: int = field(default=30, metadata=_range(5, 3600))
+    qos: Literal[0, 1, 2] = 1
+    reconnect_max_s: float = field(default=60.0, metadata=_range(1, 3600))
+    tls: MqttTlsConfig | None = None  # null: plain TCP
+
+    def password_value(self) -> str | None:
+        """The password from wherever the config says it lives; read at start-up, never logged."""
+        return _secrets.password_value(self)
+
+
+@dataclass
+class TrackingConfig:
+    """Associating a camera's boxes across frames: one track per bird, a visit per confirmed track."""
+
+    iou_threshold: float = field(default=0.2, metadata=_range(0.01, 1.0))  # least overlap with the predicted box
+    min_hits: int = field(default=3, metadata=_range(1, 1000))  # crops before a track is a visit
+    timeout_s: float = field(default=5.0, metadata=_range(0.1, 3600))  # no crop for this long: the visit ends
+    max_tracks: int = field(default=16, metadata=_range(1, 1024))  # per camera; the stalest is dropped beyond
+
+
+@dataclass
+class EventsConfig:
+    """Which visits are told, and how often a visit may speak."""
+
+    min_score: float = field(default=0.5, metadata=_range(0.0, 1.0))  # voted score a visit needs to be told
+    cooldown_s: float = field(default=30.0, metadata=_range(0.0, 86400))  # same camera+species again: quiet
+    update_min_score_change: float = field(default=0.1, metadata=_range(0.0, 1.0))  # what counts as material
+    update_min_interval_s: float = field(default=2.0, metadata=_range(0.0, 3600))  # between two updates
+    heartbeat_s: float = field(default=0.0, metadata=_range(0.0, 86400))  # update at least this often; 0: never
+    allow: list[str] = field(default_factory=list)  # species names; empty: every species
+    block: list[str] = field(default_factory=list)  # species names never told
+
+
+@dataclass
+class SnapshotsConfig:
+    enabled: bool = True
+    dir: str = "snapshots"  # relative to the working directory (/var/lib/birdwatch under systemd)
+    quality: int = field(default=90, metadata=_range(10, 100))  # JPEG quality
+    full_frame: bool = True  # also keep the whole frame with the box drawn
+    mqtt: bool = True  # publish the crop (raw JPEG) on <prefix>/<camera>/snapshot
+    max_age_days: float = field(default=30.0, metadata=_range(0.0, 36500))  # 0: no age limit
+    max_total_mb: float = field(default=1024.0, metadata=_range(0.0, 10_000_000))  # 0: no size limit
+    max_files: int = field(default=20000, metadata=_range(0, 100_000_000))  # 0: no count limit
+
+
+@dataclass
+class HomeAssistantConfig:
+    discovery: bool = True  # publish retained discovery configs on every connect
+    discovery_prefix: str = field(default="homeassistant", metadata={"check": "topic_prefix"})
+
+
+@dataclass
+class StoreConfig:
+    path: str = "birdwatch.db"  # SQLite: outbox and event history; relative to the working directory
+    retention_days: float = field(default=365.0, metadata=_range(1.0, 36500))  # delivered events older go
+
+
+@dataclass
+class MetricsConfig:
+    """Prometheus /metrics and /healthz over HTTP. Off by default; loopback only unless `bind` says otherwise."""
+
+    enabled: bool = False
+    bind: str = field(default="127.0.0.1", metadata={"check": "bind_address"})  # 0.0.0.0: every interface
+    port: int = field(default=9464, metadata=_range(1, 65535))
+
+
+@dataclass
+class Config:
+    cameras: list[CameraConfig]
+    model: ModelConfig = field(default_factory=ModelConfig)
+    localiser: Literal["motion", "detector", "detector+motion"] = "motion"
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
+    snapshots: SnapshotsConfig = field(default_factory=SnapshotsConfig)
+    homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    stats_interval_s: float = field(default=60.0, metadata=_range(1, 86400))
+
+    def secrets(self) -> list[str]:
+        """Strings that must never reach a log line."""
+        return _secrets.secrets(self)
+
+    def inline_secrets(self) -> list[str]:
+        """Key paths whose value in the file itself is a secret (so the file must not be readable by others)."""
+        return _secrets.inline_secrets(self)

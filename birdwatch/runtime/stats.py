@@ -1,0 +1,200 @@
+"""The pipeline's counters: each has one owner thread that writes it; anyone may read.
+
+The detect thread owns the detect stage's counters and each feed's `processed`/`regions`; the
+decide thread owns the classify stage's counters (it is the one that receives every classified
+batch, failed or not), `classified`, crops, events and latencies. `counters()` reads them from
+the main thread or the metrics server for logs, `/metrics` and the benchmark.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from dataclasses import field
+from typing import Any
+
+import numpy as np
+
+from birdwatch.capture.reader import CameraReader
+from birdwatch.config import CameraConfig
+from birdwatch.deliver.store import Outbox
+from birdwatch.runtime.batching import Batcher
+from birdwatch.types import EventKind
+from birdwatch.types import Frame
+from birdwatch.types import VisitEvent
+
+_RECENT = 4096  # percentiles over the last few thousand samples: memory stays flat
+
+
+def _recent() -> deque[float]:
+    return deque(maxlen=_RECENT)
+
+
+@dataclass
+class Feed:
+    """One camera as the pipeline runs it: its reader and what became of its frames."""
+
+    cfg: CameraConfig
+    reader: CameraReader
+    processed: int = 0  # frames localised (detect thread)
+    regions: int = 0  # boxes found in them (detect thread)
+    classified: int = 0  # frames whose boxes went through the classifier (decide thread)
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+
+@dataclass
+class StageStats:
+    """One stage's batches; written by the stage's owner thread only."""
+
+    workers: int = 1
+    batches: int = 0
+    items: int = 0  # frames for detect, crops for classify: what a batch's size means to that model
+    busy_s: float = 0.0  # summed over the stage's workers
+    failures: int = 0
+    wait_s: deque[float] = field(default_factory=_recent)  # queued -> taken, per item
+    batch_s: deque[float] = field(default_factory=_recent)
+
+    def record(self, items: int, started: float, done: float, waits: Iterable[float]) -> None:
+        self.batches += 1
+        self.items += items
+        self.busy_s += done - started
+        self.batch_s.append(done - started)
+        self.wait_s.extend(waits)
+
+    def view(self, queue: Batcher, elapsed: float) -> dict[str, object]:
+        return {
+            "queue_depth": queue.depth(),
+            "dropped": sum(queue.dropped.values()),
+            "batches": self.batches,
+            "mean_batch": round(self.items / self.batches, 2) if self.batches else 0.0,
+            "ms_per_batch": round(1000 * self.busy_s / self.batches, 1) if self.batches else 0.0,
+            "busy": round(self.busy_s / elapsed / self.workers, 3),  # of all the stage's workers' time
+            "workers": self.workers,
+            "failures": self.failures,
+            "wait_ms": percentiles_ms(self.wait_s),
+            "batch_ms": percentiles_ms(self.batch_s),
+        }
+
+
+@dataclass
+class RunStats:
+    """Crops, events and latencies; written by the decide thread only."""
+
+    started: float = field(default_factory=time.monotonic)
+    crops: int = 0
+    events: int = 0
+    read_to_decision_s: deque[float] = field(default_factory=_recent)
+    read_to_event_s: deque[float] = field(default_factory=_recent)
+
+
+def percentiles_ms(samples: deque[float]) -> dict[str, float | None]:
+    values = list(samples)  # one C-level copy: safe against the owner appending meanwhile
+    if not values:
+        return {"p50": None, "p95": None}
+    p50, p95 = np.percentile(np.asarray(values, float), [50, 95])
+    return {"p50": round(1000 * float(p50), 1), "p95": round(1000 * float(p95), 1)}
+
+
+def feed_view(feed: Feed, detect_queue: Batcher, classify_queue: Batcher) -> dict[str, object]:
+    st = feed.reader.stats
+    name = feed.name
+    return {
+        "state": st.status,
+        "frames_read": st.frames_read,
+        "frames_processed": feed.processed,
+        "frames_classified": feed.classified,
+        "frames_dropped": detect_queue.dropped.get(name, 0) + classify_queue.dropped.get(name, 0),
+        "reconnects": st.reconnects,
+        "regions": feed.regions,
+        "queue_depth": detect_queue.depth(name) + classify_queue.depth(name),
+        "last_error": st.last_error,
+    }
+
+
+class FeedRates:
+    """Frames read and processed per second per camera, between two stats lines."""
+
+    def __init__(self) -> None:
+        self._last = time.monotonic()
+        self._marks: dict[str, tuple[int, int]] = {}
+
+    def due(self, interval_s: float) -> bool:
+        return time.monotonic() - self._last >= interval_s
+
+    def line(self, feeds: Iterable[Feed], snap: dict[str, Any]) -> str:
+        cameras = snap["cameras"]
+        now = time.monotonic()
+        span = max(1e-9, now - self._last)
+        self._last = now
+        parts = []
+        for feed in feeds:
+            st = feed.reader.stats
+            read0, done0 = self._marks.get(feed.name, (0, 0))
+            self._marks[feed.name] = (st.frames_read, feed.processed)
+            view = cameras[feed.name]
+            parts.append(
+                f"{feed.name} [{st.status}] read {(st.frames_read - read0) / span:.1f} fps, "
+                f"processed {(feed.processed - done0) / span:.1f} fps, dropped {view['frames_dropped']}, "
+                f"queued {view['queue_depth']}, reconnects {st.reconnects}"
+            )
+        return "; ".join(parts)
+
+
+def new_event_read_times(events: list[VisitEvent], frames: list[Frame]) -> list[float]:
+    """Read times of the frames that confirmed each `new` event: the newest frame of its camera in the
+    batch. Updates and ends follow later by design, so only `new` measures read-to-event latency."""
+    out = []
+    for event in events:
+        if event.kind is EventKind.NEW:
+            monos = [f.mono for f in frames if f.camera == event.camera]
+            out.append(max(monos) if monos else min(f.mono for f in frames))
+    return out
+
+
+def counters(
+    stats: RunStats,
+    stages: dict[str, StageStats],
+    queues: dict[str, Batcher],
+    feeds: Iterable[Feed],
+    outbox: Outbox | None,
+) -> dict[str, Any]:
+    """Everything counted so far, as one dict: logs, `/metrics`, the stats payload and the bench read it."""
+    elapsed = max(1e-9, time.monotonic() - stats.started)
+    views = {name: stages[name].view(queue, elapsed) for name, queue in queues.items()}
+    classify = stages["classify"]
+    store = outbox.store if outbox is not None else None
+    connected = getattr(outbox.publisher, "connected", None) if outbox is not None else None
+    return {
+        "elapsed_s": round(elapsed, 2),
+        "cameras": {feed.name: feed_view(feed, queues["detect"], queues["classify"]) for feed in feeds},
+        "stages": views,
+        "queues": {name: view["queue_depth"] for name, view in views.items()},
+        "batches": classify.batches,
+        "infer_s": round(classify.busy_s, 3),
+        # Acknowledged by the broker (or logged, without one), and still waiting in the outbox.
+        "events_published": outbox.sent if outbox is not None else stats.events,
+        "events_pending": store.count_pending() if store is not None and not store.closed else None,
+        "mqtt_connected": connected.is_set() if isinstance(connected, threading.Event) else None,
+        "crops": stats.crops,
+        "crops_per_s": round(stats.crops / elapsed, 2),
+        "events": stats.events,
+        "ms_per_batch": views["classify"]["ms_per_batch"],
+        "latency_ms": {
+            "read_to_decision": percentiles_ms(stats.read_to_decision_s),
+            "read_to_event": percentiles_ms(stats.read_to_event_s),
+        },
+    }
+
+
+def stats_line(snap: dict[str, Any], cameras: str) -> str:
+    latency = snap["latency_ms"]["read_to_decision"]
+    return (
+        f"{cameras} | crops {snap['crops']} ({snap['crops_per_s']:.1f}/s), classify {snap['ms_per_batch']:.0f} ms per "
+        f"batch, read-to-decision p50 {latency['p50']} ms p95 {latency['p95']} ms, events {snap['events']}"
+    )
