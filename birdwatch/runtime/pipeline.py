@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 STAGE_HUNG_S = 30.0  # a stage thread silent this long is hung: the systemd watchdog ping is withheld
 FLUSH_S = 5.0  # at stop, wait this long for the broker to acknowledge what is still in flight
 PROCESS_TIMEOUT_S = 120.0  # `process` waits this long for the decide thread
+TICK_S = 0.25  # how often the decide thread lets time pass (visits of birds that left end, heartbeats)
 
 
 class Pipeline:
@@ -88,6 +89,7 @@ class Pipeline:
         self._to_decide: queue.Queue[Batch] = queue.Queue()
         self._slots = threading.Semaphore(2)  # sized in start(), by the worker count
         self._abandon = threading.Event()  # stop(): a hung classify batch is not waited for
+        self._ticked = 0.0  # monotonic, the decide thread's last tick
         self._locate_thread: threading.Thread | None = None
         self._classify_threads: list[threading.Thread] = []
         self._decide_thread: threading.Thread | None = None
@@ -293,13 +295,14 @@ class Pipeline:
             while True:
                 self._heartbeat["decide"] = time.monotonic()
                 try:
-                    batch = self._to_decide.get(timeout=0.25)
+                    batch = self._to_decide.get(timeout=TICK_S)
                 except queue.Empty:
                     self._tick()  # frames without motion never come this far: visits of birds that left end here
                     if self._classifying_over() and self._to_decide.empty():  # empty again: nothing can come now
                         return
                     continue
-                self._tick()
+                if time.monotonic() - self._ticked >= TICK_S:  # not per batch: the classify workers share the GIL
+                    self._tick()
                 try:
                     self._decide_batch(batch)
                 finally:
@@ -356,6 +359,7 @@ class Pipeline:
 
     def _tick(self) -> None:
         assert self.parts is not None
+        self._ticked = time.monotonic()
         try:
             self.stats.events += len(self.parts.decider.tick())
         except Exception as exc:  # a full disk, say: logged, and the next tick tries again
