@@ -147,8 +147,10 @@ class Pipeline:
         pending = parts.store.count_pending()
         if pending:
             log.info("%d event(s) from before this start not yet delivered; sending them first", pending)
-        parts.sink.start()
+        # Hand the backlog over before the connection is made: paho sends what it queued offline only
+        # after the broker's CONNACK, so a row handed while that is arriving would overtake older ones.
         parts.outbox.pump()
+        parts.sink.start()
         secrets = self.config.secrets()
         self.feeds = [
             Feed(cam, CameraReader(cam, self.detect_queue.inlet(cam.name), secrets)) for cam in self.config.cameras
