@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 VENV_FLAGS ?=
 BIN := $(VENV)/bin
 
-.PHONY: run test system-packages lint bench soak models clean
+.PHONY: run test demo doctor system-packages lint bench soak models clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "birdwatch needs Python 3.11+"'
@@ -22,6 +22,14 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 
 run: $(VENV)/.installed
 	$(BIN)/birdwatch run --config $(CONFIG)
+
+# The whole pipeline on a made-up feeder clip with the configured model (fetched on first use), no camera
+# or broker needed; then `make doctor` checks your own setup, one line per check.
+demo: $(VENV)/.installed
+	$(BIN)/birdwatch demo --config $(CONFIG)
+
+doctor: $(VENV)/.installed
+	$(BIN)/birdwatch doctor --config $(CONFIG)
 
 test: system-packages $(VENV)/.installed
 	$(BIN)/ruff check birdwatch tests bench

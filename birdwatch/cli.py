@@ -48,25 +48,52 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     from birdwatch.classify.models import class_names_of
+    from birdwatch.classify.models import pending_download
     from birdwatch.classify.models import weights_file
     from birdwatch.config import load_config
     from birdwatch.config import to_redacted_dict
     from birdwatch.decide.visits import check_species_lists
     from birdwatch.errors import ConfigError
+    from birdwatch.redact import redact_url
 
     config = load_config(args.file)
     config.mqtt.password_value()  # a missing password file or variable is a config error too
     # What only the weights can tell, read as `run` would but without building the network:
     # that they are there (weights_file's own error if not), and that events.allow/block name their species.
-    path, _, model_name = weights_file(config.model)
-    try:
-        check_species_lists(config.events, class_names_of(path), model_name)
-    except ConfigError as exc:
-        raise ConfigError(f"{args.file}: {exc}") from None
+    fetch_from = pending_download(config.model)
+    if fetch_from is None:
+        path, _, model_name = weights_file(config.model)
+        try:
+            check_species_lists(config.events, class_names_of(path), model_name)
+        except ConfigError as exc:
+            raise ConfigError(f"{args.file}: {exc}") from None
     if not args.quiet:
         print(yaml.safe_dump(to_redacted_dict(config), sort_keys=False), end="")
     print(f"{args.file}: OK ({len(config.cameras)} camera(s), model {config.model.file or config.model.name})")
+    if fetch_from is not None:
+        print(
+            f"note: the weights are not here yet; `birdwatch run` fetches them on its first start from "
+            f"{redact_url(fetch_from)} (events.allow/block are checked against their species then)"
+        )
     return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from birdwatch.runtime.doctor import run_doctor
+
+    logging.getLogger("birdwatch").setLevel(logging.ERROR)  # the checks print what the warnings would say
+    return run_doctor(args.config, seconds=args.seconds, unit=args.unit, out=lambda line: print(line, flush=True))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from birdwatch.tools.demo import report
+    from birdwatch.tools.demo import run_demo
+
+    logging.getLogger().setLevel(logging.INFO)  # the pipeline's own log is the show
+    workdir = Path(args.workdir)
+    visits = run_demo(workdir, config_path=args.config, model_file=args.model_file)
+    print(report(visits, workdir))
+    return 0 if visits else 1
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
@@ -87,14 +114,15 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 def cmd_models_pull(args: argparse.Namespace) -> int:
     from birdwatch.classify.models import pull
 
-    name = args.name
-    if name is None:
-        if args.config is None:
-            raise BirdwatchError("models pull: give a model NAME or --config FILE")
+    name, mirror = args.name, args.mirror
+    if args.config is not None:
         from birdwatch.config import load_config
 
-        name = load_config(args.config).model.name
-    path = pull(name, _models_dir(args), force=args.force, progress=sys.stderr.isatty())
+        model = load_config(args.config).model
+        name, mirror = name or model.name, mirror or model.mirror
+    if name is None:
+        raise BirdwatchError("models pull: give a model NAME or --config FILE")
+    path = pull(name, _models_dir(args), force=args.force, progress=sys.stderr.isatty(), mirror=mirror)
     print(f"{name}: {path}")
     return 0
 
@@ -204,6 +232,18 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--quiet", "-q", action="store_true", help="print only the verdict")
     check.set_defaults(func=cmd_check_config)
 
+    doctor = sub.add_parser("doctor", help="check a setup end to end: one line per check, what to do if it fails")
+    doctor.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=f"YAML config (default {DEFAULT_CONFIG})")
+    doctor.add_argument("--seconds", type=float, default=3.0, help="how long to read each camera (default 3)")
+    doctor.add_argument("--unit", help="the systemd unit to check the user of (default: the installed one)")
+    doctor.set_defaults(func=cmd_doctor)
+
+    demo = sub.add_parser("demo", help="the whole pipeline on a made-up feeder clip, no camera or broker needed")
+    demo.add_argument("--config", "-c", help="take the model (and engine) from this config (default: danube-delta)")
+    demo.add_argument("--model-file", help="a local birder .pt file instead")
+    demo.add_argument("--workdir", default="demo", help="where the clip, history and snapshots go (default ./demo)")
+    demo.set_defaults(func=cmd_demo)
+
     bench = sub.add_parser("bench", help="measure throughput and latency on this machine (offline)")
     bench.add_argument("--model", choices=["danube-delta", "eu-common", "all"], default="danube-delta")
     bench.add_argument("--cameras", type=int, default=4, help="synthetic file cameras in the pipeline run")
@@ -231,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("--models-dir", help="where to put it (default: the config's model.models_dir, or ./models)")
     pull.add_argument("--config", help="pull the model this config names, into its models_dir")
     pull.add_argument("--force", action="store_true", help="replace an existing file")
+    pull.add_argument(
+        "--mirror", help="fetch <name>.pt from this base URL instead (default: the config's model.mirror)"
+    )
     pull.set_defaults(func=cmd_models_pull)
 
     def history_args(p: argparse.ArgumentParser) -> None:

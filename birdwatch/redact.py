@@ -9,12 +9,24 @@ from urllib.parse import urlsplit
 from urllib.parse import urlunsplit
 
 _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^/@:\s]*)(:(?P<pw>[^/@\s]*))?@")
+# A credential in a query string or path parameter, as camera CGIs and signed stream URLs carry them:
+# http://cam/videostream.cgi?user=admin&pwd=..., rtsp://nvr/live?password=..., ...?token=... The name
+# must be whole (`monkey=` is no key); the user name is left, as it is in user:***@.
+_SECRET_PARAM = re.compile(
+    r"(?i)(?P<lead>[?&;](?:pass|passwd|password|passcode|pwd|psw|pw|token|access_token|auth|auth_token|"
+    r"authkey|key|api_key|apikey|secret|sig|signature|credential|credentials)=)[^&;#\s'\"]+"
+)
 
 
 def redact_url(url: str | int) -> str:
-    """rtsp://user:secret@host/x -> rtsp://user:***@host/x; device indexes and paths pass through."""
+    """rtsp://user:secret@host/x -> rtsp://user:***@host/x and http://cam/a.cgi?user=u&pwd=secret ->
+    http://cam/a.cgi?user=u&pwd=***; device indexes and paths pass through."""
     if not isinstance(url, str) or "://" not in url:
         return str(url)
+    return _redact_params(_redact_userinfo(url))
+
+
+def _redact_userinfo(url: str) -> str:
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -27,13 +39,18 @@ def redact_url(url: str | int) -> str:
         host = f"{host}:{port}"
     user = parts.username or ""
     netloc = f"{user}:***@{host}" if parts.password is not None else f"{user}@{host}"
-    query = re.sub(r"(?i)(password|passwd|pwd|token|key)=[^&]*", r"\1=***", parts.query)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _redact_params(text: str) -> str:
+    return _SECRET_PARAM.sub(lambda m: f"{m['lead']}***", text)
 
 
 def redact_text(text: str, secrets: list[str]) -> str:
-    """Replace every known secret (and URL userinfo) in a free-form message, e.g. an OpenCV error."""
+    """Replace every known secret (and URL userinfo and query-string credentials) in a free-form message,
+    e.g. an OpenCV error."""
     text = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@" if m["pw"] is not None else m[0], text)
+    text = _redact_params(text)
     for secret in secrets:
         if secret:
             text = text.replace(secret, "***")

@@ -21,6 +21,7 @@ from tests.fixtures_models import small_weights  # noqa: F401
 from tests.support.servers import MosquittoBroker
 from tests.support.servers import MqttCollector
 from tests.support.servers import RtspServer
+from tests.support.servers import WeightsServer
 
 RTSP_CLIP = {"width": 320, "height": 240, "n_frames": 60, "n_birds": 2, "seed": 7, "present_fraction": 0.75}
 
@@ -80,5 +81,15 @@ def rtsp_server(rtsp_clip_dir: Path, tmp_path: Path) -> Iterator[RtspServer]:
     """
     server = RtspServer(rtsp_clip_dir, tmp_path / "rtsp")
     server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def weights_server(tmp_path: Path) -> Iterator[WeightsServer]:
+    """A model hub on a loopback port, serving what a test publishes into it."""
+    root = tmp_path / "hub"
+    root.mkdir()
+    server = WeightsServer(root).start()
     yield server
     server.stop()

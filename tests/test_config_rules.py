@@ -198,7 +198,7 @@ def test_check_config_catches_a_species_typo_against_the_weights(
     )
 
 
-@pytest.mark.parametrize("model", ["{file: /no/such/weights.pt}", "{models_dir: MODELS}"])
+@pytest.mark.parametrize("model", ["{file: /no/such/weights.pt}", "{models_dir: MODELS, download: never}"])
 def test_check_config_without_the_weights_says_so_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], model: str
 ) -> None:
@@ -210,3 +210,34 @@ def test_check_config_without_the_weights_says_so_in_one_line(
     code, out, err = check_config(path, capsys)
     assert code == 2 and out == ""
     assert err == f"birdwatch: error: {info.value}\n"
+
+
+def test_check_config_with_weights_still_to_fetch_says_where_they_come_from(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(MINIMAL + f"model: {{models_dir: {tmp_path / 'models'}, mirror: 'http://nas.local/birder'}}\n")
+    code, out, err = check_config(path, capsys)
+    assert (code, err) == (0, "")
+    assert out.splitlines()[-1] == (
+        "note: the weights are not here yet; `birdwatch run` fetches them on its first start from "
+        "http://nas.local/birder/hgnet_v2_b2_danube-delta.pt (events.allow/block are checked against their species then)"
+    )
+    assert not (tmp_path / "models").exists(), "check-config fetches nothing"
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ("{url: 'https://nas/x.pt', sha256: SHA}", "model.url: set model.file too"),
+        ("{file: FILE, url: 'https://nas/x.pt'}", "model.url: set model.sha256 too"),
+        ("{sha256: SHA}", "model.sha256: the hash of model.file; set model.file"),
+        ("{file: FILE, url: 'ftp://nas/x.pt', sha256: SHA}", "model.url: 'ftp://nas/x.pt' is not an http(s):// URL"),
+        ("{file: FILE, url: 'https://nas/x.pt', sha256: abc}", "model.sha256: 'abc' is not a SHA-256 (64 hex digits)"),
+    ],
+)
+def test_a_model_fetched_from_a_url_needs_its_file_and_hash(tmp_path: Path, model: str, expected: str) -> None:
+    model = model.replace("SHA", "a" * 64).replace("FILE", str(tmp_path / "mine.pt"))
+    with pytest.raises(ConfigError) as info:
+        parse_config(MINIMAL + f"model: {model}\n")
+    assert expected in str(info.value)

@@ -6,7 +6,6 @@ snapshots and Home Assistant discovery."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -199,10 +198,29 @@ def run_to_exit(config: dict[str, Any] | str, tmp_path: Path) -> tuple[int, str]
 
 
 @pytest.mark.timeout(120)
-def test_shipped_default_config_without_weights_says_how_to_get_them(tmp_path: Path) -> None:
-    shutil.copy(Path(__file__).resolve().parents[1] / "configs/danube-delta.yaml", tmp_path / "shipped.yaml")
+def test_shipped_default_config_offline_says_what_to_fetch_and_where(tmp_path: Path) -> None:
+    """The first start fetches the weights; with no way out (a proxy that refuses), one line says
+    which file, from where, and where to put it."""
     bw = BirdwatchProcess({}, tmp_path)
-    bw.config_path.write_text((tmp_path / "shipped.yaml").read_text())
+    bw.config_path.write_text((Path(__file__).resolve().parents[1] / "configs/danube-delta.yaml").read_text())
+    bw.env = {"HTTPS_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}
+    code = bw.start().wait(90)
+    last = bw.log.strip().splitlines()[-1]
+    assert code == 2
+    assert last.startswith(
+        "birdwatch: error: cannot download hgnet_v2_b2_danube-delta.pt from "
+        "https://huggingface.co/birder-project/hgnet_v2_b2_danube-delta/resolve/main/hgnet_v2_b2_danube-delta.pt: "
+    )
+    assert last.endswith("check the internet connection, or fetch that file on another machine and put it into models")
+    assert "Traceback" not in bw.log
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
+
+
+@pytest.mark.timeout(120)
+def test_shipped_default_config_that_may_not_download_says_how_to_get_the_weights(tmp_path: Path) -> None:
+    shipped = (Path(__file__).resolve().parents[1] / "configs/danube-delta.yaml").read_text()
+    bw = BirdwatchProcess({}, tmp_path)
+    bw.config_path.write_text(shipped.replace("  models_dir: models", "  download: never\n  models_dir: models"))
     code = bw.start().wait(90)
     last = bw.log.strip().splitlines()[-1]
     assert code == 2

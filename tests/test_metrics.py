@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.metrics_core import CounterMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 
 from birdwatch.config import parse_config
 from birdwatch.errors import ConfigError
+from birdwatch.runtime.metrics import FAULT_METRICS
 from birdwatch.runtime.metrics import MetricsServer
 from birdwatch.runtime.metrics import StatsReport
 from birdwatch.runtime.metrics import health
@@ -249,6 +251,9 @@ snapshots: {{dir: "{tmp_path / "snapshots"}"}}
         assert got[("birdwatch_camera_frames_read_total", (("camera", "clip"),))] >= 10
         assert got[("birdwatch_camera_up", (("camera", "clip"),))] == 1
         assert got[("birdwatch_camera_up", (("camera", "gate"),))] == 0
+        for key, family, _ in FAULT_METRICS:  # served from the first scrape, 0 while nothing has gone wrong
+            name = f"birdwatch_{key}" + ("_total" if family is CounterMetricFamily else "")
+            assert got[(name, ())] == 0 or key.startswith("frames_held"), name
         code, _, body = get(server.url + "/healthz")
         assert code == 503 and json.loads(body)["cameras"] == {"clip": "up", "gate": "down"}
     finally:

@@ -53,7 +53,7 @@ def test_a_file_that_is_not_the_published_one_is_refused(danube_weights: Path, t
 
 def test_missing_weights_name_the_file_and_the_pull_command(tmp_path: Path) -> None:
     with pytest.raises(ModelError) as info:
-        load_classifier(ModelConfig(name=EU_COMMON["name"], models_dir=str(tmp_path)))
+        load_classifier(ModelConfig(name=EU_COMMON["name"], models_dir=str(tmp_path), download="never"))
     message = str(info.value)
     assert str(tmp_path / f"{EU_COMMON['name']}.pt") in message
     assert f"birdwatch models pull {EU_COMMON['name']} --models-dir {tmp_path}" in message
@@ -108,7 +108,11 @@ def test_models_pull_offline_fails_cleanly(tmp_path: Path) -> None:
         env={"PATH": "/usr/bin:/bin", "HTTPS_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"},
     )
     assert result.returncode == 2, result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith(f"birdwatch: error: cannot download {DANUBE['name']}")
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"birdwatch: error: cannot download {DANUBE['name']}.pt from https://")
+    )
     assert "Traceback" not in result.stderr
     assert not (tmp_path / f"{DANUBE['name']}.pt").exists(), "no partial file is left behind"
     assert not Path("models").exists() or Path("models").is_dir()

@@ -51,3 +51,15 @@ def test_no_regions_during_warmup_and_at_most_max_regions() -> None:
     counts = [len(motion(image)) for image in clip.frames]
     assert counts[:5] == [0] * 5
     assert max(counts) <= 2 and sum(counts) > 0
+
+
+def test_a_one_pixel_shake_over_fine_texture_is_not_motion() -> None:
+    """Foliage or gravel finer than the analysis grid, and the camera shakes one pixel in the wind: the
+    downscale averages that texture away (area interpolation), so nothing moved at the analysis size."""
+    rng = np.random.default_rng(0)
+    texture = np.repeat((rng.random((1080, 1921)) > 0.5).astype(np.uint8)[..., None] * 255, 3, axis=2)
+    motion = MotionDetector(MotionConfig(warmup_frames=10))
+    still = [len(motion(np.ascontiguousarray(texture[:, :1920]))) for _ in range(30)]
+    shaken = [len(motion(np.ascontiguousarray(texture[:, 1:]))) for _ in range(5)]
+    assert sum(still) == 0
+    assert sum(shaken) == 0, f"a one-pixel shake found regions {shaken}"

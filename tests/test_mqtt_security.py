@@ -28,6 +28,7 @@ from tests.support.pki import make_pki
 from tests.support.process import BirdwatchProcess
 from tests.support.servers import MosquittoBroker
 from tests.support.servers import MqttCollector
+from tests.support.servers import broker_with_users
 from tests.support.servers import free_port
 from tests.test_mqtt import make_event
 from tests.test_mqtt import payload
@@ -193,13 +194,7 @@ def test_tls_config_keys_are_checked_when_the_file_is_loaded(pki: Pki) -> None:
 
 @pytest.fixture
 def auth_broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    passwd = shutil.which("mosquitto_passwd")
-    assert passwd, "mosquitto_passwd not found; install mosquitto (see .ci/run)"
-    workdir = tmp_path / "auth-broker"
-    workdir.mkdir()
-    password_file = workdir / "passwords"
-    subprocess.run([passwd, "-c", "-b", str(password_file), "birdwatch", "s3cret pass"], check=True, timeout=30)
-    broker = MosquittoBroker(workdir, allow_anonymous=False, extra_config=[f"password_file {password_file}"])
+    broker = broker_with_users(tmp_path / "auth-broker", {"birdwatch": "s3cret pass"})
     broker.start()
     yield broker
     broker.stop()

@@ -182,10 +182,10 @@ def test_the_next_process_sends_what_was_pending(
     try:
         outbox.pump()
         later = event(visit="v-after-restart")
-        outbox.submit(later)
+        outbox.submit(later)  # handed over once the held ones are acknowledged (the decide thread pumps each tick)
+        assert outbox.flush(10) and store.count_pending() == 0
         got = collector.wait_for(lambda m: m.topic == "outbox/feeder/event", timeout=20, count=6)
         assert [json.loads(m.payload)["id"] for m in got] == [e.id for e in [*events, later]]
-        assert outbox.flush(10) and store.count_pending() == 0
     finally:
         sink.stop()
         store.close()

@@ -15,6 +15,8 @@ import contextlib
 import logging
 import os
 import random
+import re
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -35,14 +37,27 @@ log = logging.getLogger(__name__)
 
 _MIN_STALL_S = 5.0
 _STALL_INTERVALS = 10.0
+_MAX_DOUBLINGS = 64  # the backoff exponent stops growing here: 2**64 times any initial_s is past every max_s
+_V4L2_INDEX = re.compile(r"/dev/video(\d+)")
 
 
 def source_kind(url: str | int) -> str:
-    if isinstance(url, int) or (isinstance(url, str) and url.startswith("/dev/video")):
+    """usb for a device index or a device path (/dev/video0, udev's /dev/v4l/by-id/... and /dev/video-feeder
+    names, or any path that is a character device); the URL scheme for a URL; file otherwise."""
+    if isinstance(url, int):
         return "usb"
-    if "://" in str(url):
-        return str(url).split("://", 1)[0].lower()
+    if "://" in url:
+        return url.split("://", 1)[0].lower()
+    if url.startswith("/dev/") or _is_char_device(url):
+        return "usb"
     return "file"
+
+
+def _is_char_device(path: str) -> bool:
+    try:
+        return stat.S_ISCHR(os.stat(Path(path).expanduser()).st_mode)
+    except (OSError, ValueError):
+        return False
 
 
 class FrameSink(Protocol):
@@ -104,14 +119,24 @@ class CameraReader:
 
     def stop(self, timeout: float = 5.0) -> bool:
         """Stop reading; False if a read is still blocked inside FFmpeg after `timeout`."""
+        self.request_stop()
+        return self.join(time.monotonic() + timeout)
+
+    def request_stop(self) -> None:
+        """Ask the threads to end, without waiting: the pipeline asks every camera at once, then joins them
+        against one deadline, so stalled cameras do not add up."""
         self._stop.set()
         self._session += 1
-        deadline = time.monotonic() + timeout
+        if not self.done:
+            self.stats.status = CameraStatus.STOPPED
+
+    def join(self, deadline: float) -> bool:
+        """Wait until the monotonic `deadline` for the threads; False if a read is still blocked in FFmpeg."""
         for thread in (self._thread, self._worker):
             if thread is not None:
                 thread.join(max(0.0, deadline - time.monotonic()))
         if not self.done:
-            self.stats.status = CameraStatus.STOPPED
+            self.stats.status = CameraStatus.STOPPED  # the supervisor may have set another on its way out
         return not any(t is not None and t.is_alive() for t in (self._thread, self._worker))
 
     @property
@@ -127,38 +152,51 @@ class CameraReader:
     # -- supervisor --
 
     def _supervise(self) -> None:
+        """Open, watch, back off, again, until stopped. Never ends on an exception: a camera whose
+        supervisor died would stay `connecting` for good, while everything else looks healthy."""
         failures = 0
         while not self._stop.is_set():
-            self._session += 1
-            session = self._session
-            self.stats.status = CameraStatus.CONNECTING
-            started = time.monotonic()
-            frames_before = self.stats.frames_read
-            worker = threading.Thread(
-                target=self._read_session, args=(session,), name=f"reader-{self.cfg.name}-{session}", daemon=True
-            )
-            self._worker = worker
-            worker.start()
-            self._watch(worker, session)
-            if self._stop.is_set() or self.done:
+            try:
+                failures = self._session_then_backoff(failures)
+            except Exception as exc:
+                log.exception("camera %s: supervisor error (%s); retrying", self.cfg.name, exc)
+                self.stats.status = CameraStatus.BACKOFF
+                self._stop.wait(self.cfg.reconnect.max_s)
+            if self.done:
                 return
-            streamed = self.stats.frames_read - frames_before
-            # A session that delivered frames for a while resets the backoff: this is a new outage.
-            if streamed > 0 and time.monotonic() - started > 2 * self.cfg.reconnect.initial_s:
-                failures = 0
-            delay = min(self.cfg.reconnect.max_s, self.cfg.reconnect.initial_s * 2**failures)
-            delay *= random.uniform(0.9, 1.1)  # cameras that fail together do not retry in lockstep
-            failures += 1
-            self.stats.reconnects += 1
-            self.stats.status = CameraStatus.BACKOFF
-            log.warning(
-                "camera %s: %s; reconnecting to %s in %.1f s",
-                self.cfg.name,
-                self.stats.last_error or "stream ended",
-                self.display_url,
-                delay,
-            )
-            self._stop.wait(delay)
+
+    def _session_then_backoff(self, failures: int) -> int:
+        """One reading session, then the wait before the next; returns the failures so far."""
+        self._session += 1
+        session = self._session
+        self.stats.status = CameraStatus.CONNECTING
+        started = time.monotonic()
+        frames_before = self.stats.frames_read
+        worker = threading.Thread(
+            target=self._read_session, args=(session,), name=f"reader-{self.cfg.name}-{session}", daemon=True
+        )
+        self._worker = worker
+        worker.start()
+        self._watch(worker, session)
+        if self._stop.is_set() or self.done:
+            return failures
+        streamed = self.stats.frames_read - frames_before
+        # A session that delivered frames for a while resets the backoff: this is a new outage.
+        if streamed > 0 and time.monotonic() - started > 2 * self.cfg.reconnect.initial_s:
+            failures = 0
+        delay = backoff_delay(self.cfg.reconnect.initial_s, self.cfg.reconnect.max_s, failures)
+        failures = min(failures + 1, _MAX_DOUBLINGS)
+        self.stats.reconnects += 1
+        self.stats.status = CameraStatus.BACKOFF
+        log.warning(
+            "camera %s: %s; reconnecting to %s in %.1f s",
+            self.cfg.name,
+            self.stats.last_error or "stream ended",
+            self.display_url,
+            delay,
+        )
+        self._stop.wait(delay)
+        return failures
 
     def _watch(self, worker: threading.Thread, session: int) -> None:
         """Wait for a session to end, or abandon it when the stream stalls or opening hangs."""
@@ -187,6 +225,8 @@ class CameraReader:
                 return
             cap = self._open(self.cfg)
             try:
+                if self._session != session:
+                    return  # abandoned while opening (OpenCV opens one FFmpeg source at a time)
                 if not cap.isOpened():
                     self.stats.last_error = self._open_failure()
                     if self.kind == "file":
@@ -197,6 +237,9 @@ class CameraReader:
                 cap.release()
         except cv2.error as exc:  # OpenCV raises on some broken streams; the supervisor reconnects
             self.stats.last_error = redact_text(f"OpenCV error: {exc}".splitlines()[0], self._secrets)
+        except Exception as exc:  # anything else is a reason to reconnect too, not a thread's traceback
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            self.stats.last_error = redact_text(f"{type(exc).__name__}: {first}", self._secrets)
 
     def _read_frames(self, cap: cv2.VideoCapture, session: int) -> None:
         fps = cap.get(cv2.CAP_PROP_FPS)
@@ -267,13 +310,28 @@ class CameraReader:
         return f"cannot connect to {self.display_url} (unreachable, wrong path or credentials)"
 
 
+def backoff_delay(initial_s: float, max_s: float, failures: int) -> float:
+    """The wait before reconnect number `failures` + 1: doubling from initial_s, capped at max_s, with
+    10 % jitter so cameras that fail together do not retry in lockstep. The exponent is capped too: a
+    camera off for a night (thousands of failures) must not overflow a float."""
+    delay = min(max_s, initial_s * 2.0 ** min(failures, _MAX_DOUBLINGS))
+    return delay * random.uniform(0.9, 1.1)
+
+
 def open_capture_for(cfg: CameraConfig) -> cv2.VideoCapture:
     """Open a source with the backend it needs."""
     url = cfg.url
     kind = source_kind(url)
     if kind == "usb":
-        index = url if isinstance(url, int) else int(str(url).removeprefix("/dev/video") or 0)
-        return cv2.VideoCapture(index, cv2.CAP_V4L2)
+        if isinstance(url, int):
+            return cv2.VideoCapture(url, cv2.CAP_V4L2)
+        # A stable udev name (/dev/v4l/by-id/..., /dev/video-feeder) is a link to /dev/videoN: resolved at
+        # every open, so the camera is found again when it comes back under another number.
+        path = os.path.realpath(Path(url).expanduser())
+        numbered = _V4L2_INDEX.fullmatch(path)
+        if numbered:
+            return cv2.VideoCapture(int(numbered[1]), cv2.CAP_V4L2)
+        return cv2.VideoCapture(path, cv2.CAP_V4L2)  # a device node of another name: V4L2 opens it by path
     if kind == "file":
         return cv2.VideoCapture(str(Path(str(url)).expanduser()), cv2.CAP_FFMPEG)
     open_ms = int(cfg.open_timeout_s * 1000)

@@ -11,6 +11,7 @@ import difflib
 import ipaddress
 import os
 import re
+import stat
 import types
 import typing
 from collections.abc import Callable
@@ -227,8 +228,17 @@ def _check_camera_url(value: str | int, path: str) -> None:
         return
     if value.startswith("/dev/"):
         return  # a V4L2 device may appear later (USB hot-plug); capture retries
+    if "\0" not in value and _is_char_device(Path(value).expanduser()):
+        return  # a udev name outside /dev (a symlink to /dev/videoN) is a camera too
     if "\0" in value or not Path(value).expanduser().is_file():
         raise ConfigError(f"{path}: video file {value!r} does not exist; give a camera URL, /dev/videoN or a file")
+
+
+def _is_char_device(path: Path) -> bool:
+    try:
+        return stat.S_ISCHR(path.stat().st_mode)
+    except OSError:
+        return False
 
 
 def _check_device(value: str, path: str) -> None:
@@ -267,6 +277,17 @@ def _check_bind_address(value: str, path: str) -> None:
         )
 
 
+def _check_http_url(value: str, path: str) -> None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{path}: {redact_url(value)!r} is not an http(s):// URL; e.g. https://nas.local/birder")
+
+
+def _check_sha256(value: str, path: str) -> None:
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+        raise ConfigError(f"{path}: {value!r} is not a SHA-256 (64 hex digits); `sha256sum FILE` prints it")
+
+
 _CHECKS: dict[str, Callable[[Any, str], None]] = {
     "camera_name": _check_camera_name,
     "camera_url": _check_camera_url,
@@ -274,4 +295,6 @@ _CHECKS: dict[str, Callable[[Any, str], None]] = {
     "topic_prefix": _check_topic_prefix,
     "readable_file": _check_readable_file,
     "bind_address": _check_bind_address,
+    "http_url": _check_http_url,
+    "sha256": _check_sha256,
 }

@@ -57,6 +57,17 @@ def localiser_has_detector_file(config: Config) -> None:
         )
 
 
+def model_url_goes_with_file_and_sha256(config: Config) -> None:
+    """model.url fetches model.file on first start, which needs model.sha256 to check it against."""
+    model = config.model
+    if model.url and not model.file:
+        raise ConfigError("model.url: set model.file too (where the fetched weights are kept)")
+    if model.url and not model.sha256:
+        raise ConfigError("model.url: set model.sha256 too, so that a wrong or partial download is refused")
+    if model.sha256 and not model.file:
+        raise ConfigError("model.sha256: the hash of model.file; set model.file, or remove model.sha256")
+
+
 def model_device_available(config: Config) -> None:
     """A CUDA or MPS model.device is one that torch sees on this machine."""
     problem = device_problem(config.model.device)
@@ -75,6 +86,16 @@ def password_needs_username(config: Config) -> None:
     """An MQTT password comes with mqtt.username."""
     if _password_keys(config) and not config.mqtt.username:
         raise ConfigError("mqtt.username: required when a password is given")
+
+
+def events_qos_at_least_once(config: Config) -> None:
+    """mqtt.qos is 1 or 2: at QoS 0 an event would count as sent once written to the socket (at most once)."""
+    if config.mqtt.qos == 0:
+        raise ConfigError(
+            "mqtt.qos: 0 would mark each event sent as soon as it is written to the socket, so an event lost "
+            "in a dropped connection or a broker restart is never sent again; use 1 (at least once, the "
+            "default) or 2"
+        )
 
 
 def tls_cert_needs_key(config: Config) -> None:
@@ -123,9 +144,11 @@ RULES: tuple[Callable[[Config], None], ...] = (
     camera_names_unique,
     reconnect_max_not_below_initial,
     localiser_has_detector_file,
+    model_url_goes_with_file_and_sha256,
     model_device_available,
     one_password_source,
     password_needs_username,
+    events_qos_at_least_once,
     tls_cert_needs_key,
     tls_files_usable,  # after tls_cert_needs_key: a certificate without its key cannot load
     species_names_not_empty,

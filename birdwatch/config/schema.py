@@ -61,6 +61,10 @@ class ModelConfig:
     top_k: int = field(default=3, metadata=_range(1, 50))
     batch_size: int = field(default=8, metadata=_range(1, 512))  # crops per forward pass; 32-64 suit a GPU
     verify_sha256: bool = True  # check a pretrained file against birder's published hash
+    download: Literal["auto", "never"] = "auto"  # auto: missing weights are fetched on the first start
+    mirror: str | None = field(default=None, metadata={"check": "http_url"})  # serves <name>.pt instead of birder
+    url: str | None = field(default=None, metadata={"check": "http_url"})  # where model.file is fetched from
+    sha256: str | None = field(default=None, metadata={"check": "sha256"})  # model.file's SHA-256, checked at start
 
 
 @dataclass

@@ -3,7 +3,8 @@
 Files live under `<dir>/<camera>/<YYYY-MM-DD>/` (local date of the visit's start), one pair per
 visit, rewritten when a later event of the visit has a better picture. Retention keeps the
 directory within an age, a total size and a file count, oldest files first; it runs after writes
-at most every ten minutes, so a busy feeder does not rescan the disk for every picture.
+at most every ten minutes, so a busy feeder does not rescan the disk for every picture. Each file is
+fsynced before its event is committed, and half-written files left by a power cut are pruned.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from birdwatch.types import local_day
 log = logging.getLogger(__name__)
 
 _PRUNE_EVERY_S = 600.0
+TMP_SUFFIX = ".tmp"  # a snapshot being written; renamed to .jpg once it is on disk
+ORPHAN_AGE_S = 600.0  # a .tmp file older than this was left by a crash or a power cut
 _BOX_COLOUR = (0, 200, 255)  # BGR amber: visible on sky and on foliage
 
 
@@ -76,8 +79,10 @@ class SnapshotWriter:
         return self.prune()
 
     def prune(self, now: float | None = None) -> int:
-        """Delete the oldest snapshots beyond max_age_days, max_total_mb and max_files; returns how many."""
+        """Delete the oldest snapshots beyond max_age_days, max_total_mb and max_files, and half-written
+        files a crash left behind; returns how many."""
         now = time.time() if now is None else now
+        orphans = _prune_orphans(self.root, now)
         files = []
         for path in self.root.rglob("*.jpg"):
             with contextlib.suppress(OSError):  # gone meanwhile
@@ -102,10 +107,10 @@ class SnapshotWriter:
                 path.unlink()
                 removed += 1
                 _remove_empty_parents(path.parent, self.root)
-        self.removed += removed
+        self.removed += removed + orphans
         if removed:
             log.info("snapshots: removed %d old file(s) from %s", removed, self.root)
-        return removed
+        return removed + orphans
 
 
 def crop_image(image: np.ndarray, box: Box) -> np.ndarray:
@@ -134,10 +139,44 @@ def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    """A reader (Home Assistant, a web server) never sees half a file."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    """A reader (Home Assistant, a web server) never sees half a file, and once this returns the file
+    survives a power cut: the event committed next names it (data, then the rename, on disk)."""
+    tmp = path.with_suffix(TMP_SUFFIX)
+    try:
+        with tmp.open("wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems (and Windows) cannot sync a directory; the data itself is synced
+        pass
+    finally:
+        os.close(fd)
+
+
+def _prune_orphans(root: Path, now: float) -> int:
+    """Half-written files left by a crash or a power cut (never renamed); a write in progress is younger."""
+    removed = 0
+    for path in list(root.rglob(f"*{TMP_SUFFIX}")):  # listed first: emptied folders go meanwhile
+        with contextlib.suppress(OSError):
+            if now - path.stat().st_mtime > ORPHAN_AGE_S:
+                path.unlink()
+                removed += 1
+                _remove_empty_parents(path.parent, root)
+    if removed:
+        log.info("snapshots: removed %d half-written file(s) left by a crash from %s", removed, root)
+    return removed
 
 
 def _remove_empty_parents(folder: Path, root: Path) -> None:

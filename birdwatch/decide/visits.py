@@ -1,10 +1,11 @@
 """Visits: a confirmed track is a bird's visit; its species is voted over every crop, and it speaks
 in a few events (`new`, `update`, `end`) instead of one per frame.
 
-The vote adds each crop's top-k probabilities per species; the winner is the species with the
-largest sum, and its score is that sum over the visit's crops (the mean probability, counting a
-crop that did not have it in its top-k as 0). So three confident crops outvote five unsure ones,
-and one odd frame cannot rename a visit.
+The vote adds each frame's top-k probabilities per species; the winner is the species with the
+largest sum, and its score is that sum over the visit's frames (the mean probability, counting a
+frame that did not have it in its top-k as 0). So three confident crops outvote five unsure ones,
+and one odd frame cannot rename a visit. Two crops of one frame on one track (a blob split at a
+wing) are one look at the bird: each species counts its better one, so a score never exceeds 1.
 
 A visit is *told* (`new`) once it is confirmed and its winner is allowed and scores at least
 `events.min_score`, unless a visit of the same species on the same camera ended less than
@@ -12,6 +13,17 @@ A visit is *told* (`new`) once it is confirmed and its winner is allowed and sco
 Once told, a visit is named by the best allowed species of its vote; it sends `update` when that
 species changes or its score moves by `update_min_score_change` (at most every
 `update_min_interval_s`), or every `heartbeat_s`, and `end` when its track times out.
+
+A second track that would tell the species of a visit still open on the same camera is the same
+bird, found again after a hop faster than the tracker follows: it joins that visit (one `new`, one
+count in "visits today"), which ends when its last track does.
+
+A visit keeps one whole frame: the one its picture comes from (the best crop of the species it is
+named by). Frames are megabytes; a visit of a bird on a jittering feeder sees hundreds.
+
+Time, for ending visits between frames (`tick`), is each camera's own: the newest frame decided,
+moved on by the clock since. Frames wait in the classify queue before they come here; judged
+against the clock, a visit would end while its frames are still on their way.
 """
 
 from __future__ import annotations
@@ -46,11 +58,19 @@ from birdwatch.types import local_day
 log = logging.getLogger(__name__)
 
 
+# Beyond this the classify queue is not behind but stuck: visits end by the clock again.
+_MAX_LAG_S = 120.0
+
+
 @dataclass
-class _Crop:
-    score: float  # this crop's probability for the species it is the best crop of
-    frame: Frame
+class _Picture:
+    """The visit's best crop of `species`: the whole frame it is in, and where."""
+
+    species: str
+    score: float
+    seq: int
     box: Box
+    image: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -70,10 +90,12 @@ class Visit:
     last_seen: float
     first_mono: float
     last_mono: float
+    tracks: set[int] = field(default_factory=set)  # its tracks still open (more than one after a merge)
     frames: int = 0
     votes: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-    best: dict[str, _Crop] = field(default_factory=dict)  # per species, pruned to the leading ones
     last_seq: int = -1
+    this_frame: dict[str, float] = field(default_factory=dict)  # per species, the best score in frame last_seq
+    picture: _Picture | None = None
     confirmed: bool = False
     told: bool = False
     quiet: bool = False  # confirmed and named, but inside its species' cooldown: no events
@@ -81,29 +103,48 @@ class Visit:
     last_event_mono: float = 0.0
     snapshot_key: tuple[str, int] | None = None  # (species, frame seq) of the last snapshot sent
 
-    def add(self, frame: Frame, box: Box, top_k: tuple[SpeciesScore, ...], keep: int) -> None:
+    def add(self, frame: Frame, top_k: tuple[SpeciesScore, ...]) -> None:
+        """One crop's vote: per frame, each species counts its best crop only."""
         if frame.seq != self.last_seq:
             self.frames += 1
             self.last_seq = frame.seq
+            self.this_frame = {}
         self.last_seen = max(self.last_seen, frame.ts)
         self.last_mono = max(self.last_mono, frame.mono)
         for sp in top_k:
-            self.votes[sp.name] += sp.score
-            if sp.score > (self.best[sp.name].score if sp.name in self.best else -1.0):
-                self.best[sp.name] = _Crop(sp.score, frame, box)
-        if len(self.best) > keep:  # bounded: frames are big, keep crops of the leading species only
-            leaders = {name for name, _ in self.ranked()[:keep]}
-            self.best = {k: v for k, v in self.best.items() if k in leaders}
+            counted = self.this_frame.get(sp.name, 0.0)
+            if sp.score > counted:
+                self.votes[sp.name] += sp.score - counted
+                self.this_frame[sp.name] = sp.score
+
+    def absorb(self, other: Visit) -> None:
+        """`other` is this bird too, seen only since this visit last was: its votes, frames and picture
+        join this visit's."""
+        self.frames += other.frames
+        for name, score in other.votes.items():
+            self.votes[name] += score
+        self.last_seq, self.this_frame = other.last_seq, other.this_frame
+        self.last_seen = max(self.last_seen, other.last_seen)
+        self.last_mono = max(self.last_mono, other.last_mono)
+        self.tracks |= other.tracks
+        mine, theirs = self.picture, other.picture
+        if theirs is not None and (mine is None or (theirs.species == mine.species and theirs.score > mine.score)):
+            self.picture = theirs
 
     def ranked(self) -> list[tuple[str, float]]:
         """(species, mean probability over the visit's frames), best first."""
         n = max(1, self.frames)
         return sorted(((k, v / n) for k, v in self.votes.items()), key=lambda kv: (-kv[1], kv[0]))
 
-    def best_crop(self, species: str) -> _Crop | None:
-        if species in self.best:
-            return self.best[species]
-        return max(self.best.values(), key=lambda c: c.score, default=None)
+    def keep_picture(self, lead: str, frame: Frame, box: Box, top_k: tuple[SpeciesScore, ...]) -> None:
+        """This crop becomes the visit's picture if it is the best crop yet of the species leading it.
+        Only that frame is kept (bounded memory: whole frames are megabytes)."""
+        score = next((sp.score for sp in top_k if sp.name == lead), None)
+        if score is None:
+            return
+        held = self.picture
+        if held is None or held.species != lead or score > held.score:
+            self.picture = _Picture(lead, score, frame.seq, box, frame.image)
 
 
 class SpeciesFilter:
@@ -153,8 +194,10 @@ class Visits:
         self._cooldown: dict[tuple[str, str], float] = {}  # (camera, species) -> mono end of the last told visit
         self._last: dict[str, VisitEvent] = {}  # camera -> latest told event
         self._today: dict[str, tuple[str, int]] = {}  # camera -> (day, told visits that started that day)
+        self._lag: dict[str, float] = {}  # camera -> how long its newest frame took to get here (mono s)
         self.quiet = 0  # visits kept quiet by the cooldown
         self.unnamed = 0  # confirmed visits that ended without a species good enough to tell
+        self.merged = 0  # tracks that joined a visit of the same species already open (one bird)
 
     # -- input --
 
@@ -163,6 +206,7 @@ class Visits:
         if found.species is None:
             raise ValueError("Visits.observe: the detections are not classified yet")
         camera = frame.camera
+        self._lag[camera] = min(max(0.0, self._mono() - frame.mono), _MAX_LAG_S)
         tracker = self._trackers.get(camera)
         if tracker is None:
             tracker = self._trackers[camera] = Tracker(self.tracking)
@@ -172,13 +216,17 @@ class Visits:
         for track in step.ended:
             told += self._end(camera, track, frame.mono, frame.ts, EndReason.TIMEOUT)
         visits = self._visits[camera]
-        touched: dict[int, Visit] = {}
+        touched: dict[int, Visit] = {}  # by id(): merged tracks share one visit
         for box, top_k, track_id in zip(found.int_boxes(), found.species, step.assigned, strict=True):
             visit = visits.get(track_id)
             if visit is None:
-                visit = visits[track_id] = Visit(uuid.uuid4().hex, camera, frame.ts, frame.ts, frame.mono, frame.mono)
-            visit.add(frame, box, top_k, keep=max(2 * self.top_k, 4))
-            touched[track_id] = visit
+                visit = Visit(uuid.uuid4().hex, camera, frame.ts, frame.ts, frame.mono, frame.mono, tracks={track_id})
+                visits[track_id] = visit
+            visit.add(frame, top_k)
+            lead = self._lead(visit)
+            if lead is not None:
+                visit.keep_picture(lead, frame, box, top_k)
+            touched[id(visit)] = visit
         for track in step.confirmed:
             if track.id in visits:
                 visits[track.id].confirmed = True
@@ -190,16 +238,19 @@ class Visits:
         return tracked, told
 
     def tick(self, now: float | None = None, wall: float | None = None) -> list[Told]:
-        """Time passes without frames (a quiet or dead camera): end timed-out visits, send heartbeats."""
+        """Time passes without frames (a quiet or dead camera): end timed-out visits, send heartbeats.
+        Each camera's time is the clock less the lag of its newest frame: its later frames may still be
+        waiting to be classified."""
         now = self._mono() if now is None else now
         wall = self._wall() if wall is None else wall
         told: list[Told] = []
         for camera, tracker in self._trackers.items():
-            for track in tracker.sweep(now):
-                told += self._end(camera, track, now, wall, EndReason.TIMEOUT)
-            for visit in self._visits[camera].values():
-                if visit.told and self._heartbeat_due(visit, now):
-                    told.append(self._event(EventKind.UPDATE, visit, now, wall))
+            seen = now - self._lag.get(camera, 0.0)
+            for track in tracker.sweep(seen):
+                told += self._end(camera, track, seen, wall, EndReason.TIMEOUT)
+            for visit in self._open(camera):
+                if visit.told and self._heartbeat_due(visit, seen):
+                    told.append(self._event(EventKind.UPDATE, visit, seen, wall))
         return told
 
     def close(self) -> list[Told]:
@@ -211,6 +262,17 @@ class Visits:
                 told += self._end(camera, track, now, wall, EndReason.SHUTDOWN)
             tracker.tracks.clear()
         return told
+
+    def frames_held(self) -> tuple[int, int]:
+        """(whole frames, their bytes) the open visits keep for their pictures. Safe to call from
+        another thread (metrics): it reads copies of the dicts the decide thread changes."""
+        images: dict[int, np.ndarray] = {}
+        for visits in list(self._visits.values()):
+            for visit in list(visits.values()):
+                picture = visit.picture
+                if picture is not None:
+                    images[id(picture.image)] = picture.image
+        return len(images), sum(image.nbytes for image in images.values())
 
     # -- camera state (Home Assistant) --
 
@@ -225,10 +287,9 @@ class Visits:
         day = local_day(wall)
         counted_day, count = self._today.get(camera, (day, 0))
         last = self._last.get(camera)
-        present = any(v.told or v.quiet for v in self._visits.get(camera, {}).values())
         return CameraState(
             camera=camera,
-            present=present,
+            present=self.present(camera),
             species=last.species if last else None,
             score=last.score if last else None,
             visits_today=count if counted_day == day else 0,
@@ -237,7 +298,19 @@ class Visits:
             last_seen=last.last_seen if last else None,
         )
 
+    def present(self, camera: str) -> bool:
+        """A bird is at this camera: a visit is told, or kept quiet by the cooldown."""
+        return any(v.told or v.quiet for v in self._visits.get(camera, {}).values())
+
+    def _open(self, camera: str) -> list[Visit]:
+        """The camera's open visits, each once (merged tracks share one)."""
+        return list({id(v): v for v in self._visits.get(camera, {}).values()}.values())
+
     # -- rules --
+
+    def _lead(self, visit: Visit) -> str | None:
+        """The species the visit is named by: its best allowed one."""
+        return next((name for name, _ in visit.ranked() if self.allowed(name)), None)
 
     def _report(self, visit: Visit) -> tuple[SpeciesScore, ...]:
         """The visit's voted top-k, led by its best allowed species."""
@@ -257,6 +330,10 @@ class Visits:
                 return None
             winner, score = ranked[0]
             if not self.allowed(winner) or score < self.cfg.min_score:
+                return None
+            same = self._told_open(visit, winner)
+            if same is not None:
+                self._merge(visit, same)
                 return None
             ended = self._cooldown.get((visit.camera, winner))
             if ended is not None and now - ended < self.cfg.cooldown_s:
@@ -280,12 +357,38 @@ class Visits:
             return self._event(EventKind.UPDATE, visit, now, wall)
         return None
 
+    def _told_open(self, visit: Visit, species: str) -> Visit | None:
+        """Another visit on the same camera, told and still open, named `species`, and not seen since
+        `visit` began: the same bird, found again (two birds seen at once are two visits)."""
+        candidates = [
+            other
+            for other in self._open(visit.camera)
+            if other is not visit
+            and other.told
+            and other.named
+            and other.named[0].name == species
+            and other.last_mono < visit.first_mono
+        ]
+        return max(candidates, key=lambda other: other.last_mono, default=None)
+
+    def _merge(self, visit: Visit, into: Visit) -> None:
+        """`visit`'s tracks are the bird of `into`, found again: from now on they feed `into`."""
+        into.absorb(visit)
+        visits = self._visits[visit.camera]
+        for track_id in visit.tracks:
+            visits[track_id] = into
+        self.merged += 1
+        log.debug("visit %s on %s joins %s: the same %s", visit.id, visit.camera, into.id, into.named[0].name)
+
     def _heartbeat_due(self, visit: Visit, now: float) -> bool:
         return self.cfg.heartbeat_s > 0 and now - visit.last_event_mono >= self.cfg.heartbeat_s
 
     def _end(self, camera: str, track: Track, now: float, wall: float, reason: EndReason) -> list[Told]:
         visit = self._visits[camera].pop(track.id, None)
-        if visit is None or not visit.confirmed:
+        if visit is None:
+            return []
+        visit.tracks.discard(track.id)
+        if visit.tracks or not visit.confirmed:  # another track of the same bird keeps it open
             return []
         if not visit.told:
             if not visit.quiet:
@@ -298,14 +401,14 @@ class Visits:
     def _event(self, kind: EventKind, visit: Visit, now: float, wall: float, reason: EndReason | None = None) -> Told:
         report = self._report(visit) or visit.named
         lead = report[0]
-        crop = visit.best_crop(lead.name)
+        picture = visit.picture
         image = None
         box: Box = (0, 0, 0, 0)
-        if crop is not None:
-            box = crop.box
-            key = (lead.name, crop.frame.seq)
+        if picture is not None:
+            box = picture.box
+            key = (picture.species, picture.seq)
             if key != visit.snapshot_key:  # a better picture than the one already sent
-                image = crop.frame.image
+                image = picture.image
                 visit.snapshot_key = key
         visit.named = report
         visit.last_event_mono = now

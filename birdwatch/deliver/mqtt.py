@@ -6,14 +6,25 @@ Topics under `<prefix>` (mqtt.topic_prefix):
 | --- | --- | --- |
 | `<prefix>/status` | `online` / `offline` (also the last will) | yes |
 | `<prefix>/<camera>/event` | visit event JSON (`new`, `update`, `end`) | no |
-| `<prefix>/<camera>/snapshot` | the visit's best crop, raw JPEG bytes | yes |
-| `<prefix>/<camera>/state` | camera state JSON for Home Assistant | yes |
+| `<prefix>/<camera>/snapshot` | the visit's best crop, raw JPEG bytes (QoS 0, current value) | yes |
+| `<prefix>/<camera>/state` | camera state JSON for Home Assistant (QoS 0, current value) | yes |
 | `<prefix>/stats` | periodic counters JSON (QoS 0) | no |
 | `<discovery_prefix>/<component>/<node>/<object>/config` | Home Assistant discovery | yes |
 
-TLS per `mqtt.tls`. paho's network thread reconnects by itself (connect_async + loop_start). QoS 1 messages published
-while disconnected wait in paho's queue and go out on reconnect; the outbox (store.py) keeps the
-authoritative copy of events and is told of each broker acknowledgement through `on_sent`.
+TLS per `mqtt.tls`. paho's network thread reconnects by itself (connect_async + loop_start). What
+keeps a box nobody watches delivering:
+
+- Events (mqtt.qos, 1: at least once) are handed to paho at most EVENT_WINDOW unacknowledged at a
+  time; the rest wait in the outbox (store.py, SQLite), so a long outage costs no memory. paho keeps
+  the handed ones across reconnects; the outbox is told of each broker acknowledgement via `on_sent`.
+- State and snapshot topics carry a current value: the sink keeps the latest per topic, publishes it
+  only while connected, at QoS 0 so paho never holds or replays an old one, and sends it again after
+  every connect once the events paho held meanwhile are acknowledged. The broker never ends on an
+  old value, and `visits_today` never goes back.
+- paho ends its network loop when a callback raises, so every callback here is guarded (logged,
+  never raised) and quick: acknowledgements go to the sink's delivery thread, which runs `on_sent`
+  (the outbox's database work) and restarts a network loop that ended anyway (`online` and
+  `problem` show it meanwhile).
 
 Home Assistant keeps an entity as long as its retained discovery config exists, so on every connect
 the sink reads the retained configs back and clears (empty retained payload) those that name this
@@ -23,12 +34,15 @@ instance's availability topic but belong to a camera no longer in the config.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import logging
+import queue
 import socket
 import ssl
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 from typing import Protocol
@@ -49,13 +63,18 @@ from birdwatch.types import CameraState
 
 log = logging.getLogger(__name__)
 
-MAX_QUEUED = 10_000  # messages paho holds in memory while the broker is away (the outbox keeps fewer in flight)
-_UNTRACKED = None  # a publish nobody waits for (status, discovery, state, snapshot)
+EVENT_WINDOW = 100  # events handed to paho and not yet acknowledged, at most; the rest wait in SQLite
+MAX_QUEUED = 1000  # paho's cap on the QoS 1 messages it holds (events, discovery, status): a last guard
+MAX_CONFIG_BYTES = 64 * 1024  # a retained discovery config bigger than this is nobody's we made
+BACKLOG_WAIT_S = 5.0  # after a connect, the current state waits at most this long for the backlog's acks
+TICK_S = 0.5  # how often the delivery thread looks at paho's network loop when nothing else happens
 
 
 class EventSink(Protocol):
     @property
     def online(self) -> bool: ...  # can events be delivered now
+    @property
+    def problem(self) -> str | None: ...  # why delivery cannot go on by itself (for the watchdog), or None
     def describe(self, cameras: list[str], model: str) -> None: ...
     def start(self) -> None: ...
     def publish_event(
@@ -63,7 +82,7 @@ class EventSink(Protocol):
     ) -> bool: ...
     def publish_state(self, state: CameraState) -> None: ...
     def publish_stats(self, payload: str) -> None: ...
-    def stop(self) -> None: ...
+    def stop(self, timeout: float = 3.0) -> None: ...
 
 
 class Topics:
@@ -123,6 +142,10 @@ class LogSink:
     def online(self) -> bool:
         return True
 
+    @property
+    def problem(self) -> str | None:
+        return None
+
     def describe(self, cameras: list[str], model: str) -> None:
         pass
 
@@ -141,7 +164,7 @@ class LogSink:
     def publish_stats(self, payload: str) -> None:
         pass
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 3.0) -> None:
         pass
 
 
@@ -160,29 +183,73 @@ class MqttSink:
         self.snapshots = snapshots
         self.connected = threading.Event()
         self.published = 0
-        self.refused = 0
+        self.refused = 0  # publishes paho would not take (its queue full)
+        self.deferred = 0  # events left in the outbox because EVENT_WINDOW were unacknowledged
+        self.callback_errors = 0
+        self.ack_errors = 0
+        self.loop_restarts = 0
         self._warned_down = False
+        self._warned_full = False
+        # One lock for what is published and what is waited for, held across client.publish: an
+        # acknowledgement (resolved on the delivery thread, under it) always finds its message
+        # registered, and of two publishes of one topic the later carries the later value. paho calls
+        # on_publish under its message lock, which client.publish needs: so on_publish only queues.
         self._lock = threading.Lock()
-        self._waiting: dict[int, Callable[[], None] | None] = {}  # mid -> on_sent, until the broker acks
-        self._acked_early: set[int] = set()  # acks that beat publish() back to us
-        self._retained: dict[str, str | bytes] = {}  # discovery configs and states, re-sent on every connect
+        self._waiting: dict[int, Callable[[], None]] = {}  # mid -> on_sent, events until the broker acks
+        # Events paho held over an outage, as the last connect found them: paho sends them only after
+        # on_connect returns, so a newer event handed over before they are acknowledged would overtake them.
+        self._held_at_connect: set[int] = set()
+        self._configs: dict[str, str] = {}  # discovery configs, published on every connect
+        self._latest: dict[str, str | bytes] = {}  # state and snapshot topics -> the current value
+        self._inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()  # paho's thread -> delivery thread
+        self._stopping = threading.Event()
+        self._loop_lock = threading.Lock()  # starting, restarting and stopping paho's network loop
+        self._started = False
+        self._worker: threading.Thread | None = None
+        self._loop_ended: float | None = None  # monotonic: when the network loop was found ended
+        self._restart_after_s = 1.0
+        self._error_logged: dict[str, float] = {}
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id(cfg))
         if cfg.username:
             client.username_pw_set(cfg.username, password)
         client.will_set(self.topics.status, "offline", qos=1, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=int(cfg.reconnect_max_s))
         client.max_queued_messages_set(MAX_QUEUED)
+        # No second queue inside paho: what it takes goes out in the order taken, so a QoS 0 snapshot
+        # never overtakes the events before its own (paho would hold QoS 1 messages beyond 20 back).
+        client.max_inflight_messages_set(MAX_QUEUED)
+        client.suppress_exceptions = True  # a second net: paho then logs a callback's exception, not re-raise it
         configure_tls(client, cfg.tls)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_connect_fail = self._on_connect_fail
-        client.on_publish = self._on_publish
-        client.on_message = self._on_message
+        client.on_connect = self._guarded("on_connect", self._on_connect)
+        client.on_disconnect = self._guarded("on_disconnect", self._on_disconnect)
+        client.on_connect_fail = self._guarded("on_connect_fail", self._on_connect_fail)
+        client.on_publish = self._guarded("on_publish", self._on_publish)
+        client.on_message = self._guarded("on_message", self._on_message)
         self.client = client
+        warn_plain_password(cfg, password)
 
     @property
     def online(self) -> bool:
-        return self.connected.is_set()
+        """Connected, and paho's network loop runs: without it no acknowledgement is read again."""
+        return self.connected.is_set() and self.network_alive
+
+    @property
+    def network_alive(self) -> bool:
+        # paho names no public way to ask: loop_start's thread is `_thread`, set back to None when it ends.
+        thread = getattr(self.client, "_thread", None)
+        return isinstance(thread, threading.Thread) and thread.is_alive()
+
+    @property
+    def problem(self) -> str | None:
+        """Why delivery cannot go on by itself now (for health and the watchdog), or None. A broker that is
+        away is no problem here: paho reconnects."""
+        if not self._started or self._stopping.is_set():
+            return None
+        if self._worker is None or not self._worker.is_alive():
+            return "the MQTT delivery thread has ended"
+        if not self.network_alive:
+            return "the MQTT network loop has ended (restarting it)"
+        return None
 
     @property
     def where(self) -> str:
@@ -203,50 +270,61 @@ class MqttSink:
             for topic, payload in camera_configs(
                 topics, discovery_prefix=self.homeassistant.discovery_prefix, node=node, model=model
             ):
-                self._retained[topic] = _json(payload)
+                with self._lock:
+                    self._configs[topic] = _json(payload)
 
     def start(self) -> None:
-        try:
-            self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
-        except (OSError, ValueError) as exc:
-            log.warning("MQTT broker %s: %s; retrying in the background", self.where, exc)
-        self.client.loop_start()
+        with self._loop_lock:
+            self._started = True
+            self._worker = threading.Thread(target=self._deliver, name="mqtt-deliver", daemon=True)
+            self._worker.start()
+            self._connect_async()
+            self.client.loop_start()
 
     def publish_event(
         self, camera: str, payload: str, on_sent: Callable[[], None], snapshot: bytes | None = None
     ) -> bool:
-        # The picture first, so whoever reacts to the event finds the new image already there.
-        if (
-            snapshot is not None
-            and self.snapshots
-            and not self._publish(self.topics.snapshot(camera), snapshot, retain=True)
-        ):
-            return False
-        if not self._publish(self.topics.event(camera), payload, on_sent=on_sent, qos=self.cfg.qos):
-            return False
-        self.published += 1
+        with self._lock:
+            if self._held_at_connect and not self._held_at_connect.isdisjoint(self._waiting):
+                self.deferred += 1
+                return False  # it waits in the outbox until the events held over the outage are through
+            if len(self._waiting) >= EVENT_WINDOW:
+                self.deferred += 1
+                return False  # it waits in the outbox, on disk, until acknowledgements make room
+            # The picture first, so whoever reacts to the event finds the new image already there.
+            if snapshot is not None and self.snapshots:
+                self._set_latest(self.topics.snapshot(camera), snapshot)
+            if not self._publish(self.topics.event(camera), payload, qos=self.cfg.qos, on_sent=on_sent):
+                return False
+            self.published += 1
         return True
 
     def publish_state(self, state: CameraState) -> None:
-        topic = self.topics.state(state.camera)
-        payload = _json(state.to_payload())
         with self._lock:
-            self._retained[topic] = payload
-        self._publish(topic, payload, retain=True)
+            self._set_latest(self.topics.state(state.camera), _json(state.to_payload()))
 
     def publish_stats(self, payload: str) -> None:
         """Periodic counters on `<prefix>/stats`: QoS 0 and not retained, a stale figure is worthless."""
-        if self.connected.is_set():
-            self._publish(stats_topic(self.topics.prefix), payload, qos=0, warn=False)
+        if self.online:
+            with self._lock:
+                self._publish(stats_topic(self.topics.prefix), payload, qos=0, quiet=True)
 
     def stop(self, timeout: float = 3.0) -> None:
-        """Say `offline` (retained) before leaving, so Home Assistant shows it at once, not after the keepalive."""
-        if self.connected.is_set():
-            info = self.client.publish(self.topics.status, "offline", qos=1, retain=True)
-            with contextlib.suppress(RuntimeError, ValueError):  # not connected after all
-                info.wait_for_publish(timeout)
-        self.client.disconnect()
-        self.client.loop_stop()
+        """Say `offline` (retained) before leaving, so Home Assistant shows it at once, not after the
+        keepalive; then let the delivery thread hand over the acknowledgements already read."""
+        with self._loop_lock:
+            self._stopping.set()
+            if self.online:
+                info = self.client.publish(self.topics.status, "offline", qos=1, retain=True)
+                with contextlib.suppress(RuntimeError, ValueError):  # not connected after all
+                    info.wait_for_publish(timeout)
+            self.client.disconnect()
+            self.client.loop_stop()
+        if self._worker is not None:
+            self._inbox.put(("stop",))
+            self._worker.join(timeout)
+
+    # -- publishing (self._lock held) --
 
     def _publish(
         self,
@@ -255,86 +333,189 @@ class MqttSink:
         *,
         retain: bool = False,
         qos: int = 1,
-        on_sent: Callable[[], None] | None = _UNTRACKED,
-        warn: bool = True,
+        on_sent: Callable[[], None] | None = None,
+        quiet: bool = False,
     ) -> bool:
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE or (qos == 0 and info.rc != mqtt.MQTT_ERR_SUCCESS):
             self.refused += 1
-            if warn:
-                log.warning("MQTT: %s not queued (%s; broker %s)", topic, mqtt.error_string(info.rc), self.where)
+            if not quiet and not self._warned_full:  # once per outage: a refusal per publish would flood the log
+                self._warned_full = True
+                log.warning(
+                    "MQTT: %s not queued (%s; broker %s); events wait in the outbox, and this is not said again "
+                    "until the broker is back",
+                    topic,
+                    mqtt.error_string(info.rc),
+                    self.where,
+                )
             return False
-        # Every publish is registered, so an early ack can always be matched to its own message and
-        # a message id reused later (paho wraps at 65535) never finds a stale entry.
-        with self._lock:
-            early = info.mid in self._acked_early
-            if early:
-                self._acked_early.discard(info.mid)
-            else:
-                self._waiting[info.mid] = on_sent
-        if early and on_sent is not None:
-            on_sent()
+        if on_sent is not None:
+            self._waiting[info.mid] = on_sent
         return True
 
-    # -- paho callbacks (network thread) --
+    def _set_latest(self, topic: str, payload: str | bytes) -> None:
+        """Keep the current value of a retained topic; publish it now only if connected (else on connect)."""
+        self._latest[topic] = payload
+        if self.connected.is_set():
+            self._publish(topic, payload, retain=True, qos=0, quiet=True)
+
+    # -- the delivery thread --
+
+    def _deliver(self) -> None:
+        """Acknowledgements to `on_sent`, the current state after each connect's backlog, and a watch on
+        paho's network loop. Nothing raised here ends it."""
+        backlog: set[int] | None = None  # events paho held at the last connect, not yet acknowledged
+        state_due = 0.0
+        while True:
+            try:
+                item = self._inbox.get(timeout=TICK_S)
+            except queue.Empty:
+                item = ("tick",)
+            try:
+                if item[0] == "stop":
+                    return
+                if item[0] == "ack":
+                    self._acked(item[1], item[2])
+                elif item[0] == "connected":
+                    backlog, state_due = item[1], time.monotonic() + BACKLOG_WAIT_S
+                if backlog is not None and (time.monotonic() >= state_due or not self._any_waiting(backlog)):
+                    backlog = None
+                    self._send_latest()
+                self._watch_loop()
+            except Exception as exc:  # this thread must outlive any one failure
+                self._error("delivery", exc)
+
+    def _acked(self, mid: int, refused: bool) -> None:
+        with self._lock:
+            on_sent = self._waiting.pop(mid, None)
+        if on_sent is None:
+            return  # a message nobody waits for (status, discovery)
+        if refused:  # MQTT 5 brokers can refuse a message (e.g. ACL)
+            log.warning("MQTT broker %s refused message %d; it stays in the outbox", self.where, mid)
+            return
+        try:
+            on_sent()
+        except Exception as exc:  # the outbox keeps the event; the next ones must still be told
+            self.ack_errors += 1
+            self._error("handling an acknowledgement", exc)
+
+    def _any_waiting(self, mids: set[int]) -> bool:
+        with self._lock:
+            return any(mid in self._waiting for mid in mids)
+
+    def _send_latest(self) -> None:
+        with self._lock:
+            if self.connected.is_set():
+                for topic, payload in self._latest.items():
+                    self._publish(topic, payload, retain=True, qos=0, quiet=True)
+
+    def _watch_loop(self) -> None:
+        """A network loop that ended leaves nobody to read acknowledgements or reconnect: say so, show it
+        (offline), and start it again on a fresh connection."""
+        if not self._started or self._stopping.is_set() or self.network_alive:
+            self._loop_ended = None
+            return
+        now = time.monotonic()
+        if self._loop_ended is None:
+            self._loop_ended = now
+            self.connected.clear()
+            log.error(
+                "MQTT: the network loop for broker %s ended; events wait in the outbox; restarting it in %.0f s",
+                self.where,
+                self._restart_after_s,
+            )
+            return
+        if now - self._loop_ended < self._restart_after_s:
+            return
+        with self._loop_lock:
+            if self._stopping.is_set() or self.network_alive:
+                return
+            self.loop_restarts += 1
+            self._restart_after_s = min(2 * self._restart_after_s, self.cfg.reconnect_max_s)
+            self._loop_ended = None
+            self._connect_async()  # a fresh connection: the old socket may hold half a packet
+            self.client.loop_start()
+
+    def _connect_async(self) -> None:
+        try:
+            self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
+        except (OSError, ValueError) as exc:
+            log.warning("MQTT broker %s: %s; retrying in the background", self.where, exc)
+
+    def _error(self, where: str, exc: BaseException) -> None:
+        """One line per kind of failure a minute: a failure on every message must not flood the journal."""
+        now = time.monotonic()
+        if now - self._error_logged.get(where, -3600.0) < 60:
+            log.debug("MQTT: %s failed again: %s: %s", where, type(exc).__name__, exc)
+            return
+        self._error_logged[where] = now
+        log.error("MQTT: %s failed (%s: %s); delivery goes on", where, type(exc).__name__, exc)
+
+    def _guarded(self, name: str, callback: Callable[..., None]) -> Callable[..., None]:
+        """paho re-raises what a callback raises, and its network loop ends: nothing gets through."""
+
+        def guarded(*args: Any) -> None:
+            try:
+                callback(*args)
+            except Exception as exc:
+                self.callback_errors += 1
+                self._error(f"paho's {name} callback", exc)
+
+        return guarded
+
+    # -- paho callbacks (network thread): quick, and they only queue what takes time --
 
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object) -> None:
         if getattr(reason, "is_failure", False):
             log.error("MQTT broker %s refused the connection: %s; check mqtt.username/password", self.where, reason)
             return
-        self.connected.set()
-        self._warned_down = False
+        self._warned_down = self._warned_full = False
+        self._restart_after_s = 1.0
+        # Discovery before availability: Home Assistant creates the entities, then marks them available.
+        # Their values (state, snapshot) follow from the delivery thread, after the events paho held.
         with self._lock:
-            retained = list(self._retained.items())
-        # Discovery before availability before states: Home Assistant creates the entities, marks them
-        # available, then gets their values (all retained, so order only matters for a live HA).
-        for topic, payload in sorted(retained, key=lambda kv: not kv[0].endswith("/config")):
-            if topic.endswith("/config"):
+            for topic, payload in self._configs.items():
                 self._publish(topic, payload, retain=True)
-        self._publish(self.topics.status, "online", retain=True)
-        for topic, payload in retained:
-            if not topic.endswith("/config"):
-                self._publish(topic, payload, retain=True)
+            self._publish(self.topics.status, "online", retain=True)
+            backlog = self._held_at_connect = set(self._waiting)
+            self.connected.set()
         if self.homeassistant.discovery:  # the broker answers with every retained config: see _on_message
             client.subscribe(f"{self.homeassistant.discovery_prefix}/+/+/+/config", qos=0)
+        self._inbox.put(("connected", backlog))
         log.info("MQTT connected to %s; topics under %s/", self.where, self.topics.prefix)
 
     def _on_publish(self, client: mqtt.Client, userdata: object, mid: int, reason: Any, props: object) -> None:
-        with self._lock:
-            if mid in self._waiting:
-                on_sent = self._waiting.pop(mid)
-            else:
-                self._acked_early.add(mid)
-                return
-        if getattr(reason, "is_failure", False):  # MQTT 5 brokers can refuse a message (e.g. ACL)
-            log.warning("MQTT broker %s refused message %d: %s; it stays in the outbox", self.where, mid, reason)
-            return
-        if on_sent is not None:
-            on_sent()
+        # Called under paho's message lock: only queue it, the outbox's database work is not for this thread.
+        self._inbox.put(("ack", mid, bool(getattr(reason, "is_failure", False))))
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         """A retained discovery config: clear it if it is ours but its camera has gone from the config."""
-        if not msg.retain or not msg.payload:
-            return
+        if not msg.retain or not msg.payload or len(msg.payload) > MAX_CONFIG_BYTES:
+            return  # too big to be one of ours
         with self._lock:
-            current = msg.topic in self._retained
+            current = msg.topic in self._configs
         if current:
             return
         try:
             payload = json.loads(msg.payload)
-        except (UnicodeDecodeError, ValueError):
-            return  # someone else's, in a format of their own
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            return  # someone else's, in a format (or a depth) of their own
         if is_birdwatch_config(payload, self.topics.status):
             log.info("Home Assistant: removing %s, its camera is no longer in the config", msg.topic)
-            self._publish(msg.topic, b"", retain=True)
+            with self._lock:
+                self._publish(msg.topic, b"", retain=True)
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object
     ) -> None:
         was = self.connected.is_set()
         self.connected.clear()
+        if self._stopping.is_set():
+            return
         if was:
-            log.warning("MQTT connection to %s lost (%s); reconnecting, events are queued", self.where, reason)
+            log.warning(
+                "MQTT connection to %s lost (%s); reconnecting, events are queued in the outbox", self.where, reason
+            )
         elif getattr(reason, "is_failure", False) and not self._warned_down:
             # Dropped before CONNACK: typically TLS expected by the listener, or our certificate refused
             # after a TLS 1.3 handshake (which the client sees only on its first read).
@@ -362,10 +543,33 @@ class MqttSink:
         elif not self._warned_down:
             self._warned_down = True
             log.warning(
-                "MQTT broker %s unreachable; retrying every %d s at most, events are queued",
+                "MQTT broker %s unreachable; retrying every %d s at most, events are queued in the outbox",
                 self.where,
                 int(self.cfg.reconnect_max_s),
             )
+
+
+def warn_plain_password(cfg: MqttConfig, password: str | None) -> bool:
+    """Warn (True) when the MQTT password would cross a network in the clear: no mqtt.tls, a broker elsewhere."""
+    if not password or cfg.tls is not None or not cfg.host or _is_loopback(cfg.host):
+        return False
+    log.warning(
+        "mqtt: the password of %r goes to %s:%d unencrypted (mqtt.tls is not set); anyone on the network "
+        "between can read it; set mqtt.tls (and the broker's TLS listener, usually port 8883)",
+        cfg.username,
+        cfg.host,
+        cfg.port,
+    )
+    return True
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def client_id(cfg: MqttConfig) -> str:

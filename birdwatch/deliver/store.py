@@ -6,7 +6,8 @@ outage or a crash, go out first, in the order they were made. Delivered rows are
 `birdwatch events` and `birdwatch stats` read, kept for `store.retention_days`.
 
 WAL mode lets the CLI read while the service writes. The connection is shared between the
-pipeline thread (writes) and paho's network thread (acknowledgements), behind one lock.
+decide thread (writes) and the MQTT sink's delivery thread (acknowledgements; never paho's network
+thread), behind one lock.
 """
 
 from __future__ import annotations
@@ -237,25 +238,38 @@ class Outbox:
     """Store first, then publish; acknowledged events are marked sent.
 
     Events are handed to the publisher strictly in outbox order, at most `max_in_flight` unacknowledged
-    at a time (the rest wait in SQLite, not in memory). A handed event stays with the publisher
-    (paho keeps QoS 1 messages across reconnects) until acknowledged, so it is handed once per
-    process; a new process hands every unsent row again, oldest first.
+    at a time (the rest wait in SQLite, not in memory, however long the broker is away). A handed event
+    stays with the publisher (paho keeps QoS 1 messages across reconnects) until acknowledged, so it is
+    handed once per process; a new process hands every unsent row again, oldest first.
+
+    `on_sent` runs on the publisher's delivery thread. If marking the row fails there (a full disk, a
+    lock held too long), the event is still acknowledged: it is not handed again, and marking it is
+    tried again at the next pump; should the process end first, the next one sends it again (at least
+    once).
     """
 
-    def __init__(self, store: EventStore, publisher: Publisher, max_in_flight: int = 1000) -> None:
+    def __init__(self, store: EventStore, publisher: Publisher, max_in_flight: int = 100) -> None:
         self.store = store
         self.publisher = publisher
         self.max_in_flight = max_in_flight
         self._cond = threading.Condition()
         self._pumping = threading.Lock()  # one hand-over at a time, so the order holds across threads
         self._in_flight: set[str] = set()
+        self._unmarked: dict[str, float] = {}  # acknowledged, not yet marked sent: event id -> when acked
         self._handed_seq = 0  # every row up to here was handed in this process
         self.sent = 0
+        self.mark_failures = 0
 
     @property
     def in_flight(self) -> int:
         with self._cond:
             return len(self._in_flight)
+
+    @property
+    def unmarked(self) -> int:
+        """Acknowledged by the broker, not yet marked sent in SQLite (its write failed; tried again)."""
+        with self._cond:
+            return len(self._unmarked)
 
     def submit(self, event: VisitEvent) -> None:
         self.store.add(event)
@@ -263,6 +277,7 @@ class Outbox:
 
     def pump(self) -> int:
         """Hand over what is pending, in order; returns how many were handed."""
+        self._mark_unmarked()
         with self._pumping:
             return self._pump()
 
@@ -279,9 +294,15 @@ class Outbox:
             for row in rows:
                 with self._cond:
                     self._in_flight.add(row.id)
-                if not self.publisher.publish_event(
-                    row.camera, row.payload, self._on_sent(row.id), _read(row.snapshot)
-                ):
+                try:
+                    taken = self.publisher.publish_event(
+                        row.camera, row.payload, self._on_sent(row.id), _read(row.snapshot)
+                    )
+                except BaseException:
+                    with self._cond:
+                        self._in_flight.discard(row.id)
+                    raise
+                if not taken:
                     with self._cond:
                         self._in_flight.discard(row.id)
                     return handed  # refused (publisher queue full): the rest stays pending, in order
@@ -289,26 +310,66 @@ class Outbox:
                 handed += 1
 
     def flush(self, timeout: float) -> bool:
-        """Hand over everything and wait for the acknowledgements; True if nothing is left in flight."""
-        self.pump()
+        """Hand over everything (as acknowledgements make room) and wait for the acknowledgements; True
+        if nothing is left unsent."""
         deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._in_flight:
+        while True:
+            handed = self.pump()
+            with self._cond:
+                if not self._in_flight and not handed:
+                    break  # nothing out, nothing more taken
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    return False
-                self._cond.wait(left)
+                    break
+                if self._in_flight:
+                    self._cond.wait(left)  # woken by each acknowledgement
+        self._mark_unmarked()
         return self.store.count_pending() == 0
 
     def _on_sent(self, event_id: str) -> Callable[[], None]:
-        def sent() -> None:  # paho's network thread
-            self.store.mark_sent(event_id)
+        def sent() -> None:  # the publisher's delivery thread (LogSink: the caller's)
+            when = time.time()
+            try:
+                self.store.mark_sent(event_id, when)
+            except Exception as exc:  # sqlite3.Error mostly (a full disk, a lock held too long): keep it
+                self._keep_unmarked(event_id, when, exc)
             with self._cond:
                 self._in_flight.discard(event_id)
                 self.sent += 1
                 self._cond.notify_all()
 
         return sent
+
+    def _keep_unmarked(self, event_id: str, when: float, exc: Exception) -> None:
+        self.mark_failures += 1
+        with self._cond:
+            first = not self._unmarked
+            self._unmarked[event_id] = when
+        if first:
+            log.warning(
+                "event history: the broker has event %s but marking it sent failed (%s); trying again, it is not "
+                "published again meanwhile",
+                event_id[:8],
+                exc,
+            )
+
+    def _mark_unmarked(self) -> None:
+        """Mark what the broker acknowledged while SQLite refused the write; quietly, until it works."""
+        with self._cond:
+            todo = dict(self._unmarked)
+        if not todo:
+            return
+        done = 0
+        for event_id, when in todo.items():
+            try:
+                self.store.mark_sent(event_id, when)
+            except Exception:
+                break  # still failing: next pump
+            with self._cond:
+                self._unmarked.pop(event_id, None)
+            done += 1
+        if done:
+            log.info("event history: %d acknowledged event(s) marked sent after all", done)
 
 
 def _read(path: str | None) -> bytes | None:

@@ -2,6 +2,11 @@
 
 `motion`: each camera's own background model gives regions. `detector`: the head finds birds in
 whole frames. `detector+motion`: the head looks only where motion is.
+
+What the classifier sees of a box is the same whichever found it: a square on the box, grown by the
+camera's `motion.padding`, inside the frame. Motion regions are made that way already; detector
+boxes are tight around the bird (and stay so for tracks, events and snapshots), so their crops are
+squared here: stretched to the network's square input, a tight box would distort the bird.
 """
 
 from __future__ import annotations
@@ -9,11 +14,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from birdwatch.config import CameraConfig
+from birdwatch.geometry import square_around
 from birdwatch.locate.localiser import DetectorLocaliser
 from birdwatch.locate.localiser import MotionGatedLocaliser
 from birdwatch.locate.motion import MotionDetector
+from birdwatch.types import Box
 from birdwatch.types import Detections
 from birdwatch.types import Frame
+from birdwatch.types import Source
 
 
 class Locator:
@@ -22,6 +30,7 @@ class Locator:
     ) -> None:
         self.localiser = localiser  # None: motion regions only
         self.motion = {cam.name: MotionDetector(cam.motion) for cam in cameras}
+        self.padding = {cam.name: cam.motion.padding for cam in cameras}
 
     def __call__(self, frames: Sequence[Frame]) -> list[Detections]:
         """One Detections per frame, in order; frames of several cameras share the head's batch."""
@@ -30,3 +39,16 @@ class Locator:
             return self.localiser(images)
         moving = [self.motion[frame.camera](frame.image) for frame in frames]
         return moving if self.localiser is None else self.localiser(images, moving)
+
+    def crop_boxes(self, frame: Frame, found: Detections) -> list[Box]:
+        """The crop of each box the classifier is given: a padded square, detector and motion alike."""
+        if found.source is not Source.DETECTOR:
+            return found.int_boxes()  # motion regions are padded squares already (MotionDetector)
+        width, height = frame.size
+        padding = self.padding.get(frame.camera, 0.0)
+        return [_rounded(square_around(box, padding, width, height)) for box in found.boxes.tolist()]
+
+
+def _rounded(box: tuple[float, float, float, float]) -> Box:
+    x1, y1, x2, y2 = box
+    return round(x1), round(y1), round(x2), round(y2)

@@ -30,7 +30,10 @@ class MotionDetector:
     def __call__(self, image: np.ndarray) -> Detections:
         height, width = image.shape[:2]
         scale = min(1.0, self.cfg.width / width)
-        small = cv2.resize(image, (max(1, round(width * scale)), max(1, round(height * scale))), cv2.INTER_AREA)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        # By keyword: the third positional argument is `dst`. Area averaging keeps texture finer than the
+        # analysis grid (leaves, gravel, sensor noise) from aliasing into motion when the camera shakes.
+        small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
         grey = cv2.GaussianBlur(cv2.cvtColor(small, cv2.COLOR_BGR2GRAY), (5, 5), 0)
         mask = self._bg.apply(grey)
         self.frames_seen += 1

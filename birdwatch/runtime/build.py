@@ -8,12 +8,14 @@ is closed again, so a failed build leaves nothing behind (a reload keeps the run
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from birdwatch.classify.engine import ClassifierEngine
 from birdwatch.classify.engine import WorkerPlan
+from birdwatch.classify.models import PROGRESS_EVERY_S
 from birdwatch.classify.models import Classifier
 from birdwatch.classify.models import load_classifier
 from birdwatch.config import Config
@@ -28,6 +30,7 @@ from birdwatch.deliver.store import Outbox
 from birdwatch.locate.localiser import build_localiser
 from birdwatch.locate.locator import Locator
 from birdwatch.precision import Precision
+from birdwatch.runtime import systemd
 from birdwatch.runtime.decider import Decider
 
 
@@ -51,7 +54,7 @@ class Parts:
 
 def build(config: Config, classifier: Classifier | None = None, sink: EventSink | None = None) -> Parts:
     sink = sink or _sink(config)
-    classifier = classifier or load_classifier(config.model)
+    classifier = classifier or load_classifier(config.model, while_fetching=_tell_systemd_fetching(config))
     check_species_lists(config.events, classifier.class_names, classifier.name)
     engine_cfg = config.engine
     plan = WorkerPlan.resolve(classifier.device, engine_cfg.workers, engine_cfg.threads)
@@ -74,6 +77,16 @@ def build(config: Config, classifier: Classifier | None = None, sink: EventSink 
         decider = Decider(config, visits, store, outbox, sink, snapshots)
         undo.pop_all()  # built: from here the pipeline owns them
     return Parts(classifier, plan, threads_before, engine, locator, store, outbox, sink, decider)
+
+
+def _tell_systemd_fetching(config: Config) -> Callable[[int], None]:
+    """While first-start weights download, keep systemd from timing out the start."""
+    name = config.model.file or config.model.name
+
+    def report(done: int) -> None:
+        systemd.busy(f"fetching {name}: {done / 1e6:.0f} MB so far", seconds=3 * PROGRESS_EVERY_S)
+
+    return report
 
 
 def _sink(config: Config) -> EventSink:

@@ -123,10 +123,32 @@ class SnapshotCollector:
                 "1 while connected to the broker.",
                 value=1.0 if snap["mqtt_connected"] else 0.0,
             )
+        yield from _fault_metrics(snap)
         if "elapsed_s" in snap:
             yield GaugeMetricFamily(
                 "birdwatch_uptime_seconds", "Seconds since the pipeline started.", value=snap["elapsed_s"]
             )
+
+
+# What months of unattended running meet and get over: (snapshot key, metric kind, help).
+FAULT_METRICS = (
+    ("events_unsaved", GaugeMetricFamily, "Told events SQLite has not taken yet (held in order and retried)."),
+    ("event_save_failures", CounterMetricFamily, "Event writes SQLite refused since start (each retried)."),
+    ("events_lost", CounterMetricFamily, "Told events given up on (the unsaved queue overflowed, or at stop)."),
+    ("events_unmarked", GaugeMetricFamily, "Events the broker acknowledged that SQLite has not marked sent yet."),
+    ("event_mark_failures", CounterMetricFamily, "Marking an acknowledged event sent failed (retried)."),
+    ("mqtt_callback_errors", CounterMetricFamily, "Exceptions caught in MQTT client callbacks."),
+    ("mqtt_loop_restarts", CounterMetricFamily, "Times the MQTT network loop had ended and was started again."),
+    ("visits_merged", CounterMetricFamily, "Second tracks of one bird joined to its open visit."),
+    ("frames_held", GaugeMetricFamily, "Whole frames the open visits keep for their snapshots."),
+    ("frames_held_bytes", GaugeMetricFamily, "Bytes of the whole frames the open visits keep."),
+)
+
+
+def _fault_metrics(snap: Snapshot) -> Iterator[Metric]:
+    for key, family, doc in FAULT_METRICS:
+        if snap.get(key) is not None:
+            yield family(f"birdwatch_{key}", doc, value=float(snap[key]))
 
 
 def make_registry(snapshot: Callable[[], Snapshot], *, process: bool = True) -> CollectorRegistry:

@@ -55,7 +55,14 @@ from birdwatch.types import VisitEvent
 log = logging.getLogger(__name__)
 
 STAGE_HUNG_S = 30.0  # a stage thread silent this long is hung: the systemd watchdog ping is withheld
-FLUSH_S = 5.0  # at stop, wait this long for the broker to acknowledge what is still in flight
+SINK_PROBLEM_S = 60.0  # the sink's delivery thread or network loop gone this long: the ping is withheld too
+FLUSH_S = 5.0  # at stop, wait at most this long for the broker to acknowledge what is still in flight
+# All of stop() before the sink's own `offline` (up to 3 s) fits in this, inside the unit's
+# TimeoutStopSec=15, however many cameras are stalled: they are asked to stop together, and a read
+# blocked in FFmpeg is not waited for beyond READERS_STOP_S.
+STOP_BUDGET_S = 11.0
+SINK_STOP_S = 3.0  # the sink's `offline`, and its delivery thread handing on the last acknowledgements
+READERS_STOP_S = 2.0
 PROCESS_TIMEOUT_S = 120.0  # `process` waits this long for the decide thread
 TICK_S = 0.25  # how often the decide thread lets time pass (visits of birds that left end, heartbeats)
 
@@ -98,8 +105,11 @@ class Pipeline:
         self._heartbeat: dict[str, float] = {}
         self._watchdog = systemd.Watchdog()
         self._hung_reported = False
+        self._sink_problem_since: float | None = None
+        self._sink_problem_reported = False
         self._stats_report = StatsReport()
         self._rates = FeedRates()
+        self.status_note = ""  # put before the summary in systemd's STATUS=, e.g. why a reload failed
 
     # -- parts, for callers that look inside (tests, the bench) --
 
@@ -184,7 +194,7 @@ class Pipeline:
         broken. Returns the exit code."""
         while not stop.wait(0.25):
             self._beat()
-            fatal = next((g.fatal for g in self._guards.values() if g.fatal), None)
+            fatal = next((g.fatal for g in self._guards.values() if g.fatal), None) or self._dead_stage()
             if fatal:
                 log.error("stopping: %s", fatal)
                 return 1
@@ -197,9 +207,24 @@ class Pipeline:
                 self.report()
         return 0
 
+    def _dead_stage(self) -> str | None:
+        """Why a stage thread has ended while it should run (an exception it did not catch), or None.
+        Once the sources have ended and the queue is closed, the stages end by design."""
+        if self.detect_queue.closed:
+            return None
+        dead = next((t for t in self._threads if not t.is_alive()), None)
+        if dead is None:
+            return None
+        return f"the {dead.name.partition('-')[0]} stage (thread {dead.name}) has died"
+
     def _beat(self) -> None:
-        """Ping systemd's watchdog only while every stage thread is alive and making progress."""
+        """Ping systemd's watchdog only while every stage thread is alive and making progress: a dead
+        thread makes no progress either, though it never goes stale."""
         now = time.monotonic()
+        if self._dead_stage():
+            return  # run() stops on it; until then, no ping
+        if self._delivery_stuck(now):
+            return
         stale = [
             (thread.name, now - self._heartbeat[thread.name])
             for thread in self._threads
@@ -219,20 +244,39 @@ class Pipeline:
                 silent,
             )
 
+    def _delivery_stuck(self, now: float) -> bool:
+        """True once the sink has said for SINK_PROBLEM_S that delivery cannot go on by itself (its
+        thread or network loop ended and did not come back): then systemd's restart is the cure."""
+        problem = getattr(self.parts.sink, "problem", None) if self.parts is not None else None
+        if problem is None:
+            self._sink_problem_since = None
+            return False
+        if self._sink_problem_since is None:
+            self._sink_problem_since = now
+        if now - self._sink_problem_since < SINK_PROBLEM_S:
+            return False
+        if not self._sink_problem_reported:
+            self._sink_problem_reported = True
+            log.error("%s for %.0f s; withholding the watchdog so systemd restarts us", problem, SINK_PROBLEM_S)
+        return True
+
     def stop(self, timeout: float = 8.0) -> bool:
         """Stop capture, drain the queued work through the stages (the decide thread ends the visits of
-        birds still there), then the sink. False if a camera read is still blocked in native code (the
-        caller then exits without waiting for it)."""
+        birds still there), then the sink. The stages get `timeout`, all of it STOP_BUDGET_S. False if
+        a camera read is still blocked in native code (the caller then exits without waiting for it)."""
         parts = self.parts
         if parts is None:
             return True  # start() failed before anything ran: build() gave back what it had opened
-        if self._decide_thread is None:  # built, but start() failed before the threads ran
+        if self._decide_thread is None or self._decide_thread.ident is None:  # start() failed before the threads ran
+            parts.sink.stop(0.5)  # it may have been started: its client must not live on beside the next one's
             parts.release()
             return True
-        deadline = time.monotonic() + timeout
-        clean = all([feed.reader.stop(timeout=min(5.0, timeout / 2)) for feed in self.feeds])
-        self.detect_queue.close()
-        feeding = [t for t in self._threads if t is not self._decide_thread]
+        began = time.monotonic()
+        deadline = began + timeout
+        for feed in self.feeds:  # every camera at once: stalled ones do not add up
+            feed.reader.request_stop()
+        self.detect_queue.close()  # a reader's last frame may still come: the stages take what is queued
+        feeding = [t for t in self._threads if t is not self._decide_thread and t.ident is not None]
         for thread in feeding:
             thread.join(max(0.1, deadline - time.monotonic()))
         if any(t.is_alive() for t in feeding):
@@ -242,15 +286,24 @@ class Pipeline:
         if self._decide_thread.is_alive():
             log.warning("the decide stage did not finish in time; the visits still open are not ended")
         # Waiting for acknowledgements only makes sense with a broker to give them.
-        if not parts.outbox.flush(FLUSH_S if parts.sink.online else 0.0):
+        flush_s = min(FLUSH_S, max(0.0, began + STOP_BUDGET_S - time.monotonic())) if parts.sink.online else 0.0
+        if not parts.outbox.flush(flush_s):
             log.warning(
                 "%d event(s) not acknowledged by the broker yet; they are kept and sent at the next start",
                 parts.store.count_pending(),
             )
-        parts.sink.stop()
+        parts.sink.stop(min(SINK_STOP_S, max(0.5, began + STOP_BUDGET_S + SINK_STOP_S - time.monotonic())))
+        # Most readers ended long ago; one blocked in FFmpeg is given what is left of READERS_STOP_S.
+        readers_by = began + READERS_STOP_S
+        clean = all([feed.reader.join(readers_by) for feed in self.feeds])
         self.report(final=True)
         parts.release()
         return clean
+
+    def readers_blocked(self) -> bool:
+        """A camera read of this (stopped) pipeline is still blocked in FFmpeg: the process must not
+        tear the interpreter down around it (it would abort), so it exits with os._exit."""
+        return not all(feed.reader.join(time.monotonic()) for feed in self.feeds)
 
     # -- stage threads --
 
@@ -402,7 +455,7 @@ class Pipeline:
     def classify(self, frames: list[Frame], found: list[Detections]) -> list[Detections]:
         """Species for every box of every frame, in one batch."""
         assert self.parts is not None
-        boxes = [d.int_boxes() for d in found]
+        boxes = [self.parts.locator.crop_boxes(f, d) for f, d in zip(frames, found, strict=True)]
         if not any(boxes):
             return [d.with_species(()) for d in found]
         species = self.parts.engine.classify(frames, boxes)
@@ -419,11 +472,16 @@ class Pipeline:
         """Counters for logs, the benchmark and metrics."""
         parts = self.parts
         queues = {"detect": self.detect_queue, "classify": self.classify_queue}
-        return counters(self.stats, self.stages, queues, self.feeds, parts.outbox if parts else None)
+        outbox, decider = (parts.outbox, parts.decider) if parts else (None, None)
+        return counters(self.stats, self.stages, queues, self.feeds, outbox, decider)
+
+    def status_line(self, snap: dict[str, object] | None = None) -> str:
+        summary = summary_line(self.counters() if snap is None else snap)
+        return f"{self.status_note}; {summary}" if self.status_note else summary
 
     def report(self, final: bool = False) -> None:
         snap = self.counters()
-        systemd.status(summary_line(snap))
+        systemd.status(self.status_line(snap))
         if self.parts is not None and not final:
             self.parts.sink.publish_stats(self._stats_report.json(snap))
         log.info("%s %s", "final stats:" if final else "stats:", stats_line(snap, self._rates.line(self.feeds, snap)))

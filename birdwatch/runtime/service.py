@@ -1,8 +1,12 @@
 """The `birdwatch run` process: signals, config reload, clean exit. Runs one Pipeline at a time.
 
 SIGTERM/SIGINT stop it (capture first, then the queued work is drained, then `offline` is
-published). SIGHUP reloads the config: a config that does not load is reported and the running
-one kept; a valid one replaces the running pipeline.
+published). SIGHUP reloads the config: the new one is checked in full first (the file, then what
+only the weights, the password source and the metrics port can tell) while the running pipeline goes
+on; one that fails is reported in the log and in systemd's STATUS=, and the running one kept. A
+valid one replaces the running pipeline; should it still not start, the previous config is started
+again. A reload never leaves the process up with nothing running, nor exits 0 or 2 (which systemd's
+Restart=on-failure and RestartPreventExitStatus=2 would leave down).
 """
 
 from __future__ import annotations
@@ -14,14 +18,34 @@ import threading
 from types import FrameType
 
 from birdwatch.config import Config
+from birdwatch.config import MetricsConfig
 from birdwatch.config import load_config
 from birdwatch.errors import BirdwatchError
 from birdwatch.runtime import systemd
 from birdwatch.runtime.metrics import MetricsServer
-from birdwatch.runtime.metrics import summary_line
 from birdwatch.runtime.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
+
+# A reload feeds systemd's watchdog from a helper thread for this long at most (as long as the unit's
+# TimeoutStartSec=): loading a model and initialising CUDA take a while; a reload that hangs does not.
+RELOAD_MAX_S = 300.0
+EXIT_RESTART = 1  # systemd's Restart=on-failure starts birdwatch again
+
+
+def check_before_start(config: Config) -> None:
+    """What a start would find wrong beyond the file itself, found without building anything: the
+    password source, the weights (fetched first where model.download allows, as a start would), and
+    that events.allow/block name species of those weights. Raises a one-line BirdwatchError."""
+    from birdwatch.classify.models import class_names_of
+    from birdwatch.classify.models import ensure_weights
+    from birdwatch.classify.models import weights_file
+    from birdwatch.decide.visits import check_species_lists
+
+    config.mqtt.password_value()
+    ensure_weights(config.model, while_fetching=lambda _done: systemd.watchdog())  # busy, not hung
+    path, _, model_name = weights_file(config.model)
+    check_species_lists(config.events, class_names_of(path), model_name)
 
 
 class Service:
@@ -33,6 +57,8 @@ class Service:
         self._wake = threading.Event()  # ends Pipeline.run for either request
         self.pipeline: Pipeline | None = None
         self.metrics: MetricsServer | None = None
+        self._metrics_cfg: MetricsConfig | None = None  # what self.metrics serves
+        self._left_behind: list[Pipeline] = []  # stopped at a reload with a camera read still blocked
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self._on_stop)
@@ -52,37 +78,88 @@ class Service:
         self._wake.set()
 
     def run(self) -> int:
-        """Exit code: 0 clean stop or all sources ended, 1 a broken stage or every source failed;
-        the first start raises BirdwatchError (exit 2) for what the user must fix."""
-        pipeline = self.pipeline = Pipeline(self.config)
-        code = 1
+        """Exit code: 0 clean stop or all sources ended, 1 a broken stage, every source failed, or a
+        reload after which nothing would start; the first start raises BirdwatchError (exit 2) for what
+        the user must fix."""
+        pipeline: Pipeline | None = Pipeline(self.config)
+        self.pipeline = pipeline
+        code = EXIT_RESTART
         try:
             pipeline.start()
             self._start_metrics()
-            systemd.ready(summary_line(pipeline.counters()))
+            systemd.ready(pipeline.status_line())
             while True:
                 code = pipeline.run(self._wake)
+                # Cleared before the flags are read: a signal from here on sets _wake again, so the
+                # next pipeline's run() returns at once instead of waiting on a request already made.
+                self._wake.clear()
                 if self.stop_requested.is_set() or not self.reload_requested.is_set():
                     return code
-                new = self._load_new_config()
-                if new is None:
-                    systemd.ready(summary_line(pipeline.counters()))
-                    continue  # keep the running pipeline as it is
-                self._stop(pipeline, code)
-                self.config = new
-                pipeline = self.pipeline = Pipeline(new)
-                try:
-                    pipeline.start()
-                except BirdwatchError as exc:
-                    log.error("the reloaded config does not start: %s; fix it and restart birdwatch", exc)
-                    return 2
-                self._stop_metrics()
-                self._start_metrics()
-                systemd.ready(summary_line(pipeline.counters()))
-                log.info("config reloaded: %d camera(s)", len(new.cameras))
+                with systemd.keepalive(RELOAD_MAX_S):
+                    pipeline = self._reload(pipeline)
+                if pipeline is None:
+                    code = EXIT_RESTART
+                    return code
+                systemd.ready(pipeline.status_line())
         finally:
             self._stop_metrics()
-            self._stop(pipeline, code)
+            if pipeline is not None:
+                self._stop(pipeline, code)
+            self._exit_if_blocked(code)
+
+    # -- reload --
+
+    def _reload(self, running: Pipeline) -> Pipeline | None:
+        """The pipeline that runs after a SIGHUP: a new one for a config that passes every check,
+        `running` itself for one that does not. None only when neither config starts any more."""
+        self.reload_requested.clear()
+        try:
+            new = load_config(self.config_path)
+            check_before_start(new)
+            if self.stop_requested.is_set():  # SIGTERM during the checks (a download, say): stop, do not switch
+                return running
+            self._switch_metrics(new.metrics)  # a taken port fails here, with the old pipeline still up
+        except Exception as exc:  # a BirdwatchError says what to fix; anything else must not end the service
+            why = str(exc) if isinstance(exc, BirdwatchError) else f"{type(exc).__name__}: {exc}"
+            log.error("config reload failed, keeping the running config: %s", why)
+            running.status_note = f"reload failed, kept the running config: {why}"
+            return running
+        self._stop_for_reload(running)
+        try:
+            pipeline = self._start_pipeline(new)
+        except Exception as exc:  # whatever it is, the box must go on with the config that worked
+            log.error("the reloaded config does not start (%s); starting the previous config again", exc)
+            self._switch_metrics_back()
+            try:
+                pipeline = self._start_pipeline(self.config)
+            except Exception as again:
+                log.error("the previous config does not start again either (%s); exiting for a restart", again)
+                systemd.status(f"reload failed, nothing runs; restarting: {exc}")
+                return None
+            pipeline.status_note = f"reload failed, running the previous config: {exc}"
+            return pipeline
+        self.config = new
+        logging.getLogger().setLevel(new.log_level)
+        log.info("config reloaded: %d camera(s)", len(new.cameras))
+        return pipeline
+
+    def _stop_for_reload(self, pipeline: Pipeline) -> None:
+        self._left_behind = [p for p in self._left_behind if p.readers_blocked()]
+        if not pipeline.stop():
+            # Its thread ends when FFmpeg's own timeout fires; the new pipeline opens its own session.
+            log.warning("a camera read of the previous config is still blocked in FFmpeg; going on without it")
+            self._left_behind.append(pipeline)
+
+    def _start_pipeline(self, config: Config) -> Pipeline:
+        pipeline = self.pipeline = Pipeline(config)
+        try:
+            pipeline.start()
+        except BaseException:
+            pipeline.stop()  # gives back what was built
+            raise
+        return pipeline
+
+    # -- metrics --
 
     def _snapshot(self) -> dict[str, object]:
         assert self.pipeline is not None
@@ -91,32 +168,59 @@ class Service:
     def _start_metrics(self) -> None:
         """A port already taken is a ConfigError (exit 2) at start, before READY."""
         self.metrics = MetricsServer.from_config(self.config.metrics, self._snapshot)
+        self._metrics_cfg = self.config.metrics
         if self.metrics is not None:
             self.metrics.start()
-            log.info("metrics on %s/metrics, health on %s/healthz", self.metrics.url, self.metrics.url)
+
+    def _switch_metrics(self, cfg: MetricsConfig) -> None:
+        """Serve metrics as `cfg` says, the new server listening before the old one is closed: a taken
+        port is a ConfigError, and the running server is left as it was."""
+        if cfg == self._metrics_cfg:
+            return
+        new = MetricsServer.from_config(cfg, self._snapshot)
+        old = self.metrics
+        same_port = old is not None and new is not None and cfg.port == old.requested_port
+        if new is not None and not same_port:
+            new.start()
+        if old is not None:
+            old.stop()
+        if new is not None and same_port:  # another address, the same port: only once the old one let go
+            try:
+                new.start()
+            except BirdwatchError:
+                assert old is not None
+                old.start()
+                raise
+        self.metrics, self._metrics_cfg = new, cfg
+
+    def _switch_metrics_back(self) -> None:
+        """The previous config runs again: so do its metrics settings (what they were, where they were)."""
+        try:
+            self._switch_metrics(self.config.metrics)
+        except BirdwatchError as exc:
+            log.error("metrics as the previous config had them cannot start again: %s", exc)
 
     def _stop_metrics(self) -> None:
         if self.metrics is not None:
             self.metrics.stop()
             self.metrics = None
 
+    # -- exit --
+
     @staticmethod
     def _stop(pipeline: Pipeline, code: int) -> None:
         if not pipeline.stop():
-            # A camera read hung inside FFmpeg cannot be interrupted, and tearing the interpreter
-            # down around it aborts the process. Everything else is stopped and flushed by now.
             log.warning("a camera read is still blocked in FFmpeg; exiting without waiting for it")
-            logging.shutdown()
-            os._exit(code)
+            Service._exit(code)
 
-    def _load_new_config(self) -> Config | None:
-        self.reload_requested.clear()
-        self._wake.clear()
-        try:
-            new = load_config(self.config_path)
-            new.mqtt.password_value()
-        except BirdwatchError as exc:
-            log.error("config reload failed, keeping the running config: %s", exc)
-            return None
-        logging.getLogger().setLevel(new.log_level)
-        return new
+    def _exit_if_blocked(self, code: int) -> None:
+        if any(p.readers_blocked() for p in self._left_behind):
+            log.warning("a camera read of an earlier config is still blocked in FFmpeg; exiting without it")
+            Service._exit(code)
+
+    @staticmethod
+    def _exit(code: int) -> None:
+        # A camera read hung inside FFmpeg cannot be interrupted, and tearing the interpreter down
+        # around it aborts the process. Everything else is stopped and flushed by now.
+        logging.shutdown()
+        os._exit(code)

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from dataclasses import field
+from typing import TYPE_CHECKING
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,9 @@ from birdwatch.runtime.batching import Batcher
 from birdwatch.types import EventKind
 from birdwatch.types import Frame
 from birdwatch.types import VisitEvent
+
+if TYPE_CHECKING:
+    from birdwatch.runtime.decider import Decider
 
 _RECENT = 4096  # percentiles over the last few thousand samples: memory stays flat
 
@@ -163,6 +167,7 @@ def counters(
     queues: dict[str, Batcher],
     feeds: Iterable[Feed],
     outbox: Outbox | None,
+    decider: Decider | None = None,
 ) -> dict[str, Any]:
     """Everything counted so far, as one dict: logs, `/metrics`, the stats payload and the bench read it."""
     elapsed = max(1e-9, time.monotonic() - stats.started)
@@ -170,7 +175,7 @@ def counters(
     classify = stages["classify"]
     store = outbox.store if outbox is not None else None
     connected = getattr(outbox.publisher, "connected", None) if outbox is not None else None
-    return {
+    snap = {
         "elapsed_s": round(elapsed, 2),
         "cameras": {feed.name: feed_view(feed, queues["detect"], queues["classify"]) for feed in feeds},
         "stages": views,
@@ -180,7 +185,8 @@ def counters(
         # Acknowledged by the broker (or logged, without one), and still waiting in the outbox.
         "events_published": outbox.sent if outbox is not None else stats.events,
         "events_pending": store.count_pending() if store is not None and not store.closed else None,
-        "mqtt_connected": connected.is_set() if isinstance(connected, threading.Event) else None,
+        # `online`, not the event alone: it also asks whether paho's network loop still runs.
+        "mqtt_connected": bool(outbox.publisher.online) if isinstance(connected, threading.Event) else None,
         "crops": stats.crops,
         "crops_per_s": round(stats.crops / elapsed, 2),
         "events": stats.events,
@@ -189,6 +195,37 @@ def counters(
             "read_to_decision": percentiles_ms(stats.read_to_decision_s),
             "read_to_event": percentiles_ms(stats.read_to_event_s),
         },
+    }
+    if decider is not None:
+        snap.update(decide_counters(decider))
+    if outbox is not None:
+        snap.update(delivery_counters(outbox))
+    return snap
+
+
+def delivery_counters(outbox: Outbox) -> dict[str, int]:
+    """What delivery met and got over: acks SQLite could not record yet, paho callbacks that raised,
+    network loops started again. A sink without them (the log sink, a test's) counts 0."""
+    sink = outbox.publisher
+    return {
+        "events_unmarked": outbox.unmarked,
+        "event_mark_failures": outbox.mark_failures,
+        "mqtt_callback_errors": int(getattr(sink, "callback_errors", 0)),
+        "mqtt_loop_restarts": int(getattr(sink, "loop_restarts", 0)),
+    }
+
+
+def decide_counters(decider: Decider) -> dict[str, int]:
+    """The decide thread's own: events SQLite refused (held and retried), merged tracks, frames kept.
+    Read from other threads: plain ints and a length, each read once."""
+    frames, frame_bytes = decider.visits.frames_held()
+    return {
+        "events_unsaved": decider.unsaved,  # told, waiting for SQLite to take them
+        "event_save_failures": decider.save_failures,
+        "events_lost": decider.lost,
+        "visits_merged": decider.visits.merged,
+        "frames_held": frames,
+        "frames_held_bytes": frame_bytes,
     }
 
 

@@ -2,17 +2,21 @@
 
 The unit is `Type=notify` with `WatchdogSec=`: `ready()` once cameras and the model are up,
 `watchdog()` from the main loop (never from a helper thread, or a hung pipeline would still look
-alive), `status()` with a one-line summary, `stopping()` on SIGTERM. Outside systemd (no
-`$NOTIFY_SOCKET`) every call is a no-op that returns False, so the same code runs from a shell.
+alive; `keepalive()` is the one bounded exception, for a reload), `status()` with a one-line summary,
+`stopping()` on SIGTERM. Outside systemd (no `$NOTIFY_SOCKET`) every call is a no-op that returns
+False, so the same code runs from a shell.
 A failed send is logged at debug level and never raised: telling systemd is not worth a crash.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+import threading
 import time
+from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -131,3 +135,36 @@ class Watchdog:
         sent = watchdog()
         self.pings += sent
         return sent
+
+
+def busy(status_text: str, seconds: float) -> bool:
+    """Long, known work in progress (weights fetched on the first start): push the start timeout out
+    by `seconds` (EXTEND_TIMEOUT_USEC) and feed the watchdog, since the process is busy, not hung."""
+    return notify(f"EXTEND_TIMEOUT_USEC={int(seconds * 1e6)}", "WATCHDOG=1", f"STATUS={_one_line(status_text)}")
+
+
+@contextlib.contextmanager
+def keepalive(max_s: float) -> Iterator[None]:
+    """Feed the watchdog from a helper thread while the main thread does long, known work outside its
+    loop (a reload: draining the old pipeline, SHA-256 of the weights, loading a model, CUDA init).
+    Only for `max_s`: a reload that hangs longer is still killed and restarted by systemd."""
+    interval = watchdog_interval()
+    if interval is None:
+        yield
+        return
+    done = threading.Event()
+
+    def feed() -> None:
+        until = time.monotonic() + max_s
+        while time.monotonic() < until:
+            watchdog()
+            if done.wait(min(interval / 2, max(0.0, until - time.monotonic()))):
+                return
+
+    thread = threading.Thread(target=feed, name="watchdog-keepalive", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(1.0)

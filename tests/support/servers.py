@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
+import hashlib
 import os
 import shutil
 import signal
@@ -17,8 +19,11 @@ import threading
 import time
 from collections.abc import Callable
 from collections.abc import Sequence
+from http.server import SimpleHTTPRequestHandler
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 from typing import NamedTuple
 from typing import Self
 
@@ -232,6 +237,23 @@ class MosquittoBroker(_ServerProcess):
             time.sleep(0.05)
 
 
+def broker_with_users(workdir: Path, users: dict[str, str], acl: str | None = None) -> MosquittoBroker:
+    """A mosquitto (not started) that refuses anonymous clients and knows `users` (name -> password),
+    their passwords hashed by mosquitto_passwd, optionally with an ACL file's text."""
+    passwd = shutil.which("mosquitto_passwd")
+    assert passwd, "mosquitto_passwd not found; `make system-packages` installs mosquitto"
+    workdir.mkdir(parents=True, exist_ok=True)
+    password_file = workdir / "passwords"
+    password_file.touch()
+    for user, password in users.items():
+        subprocess.run([passwd, "-b", str(password_file), user, password], check=True, timeout=30)
+    extra = [f"password_file {password_file}"]
+    if acl is not None:
+        (workdir / "acl").write_text(acl)
+        extra.append(f"acl_file {workdir / 'acl'}")
+    return MosquittoBroker(workdir, allow_anonymous=False, extra_config=extra)
+
+
 class RtspServer(_ServerProcess):
     """tests/support/rtsp_server.py under the system python, serving `frames_dir` in a loop."""
 
@@ -273,6 +295,54 @@ class RtspServer(_ServerProcess):
             if time.monotonic() > deadline:
                 raise self.fail(f"no READY line after {timeout:.0f} s")
             time.sleep(0.05)
+
+
+class WeightsServer:
+    """A model hub stand-in: serves the files of `root` over HTTP on 127.0.0.1 (in a thread), remembers
+    which paths were asked for, and sends at most `bytes_per_s` when set (a slow line)."""
+
+    def __init__(self, root: Path, bytes_per_s: float | None = None) -> None:
+        self.root = root
+        self.requested: list[str] = []
+        self.bytes_per_s = bytes_per_s
+        server = self
+
+        class Handler(SimpleHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.requested.append(self.path)
+                super().do_GET()
+
+            def copyfile(self, source: Any, outputfile: Any) -> None:
+                if server.bytes_per_s is None:
+                    super().copyfile(source, outputfile)
+                    return
+                chunk = 64 * 1024
+                while data := source.read(chunk):
+                    outputfile.write(data)
+                    time.sleep(chunk / server.bytes_per_s)  # the line's speed, not a wait for anything
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer((HOST, 0), functools.partial(Handler, directory=str(root)))
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name="weights-server", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.httpd.server_address[1]}"
+
+    def publish(self, source: Path, name: str) -> str:
+        """Serve `source` as `/name`; returns its SHA-256."""
+        shutil.copy(source, self.root / name)
+        return hashlib.sha256((self.root / name).read_bytes()).hexdigest()
+
+    def start(self) -> Self:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
 
 class Received(NamedTuple):
