@@ -299,9 +299,10 @@ def test_a_new_event_waits_for_the_events_held_over_an_outage(
 def test_a_long_outage_keeps_events_on_disk_not_in_memory(
     mosquitto: MosquittoBroker, mqtt_collector: Collector, tmp_path: Path
 ) -> None:
-    mosquitto.stop()
+    collector = mqtt_collector("outage/+/event")  # on the broker itself: it sees the whole outage through
+    network = TcpProxy(mosquitto.port)  # not started: the broker cannot be reached
     store = EventStore(tmp_path / "bw.db")
-    sink = sink_of(mosquitto, "outage", reconnect_max_s=3)
+    sink = sink_of_proxy(network, "outage")
     outbox = Outbox(store, sink)
     events = events_with_picture(tmp_path, 200, 50_000)
     sink.start()
@@ -313,14 +314,14 @@ def test_a_long_outage_keeps_events_on_disk_not_in_memory(
         held = held_by_paho(sink)
         assert held < 200_000, f"paho holds {held} bytes for 200 events: pictures and states wait in memory"
         assert store.count_pending() == 200
-        mosquitto.start()
-        collector = mqtt_collector("outage/+/event")  # before the sink is back: it retries every 3 s now
+        network.restore()
         assert sink.connected.wait(20)
         assert outbox.flush(30), f"{store.count_pending()} events left after the broker came back"
         collector.wait_for(count=200, timeout=20)
         assert event_ids(collector) == [e.id for e in events], "every one, once, in order"
     finally:
         sink.stop()
+        network.cut()
         store.close()
 
 

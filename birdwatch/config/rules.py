@@ -132,7 +132,7 @@ def metrics_port_not_broker_port(config: Config) -> None:
     metrics, mqtt = config.metrics, config.mqtt
     if not (metrics.enabled and mqtt.host and metrics.port == mqtt.port):
         return
-    if _is_loopback(mqtt.host) or mqtt.host == metrics.bind:
+    if is_loopback(mqtt.host) or mqtt.host == metrics.bind:
         raise ConfigError(
             f"metrics.port: {metrics.port} is also mqtt.port of the broker on this machine ({mqtt.host}); "
             "choose another metrics.port, e.g. 9464"
@@ -192,7 +192,8 @@ def _password_keys(config: Config) -> list[str]:
     return [k for k in ("password", "password_file", "password_env") if getattr(config.mqtt, k)]
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """This machine by name or address (a host name elsewhere is not looked up: False)."""
     if host == "localhost":
         return True
     try:

@@ -34,7 +34,6 @@ instance's availability topic but belong to a camera no longer in the config.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import logging
 import queue
@@ -53,6 +52,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from birdwatch.config import HomeAssistantConfig
 from birdwatch.config import MqttConfig
 from birdwatch.config import MqttTlsConfig
+from birdwatch.config.rules import is_loopback
 from birdwatch.config.tls import ssl_reason as _ssl_reason
 from birdwatch.config.tls import tls_context  # the load-time check (config/rules.py) builds the same context
 from birdwatch.deliver.discovery import CameraTopics
@@ -551,7 +551,7 @@ class MqttSink:
 
 def warn_plain_password(cfg: MqttConfig, password: str | None) -> bool:
     """Warn (True) when the MQTT password would cross a network in the clear: no mqtt.tls, a broker elsewhere."""
-    if not password or cfg.tls is not None or not cfg.host or _is_loopback(cfg.host):
+    if not password or cfg.tls is not None or not cfg.host or is_loopback(cfg.host):
         return False
     log.warning(
         "mqtt: the password of %r goes to %s:%d unencrypted (mqtt.tls is not set); anyone on the network "
@@ -561,15 +561,6 @@ def warn_plain_password(cfg: MqttConfig, password: str | None) -> bool:
         cfg.port,
     )
     return True
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def client_id(cfg: MqttConfig) -> str:

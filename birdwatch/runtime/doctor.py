@@ -43,6 +43,7 @@ from birdwatch.classify.models import weights_file
 from birdwatch.config import CameraConfig
 from birdwatch.config import Config
 from birdwatch.config import load_config
+from birdwatch.config.rules import is_loopback
 from birdwatch.decide.visits import check_species_lists
 from birdwatch.deliver.discovery import node_id
 from birdwatch.deliver.mqtt import configure_tls
@@ -338,7 +339,7 @@ def _connected(probe: _Probe, config: Config, where: str) -> Iterator[Finding]:
         )
         return
     yield Finding(Verdict.OK, "broker", f"{where}{user}: connected, may publish under {prefix}/")
-    if cfg.password_value() and cfg.tls is None and cfg.host not in ("localhost", "127.0.0.1", "::1"):
+    if cfg.password_value() and cfg.tls is None and not is_loopback(cfg.host or ""):
         yield Finding(Verdict.WARN, "broker", "the password goes over the network unencrypted", "set mqtt.tls")
     yield _discovery_seen(probe, config)
 
