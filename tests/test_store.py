@@ -181,8 +181,11 @@ def test_the_next_process_sends_what_was_pending(
     sink.start()
     try:
         outbox.pump()
+        # A new event comes once the pipeline runs, on a connected sink; it is handed over once the held
+        # ones are acknowledged (the decide thread pumps every tick; flush does here).
+        assert sink.connected.wait(10)
         later = event(visit="v-after-restart")
-        outbox.submit(later)  # handed over once the held ones are acknowledged (the decide thread pumps each tick)
+        outbox.submit(later)
         assert outbox.flush(10) and store.count_pending() == 0
         got = collector.wait_for(lambda m: m.topic == "outbox/feeder/event", timeout=20, count=6)
         assert [json.loads(m.payload)["id"] for m in got] == [e.id for e in [*events, later]]
