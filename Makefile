@@ -6,6 +6,8 @@ CONFIG ?= configs/danube-delta.yaml
 # set TORCH_SPEC= (empty) and VENV_FLAGS=--system-site-packages to use JetPack's torch and OpenCV.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 VENV_FLAGS ?=
+# Optional backends beside the default OpenVINO: EXTRAS=test,onnxruntime (or tensorrt on a CUDA PC).
+EXTRAS ?= test
 BIN := $(VENV)/bin
 
 .PHONY: run test demo doctor system-packages lint bench soak models clean
@@ -17,7 +19,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(if $(strip $(TORCH_SPEC)),$(BIN)/python -m pip install -q $(TORCH_SPEC))
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
 	touch $@
 
 run: $(VENV)/.installed

@@ -241,3 +241,31 @@ def test_a_model_fetched_from_a_url_needs_its_file_and_hash(tmp_path: Path, mode
     with pytest.raises(ConfigError) as info:
         parse_config(MINIMAL + f"model: {model}\n")
     assert expected in str(info.value)
+
+
+def test_a_gstreamer_decoder_with_an_opencv_without_gstreamer_fails_the_load() -> None:
+    # The pip wheel of OpenCV this project installs has no GStreamer; JetPack's python3-opencv has.
+    message = error_of(MINIMAL + "    decoder: jetson\n")
+    assert "cameras (feeder): decoder gstreamer/jetson needs OpenCV built with GStreamer" in message
+    assert "python3-opencv" in message and "decoder: ffmpeg" in message
+
+
+def test_the_gstreamer_pipelines_decode_with_decodebin_and_keep_one_frame() -> None:
+    from birdwatch.capture.reader import gstreamer_pipeline
+    from birdwatch.config import CameraConfig
+
+    jetson = gstreamer_pipeline(CameraConfig(name="f", url="rtsp://cam.local/s", decoder="jetson"))
+    assert jetson.startswith('uridecodebin uri="rtsp://cam.local/s" source::protocols=tcp')
+    assert (
+        "! nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! appsink drop=true max-buffers=1"
+        in jetson
+    )
+    usb = gstreamer_pipeline(CameraConfig(name="f", url=0, decoder="gstreamer"))
+    assert usb.startswith("v4l2src device=/dev/video0 ! decodebin ! videoconvert") and "nvvidconv" not in usb
+
+
+def test_a_gstreamer_decoder_for_a_video_file_fails_the_load(tmp_path: Path) -> None:
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"")
+    message = error_of(f"cameras:\n  - name: clip\n    url: {clip}\n    decoder: gstreamer\n")
+    assert "cameras (clip): decoder gstreamer/jetson is for cameras" in message and "decoder: ffmpeg" in message

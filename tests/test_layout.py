@@ -13,7 +13,7 @@ from pathlib import Path
 import birdwatch
 
 PACKAGE = Path(birdwatch.__file__).parent
-ROOMS = ("capture", "locate", "classify", "decide", "deliver", "runtime", "tools", "config")
+ROOMS = ("capture", "locate", "classify", "backends", "decide", "deliver", "runtime", "tools", "config")
 TOOLS = "birdwatch.tools"
 ALLOWED = {PACKAGE / "cli.py"}
 
@@ -102,9 +102,17 @@ def test_the_import_walk_sees_every_form() -> None:
 
 # What each stage room may import besides the shared vocabulary: stages hand each other data through
 # the runtime, never by importing one another. locate reads the loaded classifier (one backbone
-# serves detection and species). The runtime wires every stage; only cli.py and tools/ import it.
-SHARED = {"types", "errors", "redact", "geometry", "imaging", "precision", "config", "__version__"}
-STAGES = {"capture": set(), "locate": {"classify"}, "classify": set(), "decide": set(), "deliver": set()}
+# serves detection and species). backends runs a network for either of them (torch, ONNX Runtime,
+# OpenVINO, TensorRT) and knows no stage. The runtime wires every stage; only cli.py and tools/ import it.
+SHARED = {"types", "errors", "redact", "geometry", "imaging", "precision", "config", "backends", "__version__"}
+STAGES = {
+    "capture": set(),
+    "locate": {"classify"},
+    "classify": set(),
+    "backends": set(),
+    "decide": set(),
+    "deliver": set(),
+}
 
 
 def room_of(module: str) -> str:

@@ -144,7 +144,8 @@ def test_a_model_that_keeps_failing_stops_the_service(
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
     classifier.net.forward = broken  # type: ignore[method-assign]
-    pipeline = Pipeline(config_for(clips, danube_weights), classifier=classifier, sink=ListSink())
+    # The broken forward is the torch module's: an exported backend would not call it.
+    pipeline = Pipeline(config_for(clips, danube_weights, backend="torch"), classifier=classifier, sink=ListSink())
     pipeline.start()
     with caplog.at_level(logging.ERROR, logger="birdwatch"):
         code = run_for(pipeline, seconds=60)

@@ -151,6 +151,7 @@ def test_a_hung_stage_withholds_the_watchdog(
     config = parse_config(yaml.safe_dump(looping_config(clip, danube_weights, ["a"])))
     config.store.path = str(clip.parent / "hung.db")  # in this process: keep its state out of the cwd
     config.snapshots.dir = str(clip.parent / "snapshots")
+    config.engine.backend = "torch"  # the hung forward is the torch module's: an exported backend would not call it
     classifier = load_classifier(config.model)
     release = threading.Event()
 

@@ -321,6 +321,8 @@ def backoff_delay(initial_s: float, max_s: float, failures: int) -> float:
 def open_capture_for(cfg: CameraConfig) -> cv2.VideoCapture:
     """Open a source with the backend it needs."""
     url = cfg.url
+    if cfg.decoder != "ffmpeg":
+        return cv2.VideoCapture(gstreamer_pipeline(cfg), cv2.CAP_GSTREAMER)
     kind = source_kind(url)
     if kind == "usb":
         if isinstance(url, int):
@@ -342,6 +344,22 @@ def open_capture_for(cfg: CameraConfig) -> cv2.VideoCapture:
         return cv2.VideoCapture(str(url), cv2.CAP_FFMPEG, params)
     with _FFMPEG_OPTIONS.use(f"rtsp_transport;{cfg.rtsp_transport}"):
         return cv2.VideoCapture(str(url), cv2.CAP_FFMPEG, params)
+
+
+def gstreamer_pipeline(cfg: CameraConfig) -> str:
+    """The GStreamer pipeline for `decoder: gstreamer | jetson` (cameras; files use FFmpeg, the config says so):
+    decodebin picks the decoder (nvv4l2decoder on a Jetson, VA-API where installed); appsink keeps one frame
+    and drops the rest, as the readers do."""
+    url = cfg.url
+    if isinstance(url, int) or source_kind(url) == "usb":
+        device = f"/dev/video{url}" if isinstance(url, int) else os.path.realpath(Path(url).expanduser())
+        source = f"v4l2src device={device} ! decodebin"
+    else:
+        source = f'uridecodebin uri="{url}"'
+        if source_kind(url) in ("rtsp", "rtsps"):
+            source += f" source::protocols={cfg.rtsp_transport} source::latency=200"
+    convert = "nvvidconv ! video/x-raw,format=BGRx ! " if cfg.decoder == "jetson" else ""
+    return f"{source} ! {convert}videoconvert ! video/x-raw,format=BGR ! appsink drop=true max-buffers=1 sync=false"
 
 
 class _EnvGate:

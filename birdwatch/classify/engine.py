@@ -19,6 +19,10 @@ import torch
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from birdwatch.backends import Graph
+from birdwatch.backends import Runner
+from birdwatch.backends import RunOptions
+from birdwatch.backends import TorchRunner
 from birdwatch.classify.models import Classifier
 from birdwatch.geometry import clip_box
 from birdwatch.imaging import bgr_to_tensor
@@ -61,6 +65,18 @@ class WorkerPlan:
         return before
 
 
+def classifier_graph(classifier: Classifier) -> Graph:
+    """The classifier's logits, as every backend runs them; the export is keyed by its weights file."""
+    return Graph(
+        name=classifier.name,
+        module=classifier.net,
+        input_hw=tuple(classifier.size),  # type: ignore[arg-type]
+        outputs=("logits",),
+        sources=(classifier.path,),
+        device=classifier.device,
+    )
+
+
 def cpu_cores() -> int:
     """The cores this process may run on (a container or systemd CPUAffinity may allow fewer than exist)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -75,15 +91,17 @@ class ClassifierEngine:
         batch_size: int = 16,
         precision: Precision | None = None,
         compile: bool = False,
+        runner: Runner | None = None,
     ) -> None:
+        """`runner` runs the network (`birdwatch.backends.open_runner`); without one, eager torch at `precision`."""
         self.classifier = classifier
         self.device = classifier.device
         self.top_k = min(top_k, len(classifier.class_names))
         self.batch_size = batch_size
         self.precision = precision or Precision()
-        if self.precision.channels_last:
-            classifier.net.to(memory_format=torch.channels_last)
-        self._forward = torch.compile(classifier.net) if compile else classifier.net
+        self.runner = runner or TorchRunner(
+            classifier_graph(classifier), RunOptions(self.precision, batch_size=batch_size, compile=compile)
+        )
         mean = torch.tensor(classifier.rgb_stats["mean"], dtype=torch.float32, device=self.device)
         std = torch.tensor(classifier.rgb_stats["std"], dtype=torch.float32, device=self.device)
         self._mean = mean.view(1, 3, 1, 1)
@@ -102,14 +120,12 @@ class ClassifierEngine:
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         """Softmax over species, in chunks of batch_size; stays on the device."""
-        if self.precision.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
         outs = []
         # Near-equal chunks: 9 crops at batch 8 run as 5 + 4, not 8 + an inefficient 1.
         chunks = max(1, math.ceil(len(batch) / self.batch_size))
-        with self.precision.autocast(self.device):
-            for chunk in batch.tensor_split(chunks):
-                outs.append(torch.softmax(self._forward(chunk).float(), dim=1))
+        for chunk in batch.tensor_split(chunks):
+            (logits,) = self.runner(chunk)
+            outs.append(torch.softmax(logits.to(self.device), dim=1))
         return torch.cat(outs) if outs else torch.zeros((0, len(self.classifier.class_names)), device=self.device)
 
     def classify(self, frames: Sequence[Frame], boxes: Sequence[Sequence[Box]]) -> list[list[tuple[SpeciesScore, ...]]]:

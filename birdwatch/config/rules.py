@@ -98,6 +98,38 @@ def events_qos_at_least_once(config: Config) -> None:
         )
 
 
+def gstreamer_decoder_needs_opencv_with_gstreamer(config: Config) -> None:
+    """cameras[].decoder gstreamer or jetson only with an OpenCV that has GStreamer."""
+    wanting = [c.name for c in config.cameras if c.decoder != "ffmpeg"]
+    files = [c.name for c in config.cameras if c.decoder != "ffmpeg" and _is_file_url(c.url)]
+    if files:
+        raise ConfigError(
+            f"cameras ({', '.join(files)}): decoder gstreamer/jetson is for cameras (it keeps only the newest "
+            "frame); a video file is read with decoder: ffmpeg"
+        )
+    if wanting and not opencv_has_gstreamer():
+        raise ConfigError(
+            f"cameras ({', '.join(wanting)}): decoder gstreamer/jetson needs OpenCV built with GStreamer, and this "
+            "one is not (the pip wheels are not); on a Jetson install JetPack's python3-opencv and build the venv "
+            "with `make .venv/.installed TORCH_SPEC= VENV_FLAGS=--system-site-packages`, or use decoder: ffmpeg"
+        )
+
+
+def _is_file_url(url: str | int) -> bool:
+    return (
+        isinstance(url, str) and "://" not in url and not url.startswith("/dev/") and Path(url).expanduser().is_file()
+    )
+
+
+def opencv_has_gstreamer() -> bool:
+    import cv2
+
+    for line in cv2.getBuildInformation().splitlines():
+        if line.strip().startswith("GStreamer:"):
+            return "YES" in line
+    return False
+
+
 def tls_cert_needs_key(config: Config) -> None:
     """mqtt.tls.cert_file and mqtt.tls.key_file are given together."""
     tls = config.mqtt.tls
@@ -149,6 +181,7 @@ RULES: tuple[Callable[[Config], None], ...] = (
     one_password_source,
     password_needs_username,
     events_qos_at_least_once,
+    gstreamer_decoder_needs_opencv_with_gstreamer,
     tls_cert_needs_key,
     tls_files_usable,  # after tls_cert_needs_key: a certificate without its key cannot load
     species_names_not_empty,

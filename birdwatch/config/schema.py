@@ -43,6 +43,11 @@ class CameraConfig:
     name: str = field(metadata={"check": "camera_name"})
     url: str | int = field(metadata={"check": "camera_url"})
     rtsp_transport: Literal["tcp", "udp"] = "tcp"
+    # ffmpeg: OpenCV's FFmpeg (software decode). gstreamer: GStreamer's decodebin, which picks a hardware
+    # decoder where one is installed (VA-API); jetson: the same, with nvvidconv out of the Jetson's NVMM
+    # buffers, so decodebin's nvv4l2decoder decodes on the Jetson's hardware. Both need OpenCV built with
+    # GStreamer (JetPack's python3-opencv is; the pip wheels are not).
+    decoder: Literal["ffmpeg", "gstreamer", "jetson"] = "ffmpeg"
     loop: bool = False  # video files: start again at the end
     realtime: bool = True  # video files: read at the file's frame rate, as a camera would
     stall_timeout_s: float | None = field(default=None, metadata=_range(0.5, 3600))  # None: 10 frame intervals, >= 5 s
@@ -70,6 +75,10 @@ class ModelConfig:
 @dataclass
 class EngineConfig:
     """How inference runs. `birdwatch bench --tune` measures the choices on this machine."""
+
+    # Where the classifier and the detector run. auto: each installed backend is timed at the first
+    # start (cached with the export in <models_dir>/compiled) and the fastest runs.
+    backend: Literal["auto", "torch", "onnxruntime", "openvino", "tensorrt"] = "auto"
 
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16/fp16 where the hardware has it
     channels_last: bool | None = None  # None: on (faster for birder's convnets on CPU and GPU)

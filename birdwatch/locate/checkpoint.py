@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from birder.common import cli as birder_cli
 from birder.net.detection.base import DetectionBaseNet
 
 from birdwatch import __version__
+from birdwatch.backends.export import file_sha256
 from birdwatch.classify.models import Classifier
 from birdwatch.errors import ModelError
 from birdwatch.locate.head import DEFAULT_FPN_WIDTH
@@ -62,16 +62,9 @@ class HeadInfo:
         )
 
 
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
-
-
 def classifier_sha256(classifier: Classifier) -> str:
-    """SHA-256 of the classifier's weights file (cached per path, size and mtime)."""
-    stat = classifier.path.stat()
-    key = (str(classifier.path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        _SHA_CACHE[key] = birder_cli.calc_sha256(classifier.path)
-    return _SHA_CACHE[key]
+    """SHA-256 of the classifier's weights file (remembered per path, size and mtime)."""
+    return file_sha256(classifier.path)
 
 
 def save_head(path: str | Path, head: DetectionBaseNet, info: HeadInfo, **extra: Any) -> Path:

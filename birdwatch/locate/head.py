@@ -29,6 +29,8 @@ from torchvision.ops import clip_boxes_to_image
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from birdwatch.backends import Backend
+from birdwatch.backends import Runner
 from birdwatch.errors import ModelError
 from birdwatch.imaging import bgr_to_tensor
 from birdwatch.precision import Dtype
@@ -71,7 +73,9 @@ class SharedBackbone(nn.Module):
 
     def detection_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         grad = torch.enable_grad() if self.trainable else torch.no_grad()
-        with grad, autocast(x.device, self.precision):
+        # An export is always fp32: the exported backends apply their own precision.
+        precision = Dtype.FP32 if torch.onnx.is_in_onnx_export() else self.precision
+        with grad, autocast(x.device, precision):
             features = self.net.detection_features(x)
         return {name: features[name].float() for name in self.return_stages}
 
@@ -106,8 +110,30 @@ def shared_backbone(head: DetectionBaseNet) -> SharedBackbone:
     return backbone
 
 
+class HeadOutputs(nn.Module):
+    """The network part of the detector: backbone features, FPN and FCOS head, without anchors or NMS.
+
+    This is what an exported backend runs; `BirdDetector` decodes its outputs with FCOS's own
+    anchors and post-processing, so every backend's boxes go through the same code.
+    """
+
+    OUTPUTS = ("cls_logits", "bbox_regression", "bbox_ctrness")
+
+    def __init__(self, head: DetectionBaseNet) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        _, outputs = self.head.forward_net(x)
+        return tuple(outputs[name] for name in self.OUTPUTS)
+
+
 class BirdDetector:
-    """Boxes for a list of images in one batch: letterbox, normalise as the classifier does, FCOS, map back."""
+    """Boxes for a list of images in one batch: letterbox, normalise as the classifier does, FCOS, map back.
+
+    With a `runner` (an exported backend) every batch is padded to its fixed square `canvas` and
+    the runner's outputs are decoded here; without one, the head runs as a torch module.
+    """
 
     def __init__(
         self,
@@ -120,8 +146,15 @@ class BirdDetector:
         nms_iou: float = 0.5,
         max_detections: int = 20,
         channels_last: bool = False,
+        runner: Runner | None = None,
+        canvas: int | None = None,
     ) -> None:
         self.head = head.to(device).eval()
+        self.runner = runner if runner is not None and runner.backend is not Backend.TORCH else None
+        self.backend = self.runner.backend if self.runner else Backend.TORCH  # for logs and `models export`
+        self.runs_in = self.runner.precision if self.runner else str(shared_backbone(head).precision)
+        self.canvas = canvas or max_size
+        self._levels: list[tuple[int, int]] | None = None  # feature map sizes of the canvas, for anchors
         self.device = device
         self.max_size = max_size
         self.channels_last = channels_last
@@ -135,11 +168,14 @@ class BirdDetector:
         self.head.nms_thresh = nms_iou
         self.head.detections_per_img = max_detections
 
-    def batch(self, images: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-        """3xHxW uint8 RGB tensors (already resized) -> one normalised float batch, zero-padded, and their sizes."""
+    def batch(
+        self, images: Sequence[torch.Tensor], canvas: int | None = None
+    ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """3xHxW uint8 RGB tensors (already resized) -> one normalised float batch, zero-padded (to the
+        smallest multiple of the stride, or to a fixed square canvas), and their sizes."""
         sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]
-        height = _round_up(max(h for h, _ in sizes), PAD_MULTIPLE)
-        width = _round_up(max(w for _, w in sizes), PAD_MULTIPLE)
+        height = canvas or round_up(max(h for h, _ in sizes), PAD_MULTIPLE)
+        width = canvas or round_up(max(w for _, w in sizes), PAD_MULTIPLE)
         out = torch.zeros((len(images), 3, height, width), dtype=torch.float32, device=self.device)
         for i, im in enumerate(images):
             h, w = sizes[i]
@@ -153,20 +189,51 @@ class BirdDetector:
         """Boxes in each image's own pixels; images are BGR uint8 (OpenCV), of any sizes."""
         if not images:
             return []
-        size = max_size or self.max_size
+        size = min(max_size or self.max_size, self.canvas) if self.runner else max_size or self.max_size
         resized, scales = [], []
         for image in images:
             tensor, scale = fit(bgr_to_tensor(image, self.device), size)
             resized.append(tensor)
             scales.append(scale)
-        batch, sizes = self.batch(resized)
-        results, _ = self.head(batch, image_sizes=sizes)
+        if self.runner is None:
+            batch, sizes = self.batch(resized)
+            results, _ = self.head(batch, image_sizes=sizes)
+        else:
+            batch, sizes = self.batch(resized, self.canvas)
+            results = self.decode(batch, self.runner(batch), sizes)
         out = []
         for result, (sx, sy), image in zip(results, scales, images, strict=True):
             boxes = result["boxes"].float() / torch.tensor([sx, sy, sx, sy], device=self.device)
             boxes = clip_boxes_to_image(boxes, image.shape[:2])
             out.append(Detections(boxes.cpu().numpy(), result["scores"].float().cpu().numpy(), Source.DETECTOR))
         return out
+
+    def decode(
+        self, batch: torch.Tensor, outputs: Sequence[torch.Tensor], sizes: list[tuple[int, int]]
+    ) -> list[dict[str, torch.Tensor]]:
+        """FCOS's own anchors and post-processing (score filter, top-k, batched NMS) on a runner's outputs."""
+        head = self.head
+        levels = self.levels()
+        # The anchor generator reads only the shapes of the batch and the feature maps.
+        placeholders = [batch.new_empty((1, 1, h, w)) for h, w in levels]
+        images = head._to_img_list(batch, sizes)
+        anchors = head.anchor_generator(images, placeholders)
+        per_level = [h * w for h, w in levels]
+        split = {
+            name: list(out.to(self.device).split(per_level, dim=1))
+            for name, out in zip(HeadOutputs.OUTPUTS, outputs, strict=True)
+        }
+        split_anchors = [list(a.split(per_level)) for a in anchors]
+        return head.postprocess_detections(split, split_anchors, images.image_sizes)
+
+    def levels(self) -> list[tuple[int, int]]:
+        """(h, w) of each FPN level on the canvas, found once by running the torch network on an empty canvas."""
+        if self._levels is None:
+            x = torch.zeros((1, 3, self.canvas, self.canvas), device=self.device)
+            with torch.inference_mode():
+                features, _ = self.head.forward_net(x)
+            self._levels = [(int(f.shape[2]), int(f.shape[3])) for f in features]
+        return self._levels
 
 
 def fit(image: torch.Tensor, max_size: int) -> tuple[torch.Tensor, tuple[float, float]]:
@@ -180,5 +247,5 @@ def fit(image: torch.Tensor, max_size: int) -> tuple[torch.Tensor, tuple[float, 
     return resized, (new_w / w, new_h / h)
 
 
-def _round_up(value: int, multiple: int) -> int:
+def round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple

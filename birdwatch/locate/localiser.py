@@ -13,11 +13,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
+from birder.net.detection.base import DetectionBaseNet
 from torchvision.ops import batched_nms
 
+from birdwatch.backends import Backend
+from birdwatch.backends import Graph
+from birdwatch.backends import RunOptions
+from birdwatch.backends import open_runner
+from birdwatch.backends.export import cache_dir_for
 from birdwatch.classify.models import Classifier
 from birdwatch.config import Config
 from birdwatch.config import DetectorConfig
@@ -26,7 +34,10 @@ from birdwatch.geometry import enclosing
 from birdwatch.geometry import merge_overlapping
 from birdwatch.geometry import square_around
 from birdwatch.locate.checkpoint import load_head
+from birdwatch.locate.head import PAD_MULTIPLE
 from birdwatch.locate.head import BirdDetector
+from birdwatch.locate.head import HeadOutputs
+from birdwatch.locate.head import round_up
 from birdwatch.precision import Precision
 from birdwatch.types import Box
 from birdwatch.types import Detections
@@ -35,8 +46,19 @@ from birdwatch.types import Source
 log = logging.getLogger(__name__)
 
 
-def load_detector(cfg: DetectorConfig, classifier: Classifier) -> BirdDetector:
-    """The configured head on the classifier's own (shared, frozen) backbone."""
+def load_detector(
+    cfg: DetectorConfig,
+    classifier: Classifier,
+    *,
+    canvas: int | None = None,
+    backend: Backend | str = Backend.TORCH,
+    cache_dir: Path | None = None,
+    options: RunOptions | None = None,
+) -> BirdDetector:
+    """The configured head on the classifier's own (shared, frozen) backbone, run by `backend`.
+
+    `canvas` is the fixed square an exported backend runs at: the region size for `detector+motion`,
+    the frame size for `detector`."""
     if not cfg.file:
         raise ModelError("detector.file: not set; point it at a head from `birdwatch detector train`")
     precision = Precision.resolve(classifier.device, cfg.precision, cfg.channels_last)
@@ -44,27 +66,51 @@ def load_detector(cfg: DetectorConfig, classifier: Classifier) -> BirdDetector:
     if precision.channels_last:
         # The backbone is shared: this changes the classifier's memory layout too (not its weights).
         classifier.net.to(memory_format=torch.channels_last)
+    max_size = cfg.max_size or info.input_size
+    # A multiple of the largest stride, as torch pads: FCOS's anchors take each level's stride as canvas // grid.
+    canvas = round_up(canvas or max_size, PAD_MULTIPLE)
+    runner = None
+    if Backend(backend) is not Backend.TORCH:
+        graph = detector_graph(head, classifier, Path(cfg.file), canvas)
+        options = replace(options or RunOptions(), precision=precision, batch_size=min(4, graph.max_batch))
+        runner = open_runner(graph, backend, cache_dir or Path(cfg.file).parent, options)
     detector = BirdDetector(
         head,
         rgb_stats=classifier.rgb_stats,
         device=classifier.device,
-        max_size=cfg.max_size or info.input_size,
+        max_size=max_size,
         score_threshold=cfg.score_threshold,
         nms_iou=cfg.nms_iou,
         max_detections=cfg.max_detections,
         channels_last=precision.channels_last,
+        runner=runner,
+        canvas=canvas,
     )
     log.info(
-        "detector head %s on %s's backbone (%s, trained at %d px%s), frames at %d px, %s",
+        "detector head %s on %s's backbone (%s, trained at %d px%s), frames at %d px, %s on %s",
         cfg.file,
         classifier.name,
         info.network,
         info.input_size,
         f", val mAP@.5 {info.trained['mAP50']:.3f}" if "mAP50" in info.trained else "",
         detector.max_size,
-        precision.dtype,
+        runner.precision if runner else precision.dtype,
+        runner.backend if runner else Backend.TORCH,
     )
     return detector
+
+
+def detector_graph(head: DetectionBaseNet, classifier: Classifier, head_file: Path, canvas: int) -> Graph:
+    """The detector's network part at its fixed canvas; its export is keyed by the classifier and the head."""
+    return Graph(
+        name=f"{classifier.name}-{head_file.stem}-detector",
+        module=HeadOutputs(head),
+        input_hw=(canvas, canvas),
+        outputs=HeadOutputs.OUTPUTS,
+        sources=(classifier.path, head_file),
+        device=classifier.device,
+        max_batch=64,  # regions of every camera in one step (TensorRT's profile; the others take any batch)
+    )
 
 
 class DetectorLocaliser:
@@ -146,14 +192,21 @@ def _rounded(box: tuple[float, float, float, float]) -> Box:
     return round(x1), round(y1), round(x2), round(y2)
 
 
-def build_localiser(config: Config, classifier: Classifier) -> DetectorLocaliser | MotionGatedLocaliser | None:
-    """What `Pipeline.localise` calls for `localiser: detector | detector+motion`; None for motion only."""
+def build_localiser(
+    config: Config, classifier: Classifier, options: RunOptions | None = None
+) -> DetectorLocaliser | MotionGatedLocaliser | None:
+    """What `Pipeline.localise` calls for `localiser: detector | detector+motion`; None for motion only.
+    The detector runs on `engine.backend`, as the classifier does."""
     if config.localiser == "motion":
         return None
-    detector = load_detector(config.detector, classifier)
+    cfg = config.detector
+    canvas = cfg.region_size if config.localiser == "detector+motion" else None
+    cache_dir = cache_dir_for(config.model.models_dir)
+    detector = load_detector(
+        cfg, classifier, canvas=canvas, backend=config.engine.backend, cache_dir=cache_dir, options=options
+    )
     if config.localiser == "detector":
         return DetectorLocaliser(detector)
-    cfg = config.detector
     return MotionGatedLocaliser(
         detector, region_size=cfg.region_size, padding=cfg.region_padding, max_regions=cfg.max_regions
     )

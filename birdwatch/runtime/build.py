@@ -10,11 +10,16 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from dataclasses import replace
 
 import torch
 
+from birdwatch.backends import RunOptions
+from birdwatch.backends import open_runner
+from birdwatch.backends.export import cache_dir_for
 from birdwatch.classify.engine import ClassifierEngine
 from birdwatch.classify.engine import WorkerPlan
+from birdwatch.classify.engine import classifier_graph
 from birdwatch.classify.models import PROGRESS_EVERY_S
 from birdwatch.classify.models import Classifier
 from birdwatch.classify.models import load_classifier
@@ -27,11 +32,14 @@ from birdwatch.deliver.mqtt import LogSink
 from birdwatch.deliver.mqtt import MqttSink
 from birdwatch.deliver.store import EventStore
 from birdwatch.deliver.store import Outbox
+from birdwatch.errors import BirdwatchError
 from birdwatch.locate.localiser import build_localiser
 from birdwatch.locate.locator import Locator
 from birdwatch.precision import Precision
 from birdwatch.runtime import systemd
 from birdwatch.runtime.decider import Decider
+
+PREPARE_MAX_S = 900.0  # exports, auto's timing and engine builds of a first start
 
 
 @dataclass
@@ -63,20 +71,69 @@ def build(config: Config, classifier: Classifier | None = None, sink: EventSink 
         undo.callback(torch.set_num_threads, threads_before)
         store = EventStore(config.store.path)
         undo.callback(store.close)
+        options = run_options(config, classifier, plan)
+        # A first start exports the networks and times the backends (a TensorRT build takes minutes on
+        # a Jetson): the start timeout is pushed out and the watchdog fed meanwhile.
+        if engine_cfg.backend != "torch":
+            systemd.busy("preparing the inference backend (export and timing on a first start)", seconds=PREPARE_MAX_S)
+        with systemd.keepalive(PREPARE_MAX_S):
+            runner = open_runner(
+                classifier_graph(classifier), engine_cfg.backend, cache_dir_for(config.model.models_dir), options
+            )
+            # The head shares the backbone; the locate stage is one caller.
+            localiser = build_localiser(config, classifier, replace(options, callers=1))
         engine = ClassifierEngine(
             classifier,
             top_k=config.model.top_k,
             batch_size=config.model.batch_size,
-            precision=Precision.resolve(classifier.device, engine_cfg.precision, engine_cfg.channels_last),
-            compile=engine_cfg.compile,
+            precision=options.precision,
+            runner=runner,
         )
-        locator = Locator(config.cameras, build_localiser(config, classifier))  # the head shares the backbone
+        locator = Locator(config.cameras, localiser)
         visits = Visits(config.tracking, config.events, classifier.name, top_k=engine.top_k)
         outbox = Outbox(store, sink)
         snapshots = SnapshotWriter(config.snapshots) if config.snapshots.enabled else None
         decider = Decider(config, visits, store, outbox, sink, snapshots)
         undo.pop_all()  # built: from here the pipeline owns them
     return Parts(classifier, plan, threads_before, engine, locator, store, outbox, sink, decider)
+
+
+def run_options(config: Config, classifier: Classifier, plan: WorkerPlan) -> RunOptions:
+    """How the backends run the networks: the engine's precision and the worker plan (set by `plan.apply()`)."""
+    engine_cfg = config.engine
+    return RunOptions(
+        Precision.resolve(classifier.device, engine_cfg.precision, engine_cfg.channels_last),
+        threads=plan.threads or torch.get_num_threads(),
+        callers=plan.workers,
+        batch_size=config.model.batch_size,
+        compile=engine_cfg.compile,
+    )
+
+
+def prepare_backends(config: Config) -> list[tuple[str, str, str]]:
+    """`birdwatch models export`: the exports (and auto's timing) a start of this config would make, made now,
+    as (part, backend, precision). The same options as `build`, so the start finds them in the cache."""
+    classifier = load_classifier(config.model)
+    plan = WorkerPlan.resolve(classifier.device, config.engine.workers, config.engine.threads)
+    threads_before = plan.apply()
+    try:
+        options = run_options(config, classifier, plan)
+        cache_dir = cache_dir_for(config.model.models_dir)
+        runner = open_runner(classifier_graph(classifier), config.engine.backend, cache_dir, options)
+        made = [("classifier", runner.backend.value, runner.precision)]
+        localiser = build_localiser(config, classifier, replace(options, callers=1))
+        if localiser is not None:
+            made.append(("detector", localiser.detector.backend.value, localiser.detector.runs_in))
+        wanted = config.engine.backend
+        fell_back = [part for part, backend, _ in made if wanted not in ("auto", backend)]
+        if fell_back:  # asked for by name, ahead of time: falling back is a failure to report, not to hide
+            raise BirdwatchError(
+                f"engine.backend {wanted} could not run the {' and the '.join(fell_back)} here "
+                "(the warning above says why); install it, or use backend auto or torch"
+            )
+        return made
+    finally:
+        torch.set_num_threads(threads_before)
 
 
 def _tell_systemd_fetching(config: Config) -> Callable[[int], None]:

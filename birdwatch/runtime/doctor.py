@@ -32,6 +32,9 @@ import paho.mqtt.client as mqtt
 import torch
 from paho.mqtt.enums import CallbackAPIVersion
 
+from birdwatch.backends import EXTRA
+from birdwatch.backends import Backend
+from birdwatch.backends import candidates
 from birdwatch.capture.reader import CameraReader
 from birdwatch.capture.reader import CameraStatus
 from birdwatch.capture.reader import source_kind
@@ -174,10 +177,20 @@ def check_inference(config: Config) -> Finding:
     where = f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else device.type
     layout = ", channels_last" if precision.channels_last else ""
     threads = f" x {plan.threads} thread(s)" if plan.threads else ""
+    here = ", ".join(b.value for b in candidates(device))
+    wanted = Backend(engine.backend)
+    if wanted is not Backend.AUTO and wanted not in candidates(device):
+        return Finding(
+            Verdict.WARN,
+            "inference",
+            f"engine.backend {wanted} cannot run on {where} here (installed: {here}); torch will run instead",
+            EXTRA.get(wanted, "choose one of the installed backends"),
+        )
     return Finding(
         Verdict.OK,
         "inference",
-        f"torch {torch.__version__} on {where}, {precision.dtype}{layout}, {plan.workers} classify worker(s){threads}",
+        f"engine.backend {wanted} (installed: {here}) on {where}, torch {torch.__version__} {precision.dtype}{layout}, "
+        f"{plan.workers} classify worker(s){threads}",
     )
 
 

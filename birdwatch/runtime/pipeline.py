@@ -176,14 +176,14 @@ class Pipeline:
             thread.start()
         for feed in self.feeds:
             feed.reader.start()
-        precision = parts.engine.precision
+        runner = parts.engine.runner
         log.info(
-            "birdwatch running: %d camera(s), model %s on %s (%s%s, batch %d, %d classify worker(s)%s)",
+            "birdwatch running: %d camera(s), model %s on %s (%s, %s, batch %d, %d classify worker(s)%s)",
             len(self.feeds),
             parts.classifier.name,
             parts.classifier.device,
-            precision.dtype,
-            ", channels_last" if precision.channels_last else "",
+            runner.backend,
+            runner.precision,
             self.config.model.batch_size,
             parts.plan.workers,
             f" x {parts.plan.threads} thread(s)" if parts.plan.threads else "",

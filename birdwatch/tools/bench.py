@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +26,23 @@ from birder import classification_transform
 from birder.inference.classification import infer_image
 from PIL import Image
 
+from birdwatch.backends import Backend
+from birdwatch.backends import BackendError
+from birdwatch.backends import Runner
+from birdwatch.backends import RunOptions
+from birdwatch.backends import build_runner
+from birdwatch.backends import candidates
+from birdwatch.backends.export import cache_dir_for
 from birdwatch.classify.engine import ClassifierEngine
 from birdwatch.classify.engine import WorkerPlan
+from birdwatch.classify.engine import classifier_graph
 from birdwatch.classify.engine import cpu_cores
 from birdwatch.classify.models import Classifier
 from birdwatch.classify.models import load_classifier
 from birdwatch.classify.models import resolve_device
 from birdwatch.config import CameraConfig
 from birdwatch.config import Config
+from birdwatch.config import DetectorConfig
 from birdwatch.config import EngineConfig
 from birdwatch.config import EventsConfig
 from birdwatch.config import ModelConfig
@@ -40,8 +50,12 @@ from birdwatch.config import MotionConfig
 from birdwatch.config import SnapshotsConfig
 from birdwatch.config import StoreConfig
 from birdwatch.config import TrackingConfig
+from birdwatch.locate.checkpoint import HeadInfo
+from birdwatch.locate.checkpoint import save_head
+from birdwatch.locate.head import DEFAULT_FPN_WIDTH
 from birdwatch.locate.head import BirdDetector
 from birdwatch.locate.head import build_head
+from birdwatch.locate.localiser import load_detector
 from birdwatch.precision import Dtype
 from birdwatch.precision import Precision
 from birdwatch.runtime.pipeline import Pipeline
@@ -55,6 +69,7 @@ from birdwatch.types import Frame
 
 log = logging.getLogger(__name__)
 
+REGION = 320  # detector+motion's default region size
 NOTE = "untrained weights of the real architectures: the same cost per forward pass as the trained ones"
 
 
@@ -119,9 +134,12 @@ def synthetic_crops(n: int, seed: int = 0) -> tuple[list[Frame], list[list[Box]]
     return frames, boxes
 
 
-def model_only(clf: Classifier, precision: Precision, batch: int, min_s: float, workers: int = 1) -> float:
-    """Images per second of the network's forward pass alone, on ready tensors, by `workers` threads."""
-    engine = ClassifierEngine(clf, batch_size=batch, precision=precision)
+def model_only(
+    clf: Classifier, precision: Precision, batch: int, min_s: float, workers: int = 1, runner: Runner | None = None
+) -> float:
+    """Images per second of the network's forward pass alone, on ready tensors, by `workers` threads
+    (softmax included); `runner` runs it on another backend, else torch at `precision`."""
+    engine = ClassifierEngine(clf, batch_size=batch, precision=precision, runner=runner)
     x = torch.randn(batch, 3, *clf.size, device=clf.device)
     return batch * rate(lambda: engine.probabilities(x), min_s, workers)
 
@@ -137,6 +155,22 @@ def detector_only(clf: Classifier, precision: Precision, batch: int, min_s: floa
     )
     frames = [render_still(size, size, seed)[0] for seed in range(batch)]
     return batch / timed(lambda: detector.detect(frames), min_s)
+
+
+def region_detector(clf: Classifier, head_file: Path, backend: Backend, options: RunOptions, min_s: float) -> float:
+    """Regions per second of `detector+motion`: 320 px regions around motion, 4 in one batch, on `backend`."""
+    cfg = DetectorConfig(file=str(head_file), region_size=REGION, precision=options.precision.dtype.value)
+    cache_dir = cache_dir_for(head_file.parent / "models")
+    detector = load_detector(cfg, clf, canvas=REGION, backend=backend, cache_dir=cache_dir, options=options)
+    regions = [render_still(REGION, REGION, seed)[0] for seed in range(4)]
+    return len(regions) / timed(lambda: detector.detect(regions, max_size=REGION), min_s)
+
+
+def untrained_head(clf: Classifier, path: Path) -> Path:
+    """An untrained head file on this backbone: it costs what a trained one does."""
+    if not path.exists():
+        save_head(path, build_head(clf.net), HeadInfo.for_classifier(clf, REGION, DEFAULT_FPN_WIDTH))
+    return path
 
 
 def naive_loop(clf: Classifier, frames: list[Frame], boxes: list[list[Box]], min_s: float) -> float:
@@ -177,35 +211,48 @@ def batched(
     return n * rate(lambda: engine.classify(frames, boxes), min_s, workers, min_runs=1)
 
 
-def tune(clf_loader: Callable[[], Classifier], batch: int, min_s: float) -> list[dict[str, Any]]:
-    """Every precision x memory format x worker plan this device offers, fastest first."""
+def tune(clf_loader: Callable[[], Classifier], batch: int, min_s: float, cache_dir: Path) -> list[dict[str, Any]]:
+    """Every backend x precision x memory format x worker plan this device offers, fastest first."""
     rows = []
     device = clf_loader().device
     dtypes = [Dtype.FP32, Dtype.BF16] + ([Dtype.FP16] if device.type == "cuda" else [])
     plans = {WorkerPlan.resolve(device), WorkerPlan.resolve(device, workers=1)}
     for plan in sorted(plans, key=lambda p: p.workers):
         plan.apply()
-        for dtype in dtypes:
-            for channels_last in (False, True):
-                clf = clf_loader()  # fresh module: channels_last converts it in place
-                ips = model_only(clf, Precision(dtype, channels_last), batch, min_s, plan.workers)
-                rows.append(
-                    {
-                        "precision": dtype.value,
-                        "channels_last": channels_last,
-                        "workers": plan.workers,
-                        "threads": plan.threads or torch.get_num_threads(),
-                        "batch": batch,
-                        "img_per_s": round(ips, 1),
-                    }
-                )
+        threads = plan.threads or torch.get_num_threads()
+        for backend in candidates(device):
+            # ONNX Runtime computes in fp32 only; memory format is torch's choice alone.
+            backend_dtypes = [Dtype.FP32] if backend is Backend.ONNXRUNTIME else dtypes
+            layouts = (False, True) if backend is Backend.TORCH else (False,)
+            for dtype in backend_dtypes:
+                for channels_last in layouts:
+                    clf = clf_loader()  # fresh module: channels_last converts it in place
+                    precision = Precision(dtype, channels_last)
+                    options = RunOptions(precision, threads=threads, callers=plan.workers, batch_size=batch)
+                    try:
+                        runner = build_runner(classifier_graph(clf), backend, cache_dir, options)
+                    except BackendError as e:
+                        log.warning("tune: %s", e)
+                        continue
+                    ips = model_only(clf, precision, batch, min_s, plan.workers, runner)
+                    rows.append(
+                        {
+                            "backend": backend.value,
+                            "precision": runner.precision,  # what it computes in, which may not be what was asked
+                            "channels_last": channels_last,
+                            "workers": plan.workers,
+                            "threads": threads,
+                            "batch": batch,
+                            "img_per_s": round(ips, 1),
+                        }
+                    )
     WorkerPlan.resolve(device).apply()
     rows.sort(key=lambda r: r["img_per_s"], reverse=True)
     return rows
 
 
-def pipeline_run(weights: Path, opts: BenchOptions, workdir: Path) -> dict[str, Any]:
-    """N synthetic file cameras, paced like real ones, through the whole pipeline."""
+def pipeline_run(weights: Path, opts: BenchOptions, workdir: Path, backend: Backend = Backend.AUTO) -> dict[str, Any]:
+    """N synthetic file cameras, paced like real ones, through the whole pipeline on `backend`."""
     cameras = []
     for i in range(opts.cameras):
         clip = workdir / f"camera{i}-{opts.fps:g}fps.avi"  # a kept workdir may hold clips of another rate
@@ -217,8 +264,14 @@ def pipeline_run(weights: Path, opts: BenchOptions, workdir: Path) -> dict[str, 
         )
     config = Config(
         cameras=cameras,
-        model=ModelConfig(file=str(weights), device=opts.device, batch_size=opts.batch_size),
-        engine=EngineConfig(precision=opts.precision, channels_last=opts.channels_last),  # type: ignore[arg-type]
+        model=ModelConfig(
+            file=str(weights), device=opts.device, batch_size=opts.batch_size, models_dir=str(workdir / "models")
+        ),
+        engine=EngineConfig(
+            backend=backend.value,  # type: ignore[arg-type]
+            precision=opts.precision,  # type: ignore[arg-type]
+            channels_last=opts.channels_last,
+        ),
         # Every new track is a visit at once and told: read-to-event latency is measured on `new` events.
         tracking=TrackingConfig(min_hits=1),
         events=EventsConfig(min_score=0.0, cooldown_s=0.0),
@@ -245,11 +298,20 @@ def pipeline_run(weights: Path, opts: BenchOptions, workdir: Path) -> dict[str, 
     finally:
         pipeline.stop()
         quiet.setLevel(level)
-    assert pipeline.engine is not None
+    engine = pipeline.engine
+    assert engine is not None
+    mean_batch = snap["stages"]["classify"]["mean_batch"]  # type: ignore[index]
+    # The same work without the pipeline: the engine it ran, on ready tensors at its mean batch.
+    batch = max(1, round(mean_batch))
+    x = torch.randn(batch, 3, *engine.classifier.size, device=engine.device)
+    workers = pipeline.parts.plan.workers if pipeline.parts else 1
+    same_work = batch * rate(lambda: engine.probabilities(x), opts.min_s, workers)
     return {
         "crops_per_s": round(crops / elapsed, 1),
-        "mean_batch": snap["stages"]["classify"]["mean_batch"],  # type: ignore[index]
-        "precision": pipeline.engine.precision,
+        "mean_batch": mean_batch,
+        "backend": engine.runner.backend.value,
+        "runs_in": engine.runner.precision,
+        "model_only_same_batch": same_work,
         "snapshot": snap,
     }
 
@@ -291,14 +353,17 @@ def bench_model(key: str, opts: BenchOptions, workdir: Path) -> dict[str, Any]:
     }
     if opts.tune:
         log.info("%s: tuning precision and memory format", key)
-        result["tune"] = tune(fresh, opts.batch_size, opts.min_s)
+        result["tune"] = tune(fresh, opts.batch_size, opts.min_s, cache_dir_for(workdir / "models"))
 
-    log.info("%s: pipeline with %d cameras for %.0f s", key, opts.cameras, opts.seconds)
+    result["backends"] = bench_backends(fresh, weights, precision, plan, opts, workdir)
+
+    log.info("%s: pipeline with %d cameras for %.0f s, engine.backend auto", key, opts.cameras, opts.seconds)
     run = pipeline_run(weights, opts, workdir)
-    mean_batch = max(1, round(run["mean_batch"]))
-    same_work = model_only(fresh(), run["precision"], mean_batch, opts.min_s, workers)
+    same_work = run["model_only_same_batch"]
     snap = run["snapshot"]
     result["pipeline"] = {
+        "backend": run["backend"],
+        "runs_in": run["runs_in"],
         "cameras": opts.cameras,
         "camera_fps": opts.fps,
         "seconds": opts.seconds,
@@ -315,6 +380,60 @@ def bench_model(key: str, opts: BenchOptions, workdir: Path) -> dict[str, Any]:
         },
     }
     return result
+
+
+def bench_backends(
+    fresh: Callable[[], Classifier],
+    weights: Path,
+    precision: Precision,
+    plan: WorkerPlan,
+    opts: BenchOptions,
+    workdir: Path,
+) -> dict[str, Any]:
+    """Every backend installed for the device, measured in this one run: model-only img/s at batch 1, 8
+    and 32, detector+motion regions/s, the pipeline's crops/s on it, and each figure's ratio to torch."""
+    cache_dir = cache_dir_for(workdir / "models")
+    options = RunOptions(
+        precision, threads=plan.threads or torch.get_num_threads(), callers=plan.workers, batch_size=opts.batch_size
+    )
+    rows: dict[str, dict[str, Any]] = {}
+    for backend in candidates(fresh().device):
+        clf = fresh()
+        log.info("%s backend: model only, detector regions, pipeline", backend)
+        try:
+            runner = build_runner(classifier_graph(clf), backend, cache_dir, options)
+        except BackendError as e:
+            log.warning("%s: %s; left out of the table", clf.name, e)
+            continue
+        row: dict[str, Any] = {"runs_in": runner.precision}
+        row["model_only"] = {
+            str(b): round(model_only(clf, precision, b, opts.min_s, plan.workers, runner), 1) for b in (1, 8, 32)
+        }
+        head = untrained_head(clf, workdir / f"{clf.name}-untrained-head.pt")
+        row["detector_regions_per_s"] = round(
+            region_detector(fresh(), head, backend, replace(options, callers=1), opts.min_s), 2
+        )
+        run = pipeline_run(weights, opts, workdir, backend)
+        row["pipeline_crops_per_s"] = run["crops_per_s"]
+        row["pipeline_mean_batch"] = run["mean_batch"]
+        row["pipeline_ratio_to_own_model_only"] = round(run["crops_per_s"] / run["model_only_same_batch"], 2)
+        rows[backend.value] = row
+    torch_row = rows.get(Backend.TORCH.value)
+    for row in rows.values():
+        if torch_row:
+            row["ratio_to_torch"] = {
+                **{
+                    f"model_only_{b}": _ratio(row["model_only"][b], torch_row["model_only"][b])
+                    for b in ("1", "8", "32")
+                },
+                "detector": _ratio(row["detector_regions_per_s"], torch_row["detector_regions_per_s"]),
+                "pipeline": _ratio(row["pipeline_crops_per_s"], torch_row["pipeline_crops_per_s"]),
+            }
+    return rows
+
+
+def _ratio(value: float, base: float) -> float:
+    return round(value / base, 2) if base else 0.0
 
 
 def run_bench(opts: BenchOptions) -> dict[str, Any]:
@@ -349,9 +468,11 @@ def format_table(report: dict[str, Any]) -> str:
             f"naive infer_image loop:     {nb['naive_crops_per_s']:>7} crops/s   batched engine "
             f"{nb['batched_crops_per_s']:>7} crops/s   ratio {nb['ratio']}x  ({nb['crops']} crops)"
         )
+        lines.extend(format_backends(r.get("backends", {})))
         pl = r["pipeline"]
         lines.append(
-            f"pipeline, {pl['cameras']} cameras @ {pl['camera_fps']:g} fps: {pl['crops_per_s']:>7} crops/s "
+            f"pipeline on {pl['backend']} ({pl['runs_in']}), "
+            f"{pl['cameras']} cameras @ {pl['camera_fps']:g} fps: {pl['crops_per_s']:>7} crops/s "
             f"(mean batch {pl['mean_classify_batch']}); model only at that batch "
             f"{pl['model_only_same_batch_crops_per_s']} -> ratio {pl['ratio']}"
         )
@@ -368,20 +489,43 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(f"frames read {pl['frames_read']}, dropped {pl['frames_dropped']}")
         for row in r.get("tune", []):
             lines.append(
-                f"  tune: {row['precision']:<5} channels_last={row['channels_last']!s:<5} "
+                f"  tune: {row['backend']:<12} {row['precision']:<5} channels_last={row['channels_last']!s:<5} "
                 f"{row['workers']} worker(s) x {row['threads']} thread(s), "
                 f"batch {row['batch']}: {row['img_per_s']} img/s"
             )
         if r.get("tune"):
             best = r["tune"][0]
             lines.append(
-                f"  best here -> engine: {{precision: {best['precision']}, "
+                f"  best here -> engine: {{backend: {best['backend']}, precision: {best['precision']}, "
                 f"channels_last: {str(best['channels_last']).lower()}, workers: {best['workers']}, "
                 f"threads: {best['threads']}}}"
             )
         lines.append("")
     lines.append(f"peak RSS {report['peak_rss_mb']} MB")
     return "\n".join(lines)
+
+
+def format_backends(rows: dict[str, dict[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    lines = [
+        f"backends ({REGION} px regions for the detector; x: ratio to torch, in this run)",
+        f"  {'backend':<12} {'runs in':<18} {'b1 img/s':>14} {'b8 img/s':>14} {'b32 img/s':>14} "
+        f"{'regions/s':>14} {'pipeline crops/s':>18} {'pipe/own':>8}",
+    ]
+    for name, row in rows.items():
+        mo, x = row["model_only"], row.get("ratio_to_torch", {})
+
+        def cell(value: float, ratio: float | None) -> str:
+            return f"{value:g}" + (f" ({ratio:.2f}x)" if ratio is not None else "")
+
+        lines.append(
+            f"  {name:<12} {row['runs_in']:<18} {cell(mo['1'], x.get('model_only_1')):>14} "
+            f"{cell(mo['8'], x.get('model_only_8')):>14} {cell(mo['32'], x.get('model_only_32')):>14} "
+            f"{cell(row['detector_regions_per_s'], x.get('detector')):>14} "
+            f"{cell(row['pipeline_crops_per_s'], x.get('pipeline')):>18} {row['pipeline_ratio_to_own_model_only']:>8}"
+        )
+    return lines
 
 
 def main(opts: BenchOptions, as_json: bool) -> int:
