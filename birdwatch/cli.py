@@ -220,7 +220,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from birdwatch.tools.bench import BenchOptions
     from birdwatch.tools.bench import main as bench_main
 
-    setup_logging("INFO")
+    logging.getLogger("birdwatch").setLevel(logging.INFO)  # progress; main() set up WARNING for the rest
     models = list(MODELS) if args.model == "all" else [args.model]
     opts = BenchOptions(
         models=models,

