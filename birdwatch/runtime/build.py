@@ -72,16 +72,15 @@ def build(config: Config, classifier: Classifier | None = None, sink: EventSink 
         store = EventStore(config.store.path)
         undo.callback(store.close)
         options = run_options(config, classifier, plan)
-        # A first start exports the networks and times the backends (a TensorRT build takes minutes on
-        # a Jetson): the start timeout is pushed out and the watchdog fed meanwhile.
+        # A first start exports the networks and times the backends (a TensorRT build takes minutes on a
+        # Jetson): the start timeout is pushed out. A reload feeds the watchdog meanwhile (Service._reload).
         if engine_cfg.backend != "torch":
-            systemd.busy("preparing the inference backend (export and timing on a first start)", seconds=PREPARE_MAX_S)
-        with systemd.keepalive(PREPARE_MAX_S):
-            runner = open_runner(
-                classifier_graph(classifier), engine_cfg.backend, cache_dir_for(config.model.models_dir), options
-            )
-            # The head shares the backbone; the locate stage is one caller.
-            localiser = build_localiser(config, classifier, replace(options, callers=1))
+            systemd.extend_start("preparing the inference backend (export and timing on a first start)", PREPARE_MAX_S)
+        runner = open_runner(
+            classifier_graph(classifier), engine_cfg.backend, cache_dir_for(config.model.models_dir), options
+        )
+        # The head shares the backbone; the locate stage is one caller.
+        localiser = build_localiser(config, classifier, replace(options, callers=1))
         engine = ClassifierEngine(
             classifier,
             top_k=config.model.top_k,

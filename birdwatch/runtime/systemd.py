@@ -143,6 +143,13 @@ def busy(status_text: str, seconds: float) -> bool:
     return notify(f"EXTEND_TIMEOUT_USEC={int(seconds * 1e6)}", "WATCHDOG=1", f"STATUS={_one_line(status_text)}")
 
 
+def extend_start(status_text: str, seconds: float) -> bool:
+    """Known long work in a start that is not stalled (an export on a first start): push the start timeout
+    out by `seconds`. No watchdog ping: before READY there is no watchdog to feed (a reload feeds it
+    through `keepalive`)."""
+    return notify(f"EXTEND_TIMEOUT_USEC={int(seconds * 1e6)}", f"STATUS={_one_line(status_text)}")
+
+
 @contextlib.contextmanager
 def keepalive(max_s: float) -> Iterator[None]:
     """Feed the watchdog from a helper thread while the main thread does long, known work outside its
