@@ -74,25 +74,15 @@ def assert_same_species(theirs: torch.Tensor, torch_p: torch.Tensor) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("weights", ["danube_weights", "eu_common_weights"])  # both default architectures
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_the_danube_architecture_gives_torchs_species_on_every_backend(
-    backend: Backend, danube_weights: Path, tmp_path: Path
+def test_the_default_architectures_give_torchs_species_on_every_backend(
+    backend: Backend, weights: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    clf = classifier(danube_weights)
+    clf = classifier(request.getfixturevalue(weights))
     reference = probabilities(clf, None)
     runner = build_runner(classifier_graph(clf), backend, tmp_path, FP32)
     assert runner.backend is backend
-    assert_same_species(probabilities(clf, runner), reference)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_the_eu_common_architecture_gives_torchs_species_on_every_backend(
-    backend: Backend, eu_common_weights: Path, tmp_path: Path
-) -> None:
-    clf = classifier(eu_common_weights)
-    reference = probabilities(clf, None)
-    runner = build_runner(classifier_graph(clf), backend, tmp_path, FP32)
     assert_same_species(probabilities(clf, runner), reference)
 
 
