@@ -39,6 +39,7 @@ from birdwatch.tools.specs import ModelSpec
 from birdwatch.tools.synthetic import render_scene
 from birdwatch.tools.synthetic import render_still
 from birdwatch.tools.untrained import save_untrained
+from birdwatch.types import Frame
 
 BACKBONES: dict[str, ModelSpec] = {spec.network: spec for spec in (DANUBE_DELTA, EU_COMMON)}
 FRAMES = ((640, 640), (1280, 720))
@@ -78,16 +79,17 @@ def gating(detector: BirdDetector, n_frames: int) -> dict[str, float]:
     cfg = DetectorConfig()
     every = DetectorLocaliser(detector)
     started = time.perf_counter()
-    for image in clip.frames:
-        every([image])
+    frames = [Frame("bench", i, time.time(), image) for i, image in enumerate(clip.frames)]
+    for frame in frames:
+        every([frame])
     every_s = time.perf_counter() - started
     gated = MotionGatedLocaliser(
         detector, region_size=cfg.region_size, padding=cfg.region_padding, max_regions=cfg.max_regions
     )
     motion = MotionDetector(MotionConfig())
     started = time.perf_counter()
-    for image in clip.frames:
-        gated([image], [motion(image)])
+    for frame in frames:
+        gated([frame], [motion(frame.image)])
     gated_s = time.perf_counter() - started
     return {
         "frames": n_frames,

@@ -46,6 +46,34 @@ def cmd_run(args: argparse.Namespace) -> int:
     return service.run()
 
 
+def cmd_record(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from birdwatch.config import load_config
+    from birdwatch.tools.record import record
+
+    config = load_config(args.config)
+    record_cfg = config.record
+    for flag, value in (("--every", args.every), ("--budget-mb", args.budget_mb), ("--minutes", args.minutes)):
+        if value is not None and value <= 0:
+            raise BirdwatchError(f"record {flag}: {value} must be above 0")
+    record_cfg.dir = args.out or record_cfg.dir
+    record_cfg.every_s = args.every if args.every is not None else record_cfg.every_s
+    record_cfg.budget_mb = args.budget_mb if args.budget_mb is not None else record_cfg.budget_mb
+    logging.getLogger("birdwatch").setLevel(logging.INFO)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    result = record(config, minutes=args.minutes, stop=stop, progress=sys.stderr.isatty())
+    print(
+        f"{result.root}: kept {result.kept} of {result.offered} frames read ({result.similar} like one kept "
+        f"recently, {result.evicted} removed for the budget); {result.frames} frames, {result.megabytes:.0f} MB"
+    )
+    print(f"next: `birdwatch detector label --config {args.config} --recording {result.root}`")
+    return 0
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     from birdwatch.classify.models import class_names_of
     from birdwatch.classify.models import pending_download
@@ -98,32 +126,39 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_models_list(args: argparse.Namespace) -> int:
     from birdwatch.classify.models import pretrained_classifiers
+    from birdwatch.classify.models import pretrained_detectors
     from birdwatch.classify.models import pretrained_path
 
     models_dir = _models_dir(args)
-    names = pretrained_classifiers()
-    if args.filter:
-        names = [n for n in names if args.filter in n]
-    for name in names:
-        here = pretrained_path(name, models_dir).is_file()
-        print(f"{'*' if here else ' '} {name}")
-    print(f"({len(names)} birder classifiers; * = downloaded in {models_dir})")
+    kinds = (("classifiers", pretrained_classifiers()), ("detectors (for teacher.name)", pretrained_detectors()))
+    for kind, names in kinds:
+        if args.filter:
+            names = [n for n in names if args.filter in n]
+        for name in names:
+            here = pretrained_path(name, models_dir).is_file()
+            print(f"{'*' if here else ' '} {name}")
+        print(f"({len(names)} birder {kind}; * = downloaded in {models_dir})")
     return 0
 
 
 def cmd_models_pull(args: argparse.Namespace) -> int:
     from birdwatch.classify.models import pull
 
-    name, mirror = args.name, args.mirror
+    names, mirror = [args.name] if args.name else [], args.mirror
     if args.config is not None:
         from birdwatch.config import load_config
 
-        model = load_config(args.config).model
-        name, mirror = name or model.name, mirror or model.mirror
-    if name is None:
+        config = load_config(args.config)
+        mirror = mirror or config.model.mirror
+        if not names:  # what a start of this config needs: the classifier, and the teacher it names
+            names = [config.model.name]
+            if config.localiser == "teacher" and not config.teacher.file:
+                names.append(config.teacher.name)
+    if not names:
         raise BirdwatchError("models pull: give a model NAME or --config FILE")
-    path = pull(name, _models_dir(args), force=args.force, progress=sys.stderr.isatty(), mirror=mirror)
-    print(f"{name}: {path}")
+    for name in names:
+        path = pull(name, _models_dir(args), force=args.force, progress=sys.stderr.isatty(), mirror=mirror)
+        print(f"{name}: {path}")
     return 0
 
 
@@ -258,6 +293,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     run.set_defaults(func=cmd_run)
 
+    rec = sub.add_parser("record", help="keep frames where something moved, for `detector label` (no model)")
+    rec.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=f"YAML config (default {DEFAULT_CONFIG})")
+    rec.add_argument("--out", help="the recording folder (default: the config's record.dir)")
+    rec.add_argument("--minutes", type=float, help="stop after this long (default: until Ctrl-C or SIGTERM)")
+    rec.add_argument("--every", type=float, help="seconds between two kept frames of a camera (record.every_s)")
+    rec.add_argument("--budget-mb", type=float, help="disk budget of the recording (record.budget_mb)")
+    rec.set_defaults(func=cmd_record)
+
     check = sub.add_parser("check-config", help="validate a config file; exit 0 if good, 2 if not")
     check.add_argument("file")
     check.add_argument("--quiet", "-q", action="store_true", help="print only the verdict")
@@ -290,9 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="short measurements (a smoke test, not figures)")
     bench.set_defaults(func=cmd_bench)
 
-    models = sub.add_parser("models", help="list or fetch birder classifiers")
+    models = sub.add_parser("models", help="list or fetch birder classifiers and detectors")
     models_sub = models.add_subparsers(dest="models_command", required=True)
-    mlist = models_sub.add_parser("list", help="birder's pretrained classifiers")
+    mlist = models_sub.add_parser("list", help="birder's pretrained classifiers and detectors")
     mlist.add_argument("filter", nargs="?", help="only names containing this")
     mlist.add_argument("--models-dir")
     mlist.add_argument("--config")
@@ -335,9 +378,11 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--days", type=_positive, default=7, help="this many days up to today (default 7)")
     stats.set_defaults(func=cmd_stats)
 
+    from birdwatch.tools.detector.cli import add_learn_parser
     from birdwatch.tools.detector.cli import add_parser as add_detector_parser
 
     add_detector_parser(sub)
+    add_learn_parser(sub)
     return parser
 
 

@@ -34,7 +34,8 @@ class Source(StrEnum):
     """Which localiser found a box."""
 
     MOTION = "motion"
-    DETECTOR = "detector"
+    DETECTOR = "detector"  # the head on the shared backbone
+    TEACHER = "teacher"  # a generic pretrained detector
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +72,9 @@ class Detections:
     source: Source = Source.MOTION
     species: tuple[tuple[SpeciesScore, ...], ...] | None = None  # per box, once classified
     track_ids: np.ndarray | None = None  # (N,) int64, once tracked
+    # (N,) float32, 0..1: how sure the localiser is that the box is a bird; 0 for a box it calls something
+    # else (a cat); None when it cannot tell (motion regions).
+    birds: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
@@ -84,6 +88,11 @@ class Detections:
             if len(ids) != len(boxes):
                 raise ValueError(f"Detections: {len(boxes)} boxes but {len(ids)} track ids")
             object.__setattr__(self, "track_ids", ids)
+        if self.birds is not None:
+            birds = np.asarray(self.birds, dtype=np.float32).reshape(-1)
+            if len(birds) != len(boxes):
+                raise ValueError(f"Detections: {len(boxes)} boxes but {len(birds)} bird scores")
+            object.__setattr__(self, "birds", birds)
         object.__setattr__(self, "boxes", boxes)
         object.__setattr__(self, "scores", scores)
 
@@ -98,6 +107,7 @@ class Detections:
             self.source,
             None if self.species is None else tuple(self.species[i] for i in rows),
             None if self.track_ids is None else self.track_ids[rows],
+            None if self.birds is None else self.birds[rows],
         )
 
     @classmethod
@@ -108,10 +118,16 @@ class Detections:
         return [tuple(int(v) for v in row) for row in np.rint(self.boxes)]  # type: ignore[misc]
 
     def with_species(self, species: Sequence[tuple[SpeciesScore, ...]]) -> Detections:
-        return Detections(self.boxes, self.scores, self.source, tuple(species), self.track_ids)
+        return Detections(self.boxes, self.scores, self.source, tuple(species), self.track_ids, self.birds)
 
     def with_tracks(self, track_ids: Sequence[int] | np.ndarray) -> Detections:
-        return Detections(self.boxes, self.scores, self.source, self.species, np.asarray(track_ids, np.int64))
+        return Detections(
+            self.boxes, self.scores, self.source, self.species, np.asarray(track_ids, np.int64), self.birds
+        )
+
+    def not_birds(self) -> np.ndarray:
+        """(N,) bool: the boxes the localiser calls something other than a bird."""
+        return np.zeros(len(self), bool) if self.birds is None else self.birds <= 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +151,8 @@ class VisitEvent:
     end_reason: EndReason | None = None  # end only
     snapshot: str | None = None  # path of the best crop's JPEG, when one was written for this event
     snapshot_frame: str | None = None  # path of the full frame with the box drawn
+    # The localiser's mean bird score over the visit's frames; None when it cannot tell (motion).
+    bird_score: float | None = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def to_payload(self) -> dict[str, Any]:
@@ -147,6 +165,7 @@ class VisitEvent:
             "time": iso_time(self.ts),
             "species": self.species,
             "score": round(self.score, 4),
+            "bird_score": None if self.bird_score is None else round(self.bird_score, 4),
             "top_k": [{"species": s.name, "score": round(s.score, 4)} for s in self.top_k],
             "first_seen": round(self.first_seen, 3),
             "last_seen": round(self.last_seen, 3),

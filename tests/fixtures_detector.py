@@ -24,6 +24,7 @@ from birdwatch.tools.synthetic import write_coco_dataset
 from tests.fixtures_models import DANUBE
 from tests.fixtures_models import species_names
 from tests.support.backbone import fine_tune_backbone
+from tests.support.teacher import train_teacher
 
 # Longer side of the training images (and of the synthetic stills): the scale the test backbone was
 # fine-tuned at, and small enough for ten-odd epochs in two minutes on two cores.
@@ -91,3 +92,14 @@ def trained_head(
         ),
     )
     return TrainedHead(result, bird_backbone_weights, synthetic_birds, time.monotonic() - started)
+
+
+# birder's own naming, <network>_<tag>_<backbone>_<tag>.pt, from which the teacher's loader reads both networks.
+TEACHER_FILE = "fcos_synthetic_hgnet_v2_b2_synthetic-birds.pt"
+
+
+@pytest.fixture(scope="session")
+def teacher_weights(bird_backbone_weights: Path, models_dir: Path) -> Path:
+    """The stand-in teacher (tests/support/teacher.py): FCOS on the bird-aware backbone, knowing
+    birds, cats and leaves, in birder's detection format; about two minutes of CPU."""
+    return train_teacher(bird_backbone_weights, models_dir / TEACHER_FILE)

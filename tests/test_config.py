@@ -82,7 +82,7 @@ cameras:
         (MINIMAL + "store: {retention_days: 0}\n", "store.retention_days: 0.0 is too small"),
         (
             MINIMAL + "localiser: yolo\n",
-            "localiser: expected one of 'motion', 'detector', 'detector+motion', got 'yolo' (str)",
+            "localiser: expected one of 'motion', 'detector', 'detector+motion', 'teacher', got 'yolo' (str)",
         ),
         (MINIMAL + "    rtsp_transport: http\n", "cameras[0].rtsp_transport: expected one of 'tcp', 'udp'"),
         (MINIMAL + "model: {device: gpu}\n", "model.device: 'gpu' is not a device"),

@@ -269,3 +269,29 @@ def test_a_gstreamer_decoder_for_a_video_file_fails_the_load(tmp_path: Path) -> 
     clip.write_bytes(b"")
     message = error_of(f"cameras:\n  - name: clip\n    url: {clip}\n    decoder: gstreamer\n")
     assert "cameras (clip): decoder gstreamer/jetson is for cameras" in message and "decoder: ffmpeg" in message
+
+
+# ---- the teacher ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("teacher", "expected"),
+    [
+        ("{url: 'https://nas/t.pt', sha256: SHA}", "teacher.url: set teacher.file too"),
+        ("{file: FILE, url: 'https://nas/t.pt'}", "teacher.url: set teacher.sha256 too"),
+        ("{sha256: SHA}", "teacher.sha256: the hash of teacher.file"),
+        ("{file: FILE}", "teacher.file: 'FILE' does not exist"),
+        ("{max_fps: 0.1}", "tracking.timeout_s: 5.0 s would end every visit between two teacher passes"),
+        ("{motion_gate: sometimes}", "teacher.motion_gate"),
+    ],
+)
+def test_a_teacher_config_that_cannot_work_fails_the_load(tmp_path: Path, teacher: str, expected: str) -> None:
+    missing = str(tmp_path / "teacher.pt")
+    teacher = teacher.replace("SHA", "b" * 64).replace("FILE", missing)
+    assert expected.replace("FILE", missing) in error_of(MINIMAL + f"localiser: teacher\nteacher: {teacher}\n")
+
+
+def test_the_teacher_by_default_is_birders_coco_detector_gated_on_a_cpu() -> None:
+    config = parse_config(MINIMAL + "localiser: teacher\n")
+    assert config.teacher.name == "d_fine_l_objects365-coco_hgnet_v2_b4_pp-imagenet22k"
+    assert (config.teacher.max_fps, config.teacher.motion_gate) == (0.0, "auto")

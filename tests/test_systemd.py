@@ -208,3 +208,21 @@ def test_unit_is_type_notify_with_a_watchdog_and_no_write_execute_ban() -> None:
     assert any(s.startswith("WatchdogSec=") for s in settings)
     # torch's JIT and CUDA map pages writable and executable: MemoryDenyWriteExecute would break them.
     assert not any(s.startswith("MemoryDenyWriteExecute=") for s in settings)
+
+
+@pytest.mark.timeout(60)
+def test_the_nightly_learn_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+    text = (REPO / "systemd" / "birdwatch-learn.service").read_text()
+    exec_start = re.search(r"^ExecStart=(\S+)", text, re.MULTILINE)
+    assert exec_start and "birdwatch learn" in text
+    (tmp_path / "birdwatch-learn.service").write_text(
+        text.replace(exec_start[0], f"ExecStart={sys.executable} -m birdwatch")
+    )
+    shutil.copy(REPO / "systemd" / "birdwatch-learn.timer", tmp_path)
+    unit_with_real_paths(tmp_path)  # the birdwatch.service that After= and the reload name, beside them
+    units = [str(tmp_path / name) for name in ("birdwatch-learn.service", "birdwatch-learn.timer")]
+    result = subprocess.run(
+        [systemd_analyze(), "verify", "--man=no", *units], capture_output=True, text=True, timeout=50
+    )
+    ours = [line for line in (result.stdout + result.stderr).splitlines() if "birdwatch-learn" in line]
+    assert result.returncode == 0 and not ours, result.stdout + result.stderr

@@ -39,13 +39,18 @@ class Feeder:
     def now(self) -> float:
         return self.seq / FPS
 
-    def frame(self, *crops: tuple[Sequence[float], Sequence[tuple[str, float]]]) -> list[VisitEvent]:
-        """One frame with these (box, [(species, score), ...]) crops."""
+    def frame(
+        self, *crops: tuple[Sequence[float], Sequence[tuple[str, float]]], birds: Sequence[float] | None = None
+    ) -> list[VisitEvent]:
+        """One frame with these (box, [(species, score), ...]) crops; `birds`: the localiser's bird score
+        of each (0: it calls the box something else), or None for motion regions."""
         self.seq += 1
         image = np.full((240, 320, 3), self.seq % 255, np.uint8)
         frame = Frame(self.camera, self.seq, T0 + self.now, image, self.now)
         found = Detections(
-            np.array([box for box, _ in crops], np.float32).reshape(-1, 4), np.ones(len(crops), np.float32)
+            np.array([box for box, _ in crops], np.float32).reshape(-1, 4),
+            np.ones(len(crops), np.float32),
+            birds=birds,
         ).with_species([tuple(SpeciesScore(n, s) for n, s in top) for _, top in crops])
         tracked, told = self.visits.observe(frame, found)
         self.tracks.append(tracked.track_ids.tolist())  # type: ignore[union-attr]
@@ -338,3 +343,51 @@ def test_unclassified_boxes_are_refused() -> None:
     frame = Frame("feeder", 1, T0, np.zeros((240, 320, 3), np.uint8), 0.0)
     with pytest.raises(ValueError, match="not classified"):
         make().observe(frame, Detections(np.array([[0, 0, 10, 10]], np.float32), np.ones(1, np.float32)))
+
+
+# ---- bird or not: the localiser's verdict ------------------------------------------------------------
+
+
+def test_a_track_the_localiser_calls_not_a_bird_is_no_visit_whatever_the_classifier_says() -> None:
+    visits = make()
+    feeder = Feeder(visits)
+    for _ in range(10):  # a cat, named a blackbird with confidence by a classifier that knows only birds
+        feeder.frame(([100, 80, 160, 140], [("Blackbird", 0.95)]), birds=[0.0])
+    feeder.wait(2)
+    assert feeder.events == []
+    assert visits.not_birds == 1 and visits.unnamed == 0
+
+
+def test_the_visit_carries_the_localisers_mean_bird_score_and_one_odd_frame_does_not_end_it() -> None:
+    feeder = Feeder(make())
+    scores = [0.9, 0.7, 0.0, 0.8, 0.6]  # one frame the localiser took the bird for something else
+    for bird in scores:
+        feeder.frame(([100, 80, 160, 140], [("Blackbird", 0.9)]), birds=[bird])
+    feeder.wait(2)
+    assert feeder.kinds() == ["new", "end"]
+    end = feeder.events[-1]
+    assert end.bird_score == pytest.approx(np.mean(scores))
+    assert end.to_payload()["bird_score"] == pytest.approx(np.mean(scores), abs=1e-4)
+
+
+def test_two_boxes_of_one_bird_in_a_frame_count_its_better_bird_score_once() -> None:
+    feeder = Feeder(make(), camera="split")
+    feeder.frame(([100, 80, 160, 140], [("Blackbird", 0.9)]), birds=[0.9])
+    for _ in range(4):  # then split at a wing: two boxes on the one track, each frame
+        feeder.frame(
+            ([100, 80, 160, 140], [("Blackbird", 0.9)]), ([104, 84, 156, 136], [("Blackbird", 0.8)]), birds=[0.5, 0.9]
+        )
+    assert all(ids[0] == ids[-1] for ids in feeder.tracks), feeder.tracks  # one track
+    feeder.wait(2)
+    assert feeder.kinds() == ["new", "end"]
+    assert feeder.events[-1].bird_score == pytest.approx(0.9)  # not 0.7 (both boxes), nor above 0.9
+
+
+def test_motion_regions_say_nothing_of_birds() -> None:
+    feeder = Feeder(make())
+    for _ in range(4):
+        feeder.bird([("Blackbird", 0.9)])
+    feeder.wait(2)
+    assert feeder.kinds() == ["new", "end"]
+    assert all(e.bird_score is None for e in feeder.events)
+    assert feeder.events[0].to_payload()["bird_score"] is None

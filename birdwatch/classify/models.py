@@ -73,16 +73,29 @@ def pretrained_classifiers() -> list[str]:
     return list(registry.list_pretrained_models(task=Task.IMAGE_CLASSIFICATION))
 
 
-def pretrained_metadata(name: str) -> dict[str, Any]:
+def pretrained_detectors() -> list[str]:
+    return list(registry.list_pretrained_models(task=Task.OBJECT_DETECTION))
+
+
+def pretrained_metadata(
+    name: str, task: str | None = Task.IMAGE_CLASSIFICATION, *, key: str = "model.name"
+) -> dict[str, Any]:
+    """birder's metadata of a pretrained name (its networks, file size, SHA-256); of `task`, unless None."""
+    file_key = key.replace(".name", ".file")
     if not registry.pretrained_exists(name):
         raise ModelError(
-            f"model.name: {name!r} is not a birder pretrained model; `birdwatch models list` shows them, "
-            "or set model.file to a local birder .pt file"
+            f"{key}: {name!r} is not a birder pretrained model; `birdwatch models list` shows them, "
+            f"or set {file_key} to a local birder .pt file"
         )
     meta = registry.get_pretrained_metadata(name)
-    if meta["task"] != Task.IMAGE_CLASSIFICATION:
-        raise ModelError(f"model.name: {name!r} is a {meta['task']} model, not a classifier")
+    if task is not None and meta["task"] != task:
+        wanted = "a classifier" if task == Task.IMAGE_CLASSIFICATION else "a detector"
+        raise ModelError(f"{key}: {name!r} is a {meta['task']} model, not {wanted}")
     return meta
+
+
+def sha256_matches(path: Path, expected: str) -> bool:
+    return birder_cli.calc_sha256(path) == expected.lower()
 
 
 def pretrained_path(name: str, models_dir: str | Path) -> Path:
@@ -123,8 +136,9 @@ def pull(
     mirror: str | None = None,
     while_fetching: WhileFetching | None = None,
 ) -> Path:
-    """Fetch pretrained weights into `models_dir`, checked against birder's published SHA-256."""
-    meta = pretrained_metadata(name)
+    """Fetch pretrained weights (a classifier or a detector) into `models_dir`, checked against birder's
+    published SHA-256."""
+    meta = pretrained_metadata(name, task=None)
     dst = pretrained_path(name, models_dir)
     if force and dst.exists():
         dst.unlink()
@@ -243,7 +257,7 @@ def weights_file(cfg: ModelConfig) -> tuple[Path, str, str]:
         path = Path(cfg.file).expanduser()
         if not path.is_file():
             raise ModelError(f"model.file: weights file {str(path)!r} does not exist")
-        if cfg.sha256 and cfg.verify_sha256 and birder_cli.calc_sha256(path) != cfg.sha256.lower():
+        if cfg.sha256 and cfg.verify_sha256 and not sha256_matches(path, cfg.sha256):
             raise ModelError(
                 f"{path} does not match model.sha256 (partial or replaced file); delete it to fetch it "
                 "again from model.url, or correct model.sha256"
@@ -257,13 +271,11 @@ def weights_file(cfg: ModelConfig) -> tuple[Path, str, str]:
             f"`birdwatch models pull {cfg.name} --models-dir {cfg.models_dir}` "
             f"({meta['formats']['pt']['file_size']:.0f} MB, needs internet once)"
         )
-    if cfg.verify_sha256:
-        expected = meta["formats"]["pt"]["sha256"]
-        if birder_cli.calc_sha256(path) != expected:
-            raise ModelError(
-                f"{path} does not match {cfg.name}'s published SHA-256 (partial or corrupt download); "
-                f"run `birdwatch models pull {cfg.name} --models-dir {cfg.models_dir} --force`"
-            )
+    if cfg.verify_sha256 and not sha256_matches(path, meta["formats"]["pt"]["sha256"]):
+        raise ModelError(
+            f"{path} does not match {cfg.name}'s published SHA-256 (partial or corrupt download); "
+            f"run `birdwatch models pull {cfg.name} --models-dir {cfg.models_dir} --force`"
+        )
     return path, meta["net"]["network"], cfg.name
 
 

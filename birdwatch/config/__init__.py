@@ -27,8 +27,10 @@ from birdwatch.config.schema import MotionConfig
 from birdwatch.config.schema import MqttConfig
 from birdwatch.config.schema import MqttTlsConfig
 from birdwatch.config.schema import ReconnectConfig
+from birdwatch.config.schema import RecordConfig
 from birdwatch.config.schema import SnapshotsConfig
 from birdwatch.config.schema import StoreConfig
+from birdwatch.config.schema import TeacherConfig
 from birdwatch.config.schema import TrackingConfig
 from birdwatch.config.secrets import to_redacted_dict
 from birdwatch.config.secrets import url_has_password
@@ -51,8 +53,10 @@ __all__ = [
     "MqttConfig",
     "MqttTlsConfig",
     "ReconnectConfig",
+    "RecordConfig",
     "SnapshotsConfig",
     "StoreConfig",
+    "TeacherConfig",
     "TrackingConfig",
     "check_rules",
     "load_config",

@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from birdwatch.config.schema import TEACHER_CPU_FPS
 from birdwatch.config.schema import Config
 from birdwatch.config.tls import tls_context
 from birdwatch.errors import ConfigError
@@ -43,7 +44,7 @@ def reconnect_max_not_below_initial(config: Config) -> None:
 
 def localiser_has_detector_file(config: Config) -> None:
     """A detector localiser has a detector.file, and the file exists."""
-    if config.localiser == "motion":
+    if config.localiser in ("motion", "teacher"):
         return
     if not config.detector.file:
         raise ConfigError(
@@ -66,6 +67,43 @@ def model_url_goes_with_file_and_sha256(config: Config) -> None:
         raise ConfigError("model.url: set model.sha256 too, so that a wrong or partial download is refused")
     if model.sha256 and not model.file:
         raise ConfigError("model.sha256: the hash of model.file; set model.file, or remove model.sha256")
+
+
+def teacher_url_goes_with_file_and_sha256(config: Config) -> None:
+    """teacher.url fetches teacher.file on first start, checked against teacher.sha256."""
+    teacher = config.teacher
+    if teacher.url and not teacher.file:
+        raise ConfigError("teacher.url: set teacher.file too (where the fetched weights are kept)")
+    if teacher.url and not teacher.sha256:
+        raise ConfigError("teacher.url: set teacher.sha256 too, so that a wrong or partial download is refused")
+    if teacher.sha256 and not teacher.file:
+        raise ConfigError("teacher.sha256: the hash of teacher.file; set teacher.file, or remove teacher.sha256")
+
+
+def teacher_file_exists(config: Config) -> None:
+    """A teacher.file without a teacher.url to fetch it from is there."""
+    teacher = config.teacher
+    if teacher.file and not teacher.url and not Path(teacher.file).expanduser().is_file():
+        raise ConfigError(
+            f"teacher.file: {teacher.file!r} does not exist; remove it to use the pretrained teacher.name, "
+            "or give teacher.url and teacher.sha256 to fetch it"
+        )
+
+
+def teacher_passes_within_track_timeout(config: Config) -> None:
+    """With localiser teacher, two teacher passes of a camera are closer than tracking.timeout_s."""
+    if config.localiser != "teacher":
+        return
+    fps = config.teacher.max_fps
+    if not fps and config.model.device == "cpu":
+        fps = TEACHER_CPU_FPS  # auto, on a CPU; on a GPU auto sets no limit
+    if not fps:
+        return
+    if 1.0 / fps >= config.tracking.timeout_s:
+        raise ConfigError(
+            f"tracking.timeout_s: {config.tracking.timeout_s} s would end every visit between two teacher passes "
+            f"(teacher.max_fps {fps:g}: one every {1 / fps:g} s); raise tracking.timeout_s or teacher.max_fps"
+        )
 
 
 def model_device_available(config: Config) -> None:
@@ -177,6 +215,9 @@ RULES: tuple[Callable[[Config], None], ...] = (
     reconnect_max_not_below_initial,
     localiser_has_detector_file,
     model_url_goes_with_file_and_sha256,
+    teacher_url_goes_with_file_and_sha256,
+    teacher_file_exists,
+    teacher_passes_within_track_timeout,
     model_device_available,
     one_password_source,
     password_needs_username,

@@ -115,6 +115,31 @@ class DetectorConfig:
     channels_last: bool = False  # NHWC memory layout for the shared backbone
 
 
+TEACHER_CPU_FPS = 1.0  # teacher.max_fps auto on a CPU: a pass of D-FINE L costs 1.7 s on two cores
+
+
+@dataclass
+class TeacherConfig:
+    """A generic pretrained birder detector that tells birds from cats, dogs and people (`localiser: teacher`,
+    and the labeller of `birdwatch detector label`). Fetched into model.models_dir like the classifier."""
+
+    name: str = "d_fine_l_objects365-coco_hgnet_v2_b4_pp-imagenet22k"  # a birder pretrained detector (COCO classes)
+    file: str | None = None  # a local birder detection .pt file; overrides `name`
+    network: str | None = None  # birder detection network of `file` (e.g. d_fine_l) when its name does not say
+    backbone: str | None = None  # its backbone network (e.g. hgnet_v2_b4)
+    url: str | None = field(default=None, metadata={"check": "http_url"})  # where teacher.file is fetched from
+    sha256: str | None = field(default=None, metadata={"check": "sha256"})  # teacher.file's SHA-256
+    size: int | None = field(default=None, metadata=_range(64, 2048))  # input side, pixels; None: the weights' own
+    score_threshold: float = field(default=0.4, metadata=_range(0.0, 1.0))  # boxes scoring less are dropped
+    bird_classes: list[str] = field(default_factory=list)  # its classes that are birds; empty: by name
+    other_classes: list[str] = field(default_factory=list)  # classes kept as not a bird; empty: the animals
+    # Per camera, at most this many teacher passes a second; 0: auto (1 on a CPU, every frame on a GPU).
+    max_fps: float = field(default=0.0, metadata=_range(0.0, 1000.0))
+    # Run it only on frames where something moved: auto gates on a CPU, where a pass costs seconds.
+    motion_gate: Literal["auto", "on", "off"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # autocast; auto as engine.precision
+
+
 @dataclass
 class MqttConfig:
     host: str | None = None  # no host: events are only logged
@@ -183,6 +208,18 @@ class StoreConfig:
 
 
 @dataclass
+class RecordConfig:
+    """Your own footage for `birdwatch detector label` and `birdwatch learn`: frames where something moved,
+    kept while birdwatch runs (or by `birdwatch record`), rate-limited, deduplicated, within a disk budget."""
+
+    enabled: bool = False
+    dir: str = "recordings"  # relative to the working directory (/var/lib/birdwatch under systemd)
+    every_s: float = field(default=2.0, metadata=_range(0.05, 86400))  # per camera, at most one frame this often
+    budget_mb: float = field(default=2000.0, metadata=_range(1.0, 10_000_000))  # beyond: the most crowded hour thins
+    max_distance: int = field(default=24, metadata=_range(0, 256))  # dHash bits within which a frame is the same again
+
+
+@dataclass
 class MetricsConfig:
     """Prometheus /metrics and /healthz over HTTP. Off by default; loopback only unless `bind` says otherwise."""
 
@@ -195,15 +232,17 @@ class MetricsConfig:
 class Config:
     cameras: list[CameraConfig]
     model: ModelConfig = field(default_factory=ModelConfig)
-    localiser: Literal["motion", "detector", "detector+motion"] = "motion"
+    localiser: Literal["motion", "detector", "detector+motion", "teacher"] = "motion"
     engine: EngineConfig = field(default_factory=EngineConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     snapshots: SnapshotsConfig = field(default_factory=SnapshotsConfig)
     homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    record: RecordConfig = field(default_factory=RecordConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     stats_interval_s: float = field(default=60.0, metadata=_range(1, 86400))

@@ -18,6 +18,11 @@ A second track that would tell the species of a visit still open on the same cam
 bird, found again after a hop faster than the tracker follows: it joins that visit (one `new`, one
 count in "visits today"), which ends when its last track does.
 
+A track that the localiser calls something other than a bird (a teacher's cat) in at least half of
+the frames it judged is no visit (until more frames call it a bird), whatever the classifier says.
+The visit's bird score, the localiser's mean over its frames, travels in every event (`bird_score`;
+none for motion regions, which cannot tell).
+
 A visit keeps one whole frame: the one its picture comes from (the best crop of the species it is
 named by). Frames are megabytes; a visit of a bird on a jittering feeder sees hundreds.
 
@@ -102,13 +107,20 @@ class Visit:
     named: tuple[SpeciesScore, ...] = ()  # what the last event said: the reported top-k
     last_event_mono: float = 0.0
     snapshot_key: tuple[str, int] | None = None  # (species, frame seq) of the last snapshot sent
+    judged: int = 0  # frames whose localiser said bird or not (motion cannot tell)
+    bird_frames: int = 0  # of those, the frames it called this a bird
+    bird_sum: float = 0.0  # their bird scores, each frame's best box
+    this_bird: float | None = None  # the best bird score in frame last_seq
 
-    def add(self, frame: Frame, top_k: tuple[SpeciesScore, ...]) -> None:
-        """One crop's vote: per frame, each species counts its best crop only."""
+    def add(self, frame: Frame, top_k: tuple[SpeciesScore, ...], bird: float | None = None) -> None:
+        """One crop's vote: per frame, each species counts its best crop only, and so does the bird score."""
         if frame.seq != self.last_seq:
             self.frames += 1
             self.last_seq = frame.seq
             self.this_frame = {}
+            self.this_bird = None
+        if bird is not None:
+            self._judge(bird)
         self.last_seen = max(self.last_seen, frame.ts)
         self.last_mono = max(self.last_mono, frame.mono)
         for sp in top_k:
@@ -117,10 +129,34 @@ class Visit:
                 self.votes[sp.name] += sp.score - counted
                 self.this_frame[sp.name] = sp.score
 
+    def _judge(self, bird: float) -> None:
+        held = self.this_bird
+        if held is None:
+            self.judged += 1
+        elif bird <= held:
+            return
+        self.bird_sum += bird - (held or 0.0)
+        if bird > 0 >= (held or 0.0):
+            self.bird_frames += 1
+        self.this_bird = bird
+
+    @property
+    def bird_score(self) -> float | None:
+        return self.bird_sum / self.judged if self.judged else None
+
+    @property
+    def not_a_bird(self) -> bool:
+        """The localiser called it something else in at least as many frames as it called it a bird."""
+        return self.judged > 0 and self.judged - self.bird_frames >= self.bird_frames
+
     def absorb(self, other: Visit) -> None:
         """`other` is this bird too, seen only since this visit last was: its votes, frames and picture
         join this visit's."""
         self.frames += other.frames
+        self.judged += other.judged
+        self.bird_frames += other.bird_frames
+        self.bird_sum += other.bird_sum
+        self.this_bird = other.this_bird
         for name, score in other.votes.items():
             self.votes[name] += score
         self.last_seq, self.this_frame = other.last_seq, other.this_frame
@@ -197,6 +233,7 @@ class Visits:
         self._lag: dict[str, float] = {}  # camera -> how long its newest frame took to get here (mono s)
         self.quiet = 0  # visits kept quiet by the cooldown
         self.unnamed = 0  # confirmed visits that ended without a species good enough to tell
+        self.not_birds = 0  # confirmed tracks that ended untold because the localiser called them not a bird
         self.merged = 0  # tracks that joined a visit of the same species already open (one bird)
 
     # -- input --
@@ -217,12 +254,13 @@ class Visits:
             told += self._end(camera, track, frame.mono, frame.ts, EndReason.TIMEOUT)
         visits = self._visits[camera]
         touched: dict[int, Visit] = {}  # by id(): merged tracks share one visit
-        for box, top_k, track_id in zip(found.int_boxes(), found.species, step.assigned, strict=True):
+        birds = [None] * len(found) if found.birds is None else found.birds.tolist()
+        for box, top_k, track_id, bird in zip(found.int_boxes(), found.species, step.assigned, birds, strict=True):
             visit = visits.get(track_id)
             if visit is None:
                 visit = Visit(uuid.uuid4().hex, camera, frame.ts, frame.ts, frame.mono, frame.mono, tracks={track_id})
                 visits[track_id] = visit
-            visit.add(frame, top_k)
+            visit.add(frame, top_k, bird)
             lead = self._lead(visit)
             if lead is not None:
                 visit.keep_picture(lead, frame, box, top_k)
@@ -325,6 +363,8 @@ class Visits:
         if visit.quiet:
             return None
         if not visit.told:
+            if visit.not_a_bird:
+                return None
             ranked = visit.ranked()
             if not ranked:
                 return None
@@ -391,7 +431,9 @@ class Visits:
         if visit.tracks or not visit.confirmed:  # another track of the same bird keeps it open
             return []
         if not visit.told:
-            if not visit.quiet:
+            if visit.not_a_bird:
+                self.not_birds += 1
+            elif not visit.quiet:
                 self.unnamed += 1
             return []
         told = self._event(EventKind.END, visit, now, wall, reason)
@@ -426,6 +468,7 @@ class Visits:
             box=box,
             model=self.model,
             end_reason=reason,
+            bird_score=visit.bird_score,
         )
         self._last[visit.camera] = event
         return Told(event, image)

@@ -398,6 +398,7 @@ def event_from_payload(p: dict[str, Any]) -> VisitEvent:
         model=p["model"],
         end_reason=EndReason(p["end_reason"]) if p.get("end_reason") else None,
         snapshot=p.get("snapshot"),
+        bird_score=p.get("bird_score"),  # absent in events stored before it was told
         id=p["id"],
     )
 

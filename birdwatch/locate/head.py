@@ -205,7 +205,8 @@ class BirdDetector:
         for result, (sx, sy), image in zip(results, scales, images, strict=True):
             boxes = result["boxes"].float() / torch.tensor([sx, sy, sx, sy], device=self.device)
             boxes = clip_boxes_to_image(boxes, image.shape[:2])
-            out.append(Detections(boxes.cpu().numpy(), result["scores"].float().cpu().numpy(), Source.DETECTOR))
+            scores = result["scores"].float().cpu().numpy()
+            out.append(Detections(boxes.cpu().numpy(), scores, Source.DETECTOR, birds=scores))  # it knows only birds
         return out
 
     def decode(

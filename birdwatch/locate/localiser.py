@@ -1,4 +1,4 @@
-"""Where to look, from the detector: on whole frames, or only where motion says something moved.
+"""Where to look, from a detector: on whole frames, or only where motion says something moved.
 
 `detector`: every frame of the step goes through the head in one batch (frames from several
 cameras share a forward pass). `detector+motion`: the cheap motion gate runs first; a frame in
@@ -6,15 +6,19 @@ which nothing moved costs nothing more, and for one in which something did, only
 around the motion (grown by `region_padding`, at least `region_size` pixels so small birds are not
 blown up, merged where they overlap) are cut from the full-resolution frame, resized to
 `region_size` and detected in one batch, as Frigate does. Boxes come back in full-frame pixels;
-boxes from overlapping regions are merged by NMS.
+boxes from overlapping regions are merged by NMS. `teacher`: a generic pretrained detector (teacher.py)
+on whole frames; on a CPU, where a pass costs seconds, only on frames in which something moved and at
+most `teacher.max_fps` a second per camera.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -29,6 +33,7 @@ from birdwatch.backends.export import cache_dir_for
 from birdwatch.classify.models import Classifier
 from birdwatch.config import Config
 from birdwatch.config import DetectorConfig
+from birdwatch.config.schema import TEACHER_CPU_FPS
 from birdwatch.errors import ModelError
 from birdwatch.geometry import enclosing
 from birdwatch.geometry import merge_overlapping
@@ -38,10 +43,24 @@ from birdwatch.locate.head import PAD_MULTIPLE
 from birdwatch.locate.head import BirdDetector
 from birdwatch.locate.head import HeadOutputs
 from birdwatch.locate.head import round_up
+from birdwatch.locate.teacher import Teacher
+from birdwatch.locate.teacher import load_teacher
 from birdwatch.precision import Precision
 from birdwatch.types import Box
 from birdwatch.types import Detections
+from birdwatch.types import Frame
 from birdwatch.types import Source
+
+
+class Localiser(Protocol):
+    """What the locate stage calls: one Detections per frame. With `needs_motion`, the motion regions of
+    every frame come too."""
+
+    needs_motion: bool
+    frames_detected: int
+
+    def __call__(self, frames: Sequence[Frame], motion: Sequence[Detections] | None = None) -> list[Detections]: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +141,9 @@ class DetectorLocaliser:
         self.detector = detector
         self.frames_detected = 0
 
-    def __call__(self, images: Sequence[np.ndarray], motion: Sequence[Detections] | None = None) -> list[Detections]:
-        self.frames_detected += len(images)
-        return self.detector.detect(images)
+    def __call__(self, frames: Sequence[Frame], motion: Sequence[Detections] | None = None) -> list[Detections]:
+        self.frames_detected += len(frames)
+        return self.detector.detect([frame.image for frame in frames])
 
 
 class MotionGatedLocaliser:
@@ -143,29 +162,21 @@ class MotionGatedLocaliser:
         self.regions_detected = 0
 
     def regions(self, motion: Detections, width: int, height: int) -> list[Box]:
-        """Padded squares around the motion boxes, merged where they overlap, inside the frame."""
-        squares = [
-            _rounded(square_around(box, self.padding, width, height, min_side=self.region_size))
-            for box in motion.boxes.tolist()
-        ]
-        merged = merge_overlapping(squares)
-        if len(merged) > self.max_regions:  # many moving things: one region around them all
-            merged = [enclosing(merged)]
-        return merged
+        return motion_regions(motion, width, height, self.region_size, self.padding, self.max_regions)
 
-    def __call__(self, images: Sequence[np.ndarray], motion: Sequence[Detections] | None = None) -> list[Detections]:
+    def __call__(self, frames: Sequence[Frame], motion: Sequence[Detections] | None = None) -> list[Detections]:
         if motion is None:
             raise ValueError("MotionGatedLocaliser needs the motion regions of every frame")
         crops: list[np.ndarray] = []
         owners: list[tuple[int, int, int]] = []  # frame index, x offset, y offset
-        for i, (image, moved) in enumerate(zip(images, motion, strict=True)):
+        for i, (frame, moved) in enumerate(zip(frames, motion, strict=True)):
             if not len(moved):
                 continue
-            height, width = image.shape[:2]
+            width, height = frame.size
             for x1, y1, x2, y2 in self.regions(moved, width, height):
-                crops.append(image[y1:y2, x1:x2])
+                crops.append(frame.image[y1:y2, x1:x2])
                 owners.append((i, x1, y1))
-        out = [Detections.empty(Source.DETECTOR) for _ in images]
+        out = [Detections.empty(Source.DETECTOR) for _ in frames]
         if not crops:
             return out
         self.frames_detected += len({i for i, _, _ in owners})
@@ -183,8 +194,71 @@ class MotionGatedLocaliser:
                     torch.from_numpy(boxes), torch.from_numpy(scores), torch.zeros(len(boxes), dtype=torch.int64), iou
                 ).numpy()
                 boxes, scores = boxes[keep], scores[keep]
-            out[i] = Detections(boxes, scores, Source.DETECTOR)
+            out[i] = Detections(boxes, scores, Source.DETECTOR, birds=scores)
         return out
+
+
+class TeacherLocaliser:
+    """The teacher on whole frames, all due cameras in one batch. Gated: only frames in which something
+    moved. Rate-limited: at most `max_fps` passes a second per camera (by the frames' read times); the
+    frames between get no boxes, and their visits carry on (a track ends only after tracking.timeout_s)."""
+
+    def __init__(self, teacher: Teacher, *, gate: bool, max_fps: float, track_timeout_s: float = 0.0) -> None:
+        self.teacher = teacher
+        self.needs_motion = gate
+        self.interval = 1.0 / max_fps if max_fps > 0 else 0.0
+        self.track_timeout_s = track_timeout_s  # passes further apart than this end every track between them
+        self._last: dict[str, float] = {}  # camera -> read time of its last frame the teacher saw
+        self._warned = False
+        self.frames_detected = 0
+
+    def due(self, frame: Frame, moved: Detections | None) -> bool:
+        if self.needs_motion and (moved is None or not len(moved)):
+            return False
+        last = self._last.get(frame.camera)
+        return last is None or frame.mono - last >= self.interval
+
+    def __call__(self, frames: Sequence[Frame], motion: Sequence[Detections] | None = None) -> list[Detections]:
+        if self.needs_motion and motion is None:
+            raise ValueError("a motion-gated TeacherLocaliser needs the motion regions of every frame")
+        out = [Detections.empty(Source.TEACHER) for _ in frames]
+        picked = []
+        for i, frame in enumerate(frames):
+            if self.due(frame, motion[i] if motion else None):  # in turn: two frames of a camera are one pass
+                self._last[frame.camera] = frame.mono
+                picked.append(i)
+        if picked:
+            self.frames_detected += len(picked)
+            started = time.monotonic()
+            for i, found in zip(picked, self.teacher.detect([frames[i].image for i in picked]), strict=True):
+                out[i] = found
+            self._warn_if_slow(time.monotonic() - started)
+        return out
+
+    def _warn_if_slow(self, seconds: float) -> None:
+        if self._warned or not self.track_timeout_s or seconds < self.track_timeout_s:
+            return
+        self._warned = True
+        log.warning(
+            "a teacher pass took %.1f s, more than tracking.timeout_s (%g s): visits end between two passes. "
+            "Use fewer cameras per machine, a GPU, or raise tracking.timeout_s",
+            seconds,
+            self.track_timeout_s,
+        )
+
+
+def motion_regions(
+    motion: Detections, width: int, height: int, region_size: int, padding: float, max_regions: int
+) -> list[Box]:
+    """What `detector+motion` cuts from a frame: padded squares (at least `region_size`) around the motion
+    boxes, merged where they overlap, inside the frame; one around them all beyond `max_regions`."""
+    squares = [
+        _rounded(square_around(box, padding, width, height, min_side=region_size)) for box in motion.boxes.tolist()
+    ]
+    merged = merge_overlapping(squares)
+    if len(merged) > max_regions:  # many moving things: one region around them all
+        merged = [enclosing(merged)]
+    return merged
 
 
 def _rounded(box: tuple[float, float, float, float]) -> Box:
@@ -192,13 +266,28 @@ def _rounded(box: tuple[float, float, float, float]) -> Box:
     return round(x1), round(y1), round(x2), round(y2)
 
 
-def build_localiser(
-    config: Config, classifier: Classifier, options: RunOptions | None = None
-) -> DetectorLocaliser | MotionGatedLocaliser | None:
-    """What `Pipeline.localise` calls for `localiser: detector | detector+motion`; None for motion only.
-    The detector runs on `engine.backend`, as the classifier does."""
+def build_teacher_localiser(config: Config, classifier: Classifier) -> TeacherLocaliser:
+    """`localiser: teacher` on the classifier's device: gated and at most TEACHER_CPU_FPS on a CPU (auto)."""
+    cfg = config.teacher
+    teacher = load_teacher(cfg, config.model, classifier.device)
+    on_cpu = classifier.device.type == "cpu"
+    gate = cfg.motion_gate == "on" or (cfg.motion_gate == "auto" and on_cpu)
+    max_fps = cfg.max_fps or (TEACHER_CPU_FPS if on_cpu else 0.0)
+    log.info(
+        "localiser teacher: %s, %s",
+        "only where motion is" if gate else "every frame",
+        f"at most {max_fps:g} passes/s per camera" if max_fps else "no rate limit",
+    )
+    return TeacherLocaliser(teacher, gate=gate, max_fps=max_fps, track_timeout_s=config.tracking.timeout_s)
+
+
+def build_localiser(config: Config, classifier: Classifier, options: RunOptions | None = None) -> Localiser | None:
+    """What `Pipeline.localise` calls for `localiser: detector | detector+motion | teacher`; None for motion
+    only. The head runs on `engine.backend`, as the classifier does; the teacher on torch."""
     if config.localiser == "motion":
         return None
+    if config.localiser == "teacher":
+        return build_teacher_localiser(config, classifier)
     cfg = config.detector
     canvas = cfg.region_size if config.localiser == "detector+motion" else None
     cache_dir = cache_dir_for(config.model.models_dir)

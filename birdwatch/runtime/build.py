@@ -17,6 +17,7 @@ import torch
 from birdwatch.backends import RunOptions
 from birdwatch.backends import open_runner
 from birdwatch.backends.export import cache_dir_for
+from birdwatch.capture.recorder import Recorder
 from birdwatch.classify.engine import ClassifierEngine
 from birdwatch.classify.engine import WorkerPlan
 from birdwatch.classify.engine import classifier_graph
@@ -53,10 +54,13 @@ class Parts:
     outbox: Outbox
     sink: EventSink
     decider: Decider
+    recorder: Recorder | None = None
 
     def release(self) -> None:
-        """Give back what the parts hold outside Python: the database and torch's thread setting."""
+        """Give back what the parts hold outside Python: the database, the recording and torch's thread setting."""
         self.store.close()
+        if self.recorder is not None:
+            self.recorder.close()
         torch.set_num_threads(self.threads_before)  # in-process users (tests, bench) get their setting back
 
 
@@ -88,13 +92,16 @@ def build(config: Config, classifier: Classifier | None = None, sink: EventSink 
             precision=options.precision,
             runner=runner,
         )
-        locator = Locator(config.cameras, localiser)
+        recorder = Recorder.from_config(config.record) if config.record.enabled else None
+        if recorder is not None:
+            undo.callback(recorder.close)
+        locator = Locator(config.cameras, localiser, on_motion=recorder.offer_all if recorder else None)
         visits = Visits(config.tracking, config.events, classifier.name, top_k=engine.top_k)
         outbox = Outbox(store, sink)
         snapshots = SnapshotWriter(config.snapshots) if config.snapshots.enabled else None
         decider = Decider(config, visits, store, outbox, sink, snapshots)
         undo.pop_all()  # built: from here the pipeline owns them
-    return Parts(classifier, plan, threads_before, engine, locator, store, outbox, sink, decider)
+    return Parts(classifier, plan, threads_before, engine, locator, store, outbox, sink, decider, recorder)
 
 
 def run_options(config: Config, classifier: Classifier, plan: WorkerPlan) -> RunOptions:

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Callable
 from collections.abc import Iterator
 from dataclasses import dataclass
+from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
 from urllib.error import HTTPError
@@ -52,6 +53,8 @@ from birdwatch.deliver.discovery import node_id
 from birdwatch.deliver.mqtt import configure_tls
 from birdwatch.deliver.mqtt import tls_failure_hint
 from birdwatch.errors import BirdwatchError
+from birdwatch.locate.teacher import pending_teacher_download
+from birdwatch.locate.teacher import teacher_weights
 from birdwatch.precision import Precision
 from birdwatch.redact import redact_text
 from birdwatch.redact import redact_url
@@ -117,6 +120,8 @@ def diagnose(
     secrets += [*config.secrets(), password or ""]
     yield Finding(Verdict.OK, "config", f"{config_path}: {len(config.cameras)} camera(s)")
     yield check_weights(config)
+    if config.localiser == "teacher":
+        yield check_teacher(config)
     yield check_inference(config)
     for camera in config.cameras:
         yield check_camera(camera, secrets, seconds, blocked)
@@ -144,6 +149,21 @@ def check_weights(config: Config) -> Finding:
     sha = f"SHA-256 matches {source}" if checked else "SHA-256 not checked (a file of your own without model.sha256)"
     size = path.stat().st_size / MB
     return Finding(Verdict.OK, "weights", f"{path} ({size:.0f} MB, {len(species)} species, {sha})")
+
+
+def check_teacher(config: Config) -> Finding:
+    """The teacher's weights: here with the right SHA-256, or reachable for the first start to fetch."""
+    teacher, model = config.teacher, config.model
+    try:
+        url = pending_teacher_download(teacher, model)
+        if url is not None:
+            folder = model.models_dir if not teacher.file else str(Path(teacher.file).parent)
+            return replace(_weights_to_fetch(url, folder), what="teacher")
+        weights = teacher_weights(teacher, model)
+    except BirdwatchError as exc:
+        return Finding(Verdict.FAIL, "teacher", str(exc))
+    size = weights.path.stat().st_size / MB
+    return Finding(Verdict.OK, "teacher", f"{weights.path} ({size:.0f} MB, {weights.network} on {weights.backbone})")
 
 
 def _weights_to_fetch(url: str, folder: str) -> Finding:
@@ -411,6 +431,8 @@ def check_folders(config: Config) -> Iterator[Finding]:
     ]
     if config.snapshots.enabled:
         folders.append(("snapshots.dir", Path(config.snapshots.dir), config.snapshots.max_total_mb or 1024.0))
+    if config.record.enabled:
+        folders.append(("record.dir", Path(config.record.dir), config.record.budget_mb))
     for key, folder, need_mb in folders:
         yield _check_folder(key, folder, need_mb, shown=str(store) if key == "store.path" else str(folder))
 

@@ -21,6 +21,9 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Sequence
+
+import numpy as np
 
 from birdwatch.capture.reader import CameraReader
 from birdwatch.classify.engine import ClassifierEngine
@@ -30,8 +33,7 @@ from birdwatch.config import Config
 from birdwatch.deliver.mqtt import EventSink
 from birdwatch.deliver.store import EventStore
 from birdwatch.deliver.store import Outbox
-from birdwatch.locate.localiser import DetectorLocaliser
-from birdwatch.locate.localiser import MotionGatedLocaliser
+from birdwatch.locate.localiser import Localiser
 from birdwatch.runtime import systemd
 from birdwatch.runtime.batching import Batcher
 from birdwatch.runtime.build import Parts
@@ -50,6 +52,7 @@ from birdwatch.runtime.stats import new_event_read_times
 from birdwatch.runtime.stats import stats_line
 from birdwatch.types import Detections
 from birdwatch.types import Frame
+from birdwatch.types import SpeciesScore
 from birdwatch.types import VisitEvent
 
 log = logging.getLogger(__name__)
@@ -131,7 +134,7 @@ class Pipeline:
         return self.parts.sink
 
     @property
-    def localiser(self) -> DetectorLocaliser | MotionGatedLocaliser | None:
+    def localiser(self) -> Localiser | None:
         return self.parts.locator.localiser if self.parts else None
 
     @property
@@ -453,13 +456,18 @@ class Pipeline:
         return out
 
     def classify(self, frames: list[Frame], found: list[Detections]) -> list[Detections]:
-        """Species for every box of every frame, in one batch."""
+        """Species for every box of every frame, in one batch; a box the localiser calls not a bird (a cat)
+        is not classified: it can never be a visit."""
         assert self.parts is not None
-        boxes = [self.parts.locator.crop_boxes(f, d) for f, d in zip(frames, found, strict=True)]
+        birds = [~d.not_birds() for d in found]
+        boxes = [
+            [box for box, bird in zip(self.parts.locator.crop_boxes(f, d), keep, strict=True) if bird]
+            for f, d, keep in zip(frames, found, birds, strict=True)
+        ]
         if not any(boxes):
-            return [d.with_species(()) for d in found]
+            return [d.with_species([()] * len(d)) for d in found]
         species = self.parts.engine.classify(frames, boxes)
-        return [d.with_species(s) for d, s in zip(found, species, strict=True)]
+        return [d.with_species(_spread(s, keep)) for d, s, keep in zip(found, species, birds, strict=True)]
 
     def decide(self, frames: list[Frame], found: list[Detections]) -> list[VisitEvent]:
         """Tracks and visits: which boxes are which bird, and what is worth telling; on the decide thread."""
@@ -485,3 +493,9 @@ class Pipeline:
         if self.parts is not None and not final:
             self.parts.sink.publish_stats(self._stats_report.json(snap))
         log.info("%s %s", "final stats:" if final else "stats:", stats_line(snap, self._rates.line(self.feeds, snap)))
+
+
+def _spread(species: Sequence[tuple[SpeciesScore, ...]], keep: np.ndarray) -> list[tuple[SpeciesScore, ...]]:
+    """The classified boxes' species back in place among all the boxes; () for the boxes not classified."""
+    given = iter(species)
+    return [next(given) if bird else () for bird in keep.tolist()]

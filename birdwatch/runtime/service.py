@@ -46,6 +46,12 @@ def check_before_start(config: Config) -> None:
     ensure_weights(config.model, while_fetching=lambda _done: systemd.watchdog())  # busy, not hung
     path, _, model_name = weights_file(config.model)
     check_species_lists(config.events, class_names_of(path), model_name)
+    if config.localiser == "teacher":
+        from birdwatch.locate.teacher import ensure_teacher
+        from birdwatch.locate.teacher import teacher_weights
+
+        ensure_teacher(config.teacher, config.model, while_fetching=lambda _done: systemd.watchdog())
+        teacher_weights(config.teacher, config.model)
 
 
 class Service:

@@ -224,6 +224,7 @@ def decide_counters(decider: Decider) -> dict[str, int]:
         "event_save_failures": decider.save_failures,
         "events_lost": decider.lost,
         "visits_merged": decider.visits.merged,
+        "tracks_not_birds": decider.visits.not_birds,
         "frames_held": frames,
         "frames_held_bytes": frame_bytes,
     }

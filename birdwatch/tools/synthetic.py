@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Iterator
 from collections.abc import Sequence
@@ -246,6 +247,90 @@ def _posed(sprite: _Sprite, angle: float, mirror: bool) -> _Sprite:
     return _Sprite(image[crop].copy(), mask[crop].copy())
 
 
+# Figures that move like birds but are not: what a generic detector must tell apart (a teacher's classes).
+OTHER_CLASSES = ("cat", "leaf")
+
+
+def _other_sprite(name: str, length: int, rng: np.random.Generator) -> _Sprite:
+    sprite = _cat_sprite(length, rng) if name == "cat" else _leaf_sprite(length, rng)
+    return _posed(sprite, float(rng.uniform(-20, 20)), bool(rng.integers(2)))
+
+
+def _canvas_sprite(size: int, draw: Callable[[np.ndarray, np.ndarray], None]) -> _Sprite:
+    """Draw onto a square image and mask alike (`draw(img, mask)`), cropped to the mask."""
+    img = np.zeros((size, size, 3), np.uint8)
+    mask = np.zeros((size, size), np.uint8)
+    draw(img, mask)
+    ys, xs = np.nonzero(mask)
+    crop = np.s_[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    return _Sprite(img[crop].copy(), mask[crop] > 0)
+
+
+def _cat_sprite(length: int, rng: np.random.Generator) -> _Sprite:
+    """A cat side on: long body, round head with pointed ears, four legs and a raised tail."""
+    u = float(length)
+    fur = _hsv_colour(rng, s=(0, 160), v=(25, 200))
+    dark = np.clip(fur * 0.6, 0, 255)
+    c = int(1.6 * u) + 4
+
+    def draw(img: np.ndarray, mask: np.ndarray) -> None:
+        cx, cy = c / 2, c / 2
+        for canvas, col, col2 in ((img, _bgr(fur), _bgr(dark)), (mask, 255, 255)):
+            for dx in (-0.3, -0.18, 0.18, 0.3):  # legs
+                x = round(cx + dx * u)
+                cv2.rectangle(
+                    canvas, (x - round(0.03 * u), round(cy)), (x + round(0.03 * u), round(cy + 0.3 * u)), col2, -1
+                )
+            cv2.ellipse(canvas, (round(cx), round(cy)), (round(0.4 * u), round(0.14 * u)), 0, 0, 360, col, -1)
+            tail = np.array(
+                [(cx - 0.38 * u, cy - 0.02 * u), (cx - 0.6 * u, cy - 0.2 * u), (cx - 0.55 * u, cy - 0.45 * u)]
+            )
+            cv2.polylines(canvas, [np.round(tail).astype(np.int32)], False, col2, max(2, round(0.05 * u)))
+            hx, hy = cx + 0.45 * u, cy - 0.14 * u
+            cv2.circle(canvas, (round(hx), round(hy)), round(0.13 * u), col, -1)
+            for ex in (-0.08, 0.06):  # ears
+                ear = np.array(
+                    [
+                        (hx + ex * u, hy - 0.08 * u),
+                        (hx + (ex + 0.05) * u, hy - 0.24 * u),
+                        (hx + (ex + 0.1) * u, hy - 0.08 * u),
+                    ]
+                )
+                cv2.fillPoly(canvas, [np.round(ear).astype(np.int32)], col)
+        cv2.circle(img, (round(cx + 0.5 * u), round(cy - 0.16 * u)), max(1, round(0.02 * u)), (40, 200, 200), -1)
+
+    return _canvas_sprite(c, draw)
+
+
+def _leaf_sprite(length: int, rng: np.random.Generator) -> _Sprite:
+    """A large leaf, pointed at both ends, with a midrib and a stalk: green, yellow or autumn brown."""
+    u = float(length)
+    hsv = np.array([[[rng.integers(15, 85), rng.integers(120, 256), rng.integers(60, 220)]]], np.uint8)
+    colour = (
+        cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0].astype(np.int64) if rng.random() < 0.7 else np.array([30, 80, 150])
+    )
+    c = int(1.2 * u) + 4
+
+    def draw(img: np.ndarray, mask: np.ndarray) -> None:
+        cx, cy = c / 2, c / 2
+        t = np.linspace(0, math.pi, 24)
+        upper = [(cx - 0.5 * u * math.cos(a), cy - 0.2 * u * math.sin(a)) for a in t]
+        lower = [(cx + 0.5 * u * math.cos(a), cy + 0.2 * u * math.sin(a)) for a in t]
+        outline = np.round(np.array(upper + lower)).astype(np.int32)
+        for canvas, col in ((img, _bgr(colour)), (mask, 255)):
+            cv2.fillPoly(canvas, [outline], col)
+            cv2.line(canvas, (round(cx + 0.5 * u), round(cy)), (round(cx + 0.62 * u), round(cy + 0.05 * u)), col, 2)
+        cv2.line(
+            img,
+            (round(cx - 0.45 * u), round(cy)),
+            (round(cx + 0.5 * u), round(cy)),
+            _bgr(np.clip(colour * 0.6, 0, 255)),
+            1,
+        )
+
+    return _canvas_sprite(c, draw)
+
+
 def _texture(width: int, height: int, rng: np.random.Generator, cell: int, blur: float) -> np.ndarray:
     coarse = rng.normal(0, 1, (max(2, height // cell), max(2, width // cell), 3)).astype(np.float32)
     return cv2.GaussianBlur(cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC), (0, 0), blur)
@@ -398,6 +483,25 @@ def render_still(
     (low, high) ranges; bird body length is a fraction `size_range` of the shorter side. A few objects
     are drawn in front of the birds, so boxes are the bounds of what is still visible of each bird.
     """
+    image, labelled = render_labelled_still(
+        width, height, seed, n_birds=n_birds, size_range=size_range, clutter=clutter, noise_sigma=noise_sigma
+    )
+    return image, [box for box, name in labelled if name == "bird"]
+
+
+def render_labelled_still(
+    width: int,
+    height: int,
+    seed: int,
+    *,
+    n_birds: tuple[int, int] = (0, 4),
+    size_range: tuple[float, float] = (0.08, 0.35),
+    clutter: tuple[int, int] = (4, 16),
+    noise_sigma: tuple[float, float] = (0.0, 8.0),
+    others: tuple[int, int] = (0, 0),
+) -> tuple[np.ndarray, list[tuple[Box, str]]]:
+    """`render_still` with figures that are not birds but move like them: `others` (low, high) cats and
+    big leaves (OTHER_CLASSES), each with its box and class name, as a generic detector labels them."""
     rng = np.random.default_rng([seed, width, height])
     s = min(width, height)
     img = _varied_background(width, height, rng, int(rng.integers(clutter[0], clutter[1] + 1)))
@@ -418,12 +522,22 @@ def render_still(
                 break
         placed.append(box)
         _paste_labelled(img, labels, sprite, (cx, cy), label)
+    names = ["bird"] * n
+    if others[1] > 0:  # drawn only when asked, so that bird-only stills stay as they were
+        for _ in range(int(rng.integers(others[0], others[1] + 1))):
+            name = OTHER_CLASSES[int(rng.integers(len(OTHER_CLASSES)))]
+            length = max(10, int(s * rng.uniform(size_range[0] * 1.3, size_range[1] * 1.3)))
+            sprite = _other_sprite(name, length, rng)
+            sh, sw = sprite.mask.shape
+            cx, cy = rng.uniform(sw * 0.3, max(sw * 0.3 + 1, width - sw * 0.3)), rng.uniform(0, height)
+            names.append(name)
+            _paste_labelled(img, labels, sprite, (cx, cy), len(names))
     _clutter(img, rng, int(rng.integers(0, 3)), labels)  # in front of the birds
-    boxes: list[Box] = []
-    for label in range(1, n + 1):
+    labelled: list[tuple[Box, str]] = []
+    for label, name in enumerate(names, start=1):
         ys, xs = np.nonzero(labels == label)
         if len(xs) >= 12:  # a few stray pixels are not a bird anyone could box
-            boxes.append((int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1))
+            labelled.append(((int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1), name))
     # Camera: exposure, focus and sensor noise.
     out = img.astype(np.float32) * rng.uniform(0.7, 1.2) + rng.uniform(-25, 25)
     if rng.random() < 0.3:
@@ -431,7 +545,7 @@ def render_still(
     sigma = rng.uniform(*noise_sigma)
     if sigma > 0:
         out += rng.normal(0, sigma, out.shape).astype(np.float32)
-    return np.clip(out, 0, 255).astype(np.uint8), boxes
+    return np.clip(out, 0, 255).astype(np.uint8), labelled
 
 
 def write_coco_dataset(
@@ -446,30 +560,35 @@ def write_coco_dataset(
 ) -> Path:
     """A COCO-format bird dataset of `render_still` images: DIR/images/*.jpg and DIR/annotations.json.
 
-    Image i uses seed (seed, i), so datasets with different seeds share no image. Returns the
-    annotations file.
+    Image i uses seed (seed, i), so datasets with different seeds share no image. With `others`
+    (see `render_labelled_still`) the cats and leaves are labelled too, as categories of their own.
+    Returns the annotations file.
     """
     directory = Path(directory)
     (directory / "images").mkdir(parents=True, exist_ok=True)
+    classes = ["bird", *OTHER_CLASSES] if still_kwargs.get("others", (0, 0))[1] > 0 else ["bird"]
     images, annotations = [], []
     for i in range(n_images):
-        img, boxes = render_still(width, height, seed * 1_000_003 + i, **still_kwargs)
+        img, labelled = render_labelled_still(width, height, seed * 1_000_003 + i, **still_kwargs)
         name = f"{i:06d}.jpg"
         if not cv2.imwrite(str(directory / "images" / name), img, [cv2.IMWRITE_JPEG_QUALITY, quality]):
             raise OSError(f"cv2.imwrite failed for {directory / 'images' / name}")
         images.append({"id": i + 1, "file_name": name, "width": width, "height": height})
-        for x1, y1, x2, y2 in boxes:
+        for (x1, y1, x2, y2), name in labelled:
             annotations.append(
                 {
                     "id": len(annotations) + 1,
                     "image_id": i + 1,
-                    "category_id": 1,
+                    "category_id": classes.index(name) + 1,
                     "bbox": [x1, y1, x2 - x1, y2 - y1],
                     "area": (x2 - x1) * (y2 - y1),
                     "iscrowd": 0,
                 }
             )
-    categories = [{"id": 1, "name": "bird", "supercategory": "animal"}]
+    categories = [
+        {"id": i, "name": name, "supercategory": "plant" if name == "leaf" else "animal"}
+        for i, name in enumerate(classes, start=1)
+    ]
     path = directory / "annotations.json"
     path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
     return path
@@ -499,6 +618,10 @@ class Scene:
         size_range: bird body length as a fraction of the frame height.
         noise_sigma: per-frame Gaussian sensor noise (grey levels); 0 for exact frames.
         varied: draw the background, clutter and birds with the varied looks of `render_still`.
+        others: figures that are not birds, as (class, start, stop): a cat walks across the lower part
+            of the frame, a leaf drifts down through it, during [start, stop).
+        sway: a branch in front of the background sways by this fraction of the height (wind).
+        light: passing cloud shadows darken the frame by up to this fraction (0.3: 30 %).
     """
 
     def __init__(
@@ -515,6 +638,9 @@ class Scene:
         size_range: tuple[float, float] = (0.12, 0.22),
         noise_sigma: float = 2.0,
         varied: bool = False,
+        others: Sequence[tuple[str, int, int]] = (),
+        sway: float = 0.0,
+        light: float = 0.0,
     ) -> None:
         if width < 16 or height < 16 or n_frames < 0 or n_birds < 0:
             raise ValueError("need width, height >= 16 and non-negative n_frames, n_birds")
@@ -534,6 +660,10 @@ class Scene:
         self._flights = [
             self._plan(rng, a, b, perch_fraction, size_range) for a, b in self.presence if b > a for _ in range(n_birds)
         ]
+        self.sway, self.light = sway, light
+        # Drawn from their own generator: the birds of a scene stay as they were with or without them.
+        others_rng = np.random.default_rng([seed, 1])
+        self._others = [(self._plan_other(others_rng, name, a, b), name) for name, a, b in others]
 
     def _plan(
         self, rng: np.random.Generator, a: int, b: int, perch_fraction: float, size_range: tuple[float, float]
@@ -578,14 +708,55 @@ class Scene:
     def __iter__(self) -> Iterator[tuple[np.ndarray, list[Box]]]:
         return (self.render(t) for t in range(self.n_frames))
 
+    def _plan_other(self, rng: np.random.Generator, name: str, a: int, b: int) -> _Flight:
+        """A cat walking along the lower part of the frame, or a leaf drifting down through it."""
+        w, h = self.width, self.height
+        length = max(10, int(h * rng.uniform(0.18, 0.28)))
+        sprite = _other_sprite(name, length, rng)
+        margin = 2 * length
+        if name == "cat":
+            y = rng.uniform(0.7, 0.85) * h
+            start, end = (-margin, y), (w + margin, y)
+        else:
+            x = rng.uniform(0.2, 0.8) * w
+            start, end = (x, -margin), (x + rng.uniform(-0.3, 0.3) * w, h + margin)
+        middle = ((start[0] + end[0]) / 2, (start[1] + end[1]) / 2)
+        return _Flight((sprite, sprite), a, (a + b) // 2, (a + b) // 2, b, start, middle, end, 0.0, 1)
+
+    def _weather(self, img: np.ndarray, t: int) -> np.ndarray:
+        """The swaying branch and the cloud shadows of frame t, drawn over the background."""
+        w, h = self.width, self.height
+        if self.sway > 0:
+            shift = self.sway * h * math.sin(2 * math.pi * t / 17)
+            pts = np.array(
+                [(x, 0.3 * h + shift * (x / w) + 0.05 * h * math.sin(x / w * 5)) for x in np.linspace(0, w, 12)]
+            )
+            cv2.polylines(img, [np.round(pts).astype(np.int32)], False, (35, 70, 60), max(3, h // 40), cv2.LINE_AA)
+            for x, y in pts[2:-1:2]:
+                cv2.ellipse(
+                    img, (round(x), round(y + h * 0.03)), (h // 30 + 2, h // 60 + 1), 30, 0, 360, (50, 120, 70), -1
+                )
+        if self.light > 0:
+            cx = (t * 0.02 * w) % (2 * w) - w / 2  # a shadow the size of the frame drifting across
+            xs = np.arange(w, dtype=np.float32)[None, :]
+            ys = np.arange(h, dtype=np.float32)[:, None]
+            shade = np.exp(-(((xs - cx) / (0.4 * w)) ** 2 + ((ys - h / 2) / (0.8 * h)) ** 2))
+            img = (img.astype(np.float32) * (1 - self.light * shade)[..., None]).astype(np.uint8)
+        return img
+
     def render(self, t: int) -> tuple[np.ndarray, list[Box]]:
         """Frame t (BGR uint8) and the boxes of every bird with at least one visible pixel."""
-        img = self.background.copy()
-        boxes: list[Box] = []
-        for flight in self._flights:
+        img, labelled = self.render_labelled(t)
+        return img, [box for box, name in labelled if name == "bird"]
+
+    def render_labelled(self, t: int) -> tuple[np.ndarray, list[tuple[Box, str]]]:
+        """Frame t and the boxes of every figure in it, birds and others, with their class."""
+        img = self._weather(self.background.copy(), t)
+        boxes: list[tuple[Box, str]] = []
+        for flight, name in [*((f, "bird") for f in self._flights), *self._others]:
             c = flight.centre(t)
             if c is not None and (box := _paste(img, flight.sprite(t), c)) is not None:
-                boxes.append(box)
+                boxes.append((box, name))
         if self.noise_sigma > 0:
             noise = np.random.default_rng([self.seed, t]).normal(0, self.noise_sigma, img.shape).astype(np.float32)
             img = np.clip(img + noise, 0, 255).astype(np.uint8)

@@ -120,6 +120,72 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_label(args: argparse.Namespace) -> int:
+    from birdwatch.classify.models import resolve_device
+    from birdwatch.config import load_config
+    from birdwatch.locate.teacher import load_teacher
+    from birdwatch.tools.detector.label import LabelOptions
+    from birdwatch.tools.detector.label import label
+
+    logging.getLogger("birdwatch").setLevel(logging.INFO)
+    config = load_config(args.config)
+    recording = Path(args.recording or config.record.dir)
+    teacher = load_teacher(config.teacher, config.model, resolve_device(args.device or config.model.device))
+    options = LabelOptions(
+        uncertain_floor=args.uncertain_floor,
+        batch_size=args.batch_size,
+        whole_frames=args.whole_frames,
+        progress=sys.stderr.isatty() and not args.no_progress,
+    )
+    result = label(teacher, recording, Path(args.out), config.detector, options)
+    print(
+        f"{result.frames} frames labelled by {teacher.name} ({result.labelled_now} now); "
+        + ", ".join(
+            f"{split}: {result.images[split]} images, {result.birds[split]} birds, {result.negatives[split]} without"
+            for split in ("train", "val", "uncertain")
+        )
+        + f"; {result.not_birds} other animals"
+    )
+    print(f"contact sheet: {result.sheet}")
+    print(f"next: `birdwatch detector train --config {args.config} --data {args.out}/train --val {args.out}/val ...`")
+    return 0
+
+
+def cmd_learn(args: argparse.Namespace) -> int:
+    from birdwatch.config import load_config
+    from birdwatch.tools.learn import LearnOptions
+    from birdwatch.tools.learn import learn
+
+    logging.getLogger("birdwatch").setLevel(logging.INFO)
+    config = load_config(args.config)
+    options = LearnOptions(
+        work=Path(args.work or Path(config.model.models_dir) / "learn"),
+        recording=Path(args.recording) if args.recording else None,
+        record_minutes=args.record_minutes,
+        train_minutes=args.train_minutes,
+        epochs=args.epochs,
+        adopt=not args.no_adopt,
+        head=Path(args.head) if args.head else None,
+        progress=sys.stderr.isatty() and not args.no_progress,
+    )
+    result = learn(config, options)
+    print(
+        f"new head: held-out mAP@.5 {result.new.map50:.3f} (mAP {result.new.map:.3f}) on "
+        f"{result.new.n_images} cuts with {result.new.n_boxes} birds; teacher 1.000 on its own labels"
+    )
+    if result.cost_ms:
+        print(
+            f"cost per frame: head {result.cost_ms['head']:.0f} ms, teacher {result.cost_ms['teacher']:.0f} ms "
+            f"({result.cost_ms['ratio']:.2f} of the teacher's)"
+        )
+    print(f"{'adopted' if result.adopted else 'kept the head in use'}: {result.reason}")
+    if result.adopted and (config.localiser != "detector+motion" or config.detector.file != str(result.head)):
+        print(f"use it: set `localiser: detector+motion` and `detector: {{file: {result.head}}}` in {args.config}")
+    elif result.adopted:
+        print("a running service takes it at its next reload: `systemctl reload birdwatch`")
+    return 0
+
+
 def cmd_convert_cub(args: argparse.Namespace) -> int:
     from birdwatch.tools.detector.data import convert_cub
 
@@ -198,6 +264,30 @@ def add_parser(subparsers: Any) -> None:
     ev.add_argument("--out", help="folder for pr.png and metrics.json (default: the head's folder)")
     ev.set_defaults(func=cmd_eval)
 
+    lab = sub.add_parser(
+        "label", help="the teacher labels a recording: COCO train/val, uncertain set aside, a contact sheet"
+    )
+    lab.add_argument(
+        "--config", "-c", required=True, help="a birdwatch config: its teacher, model and detector sections"
+    )
+    lab.add_argument("--recording", help="what `birdwatch record` kept (default: the config's record.dir)")
+    lab.add_argument(
+        "--out", required=True, help="folder for train/, val/, uncertain/, teacher.jsonl, contact-sheet.png"
+    )
+    lab.add_argument("--batch-size", type=int, default=4)
+    lab.add_argument(
+        "--uncertain-floor",
+        type=float,
+        default=0.15,
+        help="bird boxes between this and teacher.score_threshold are set aside",
+    )
+    lab.add_argument(
+        "--whole-frames", action="store_true", help="label whole frames (for localiser: detector), not motion regions"
+    )
+    lab.add_argument("--device", help="auto, cpu, cuda (default: model.device)")
+    lab.add_argument("--no-progress", action="store_true")
+    lab.set_defaults(func=cmd_label)
+
     cub = sub.add_parser("convert-cub", help="CUB-200-2011 boxes to COCO: OUT/train, OUT/val")
     cub.add_argument("root", help="the CUB_200_2011 folder (images.txt, bounding_boxes.txt, images/)")
     cub.add_argument("out")
@@ -219,3 +309,20 @@ def add_parser(subparsers: Any) -> None:
     syn.add_argument("--seed", type=int, default=0)
     syn.add_argument("--easy", action="store_true", help="larger birds, little clutter (the tests' setting)")
     syn.set_defaults(func=cmd_make_synthetic)
+
+
+def add_learn_parser(subparsers: Any) -> None:
+    """`birdwatch learn`: record -> label -> train -> evaluate -> adopt."""
+    learn = subparsers.add_parser("learn", help="the head learns your feeder from the teacher; adopted only if better")
+    learn.add_argument("--config", "-c", default="/etc/birdwatch/config.yaml", help="YAML config")
+    learn.add_argument("--recording", help="the recording to learn from (default: the config's record.dir)")
+    learn.add_argument("--work", help="labels, runs and learn.json (default: <models_dir>/learn)")
+    learn.add_argument("--record-minutes", type=float, help="record this long first (without birdwatch running)")
+    learn.add_argument("--train-minutes", type=float, default=30.0, help="training time limit (default 30)")
+    learn.add_argument("--epochs", type=int, default=24)
+    learn.add_argument(
+        "--head", help="where the adopted head goes (default: detector.file, or <models_dir>/feeder-head.pt)"
+    )
+    learn.add_argument("--no-adopt", action="store_true", help="train and judge, but leave the head in use")
+    learn.add_argument("--no-progress", action="store_true")
+    learn.set_defaults(func=cmd_learn)

@@ -11,6 +11,7 @@ import contextlib
 import io
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
@@ -25,6 +26,7 @@ from tqdm import tqdm
 from birdwatch.locate.head import BirdDetector
 from birdwatch.tools.detector.data import BirdBoxes
 from birdwatch.tools.detector.data import DatasetError
+from birdwatch.types import Detections
 
 log = logging.getLogger(__name__)
 
@@ -97,39 +99,59 @@ def coco_map(ground_truth: COCO, detections: list[dict[str, Any]]) -> EvalResult
     return EvalResult(stats, precision, n_images, n_boxes, len(detections), summary=summary)
 
 
+Detect = Callable[[list[np.ndarray]], list[Detections]]  # BGR images -> their boxes
+
+
 def predict(
     detector: BirdDetector, dataset: BirdBoxes, *, batch_size: int = 8, progress: bool = True
 ) -> list[dict[str, Any]]:
-    """COCO-format results of the detector on every image of the dataset, at COCO's eval settings."""
+    """COCO-format results of the head on every image of the dataset, at COCO's eval settings."""
     head = detector.head
     saved = (head.score_thresh, head.nms_thresh, head.detections_per_img)
     detector.configure(score_threshold=EVAL_SCORE_THRESHOLD, nms_iou=saved[1], max_detections=EVAL_MAX_DETECTIONS)
-    results: list[dict[str, Any]] = []
-    records = dataset.records
     try:
-        with tqdm(total=len(records), desc="evaluating", unit="img", disable=not progress, leave=False) as bar:
-            for start in range(0, len(records), batch_size):
-                chunk = records[start : start + batch_size]
-                images = []
-                for r in chunk:
-                    image = cv2.imread(str(r.path), cv2.IMREAD_COLOR)
-                    if image is None:
-                        raise DatasetError(f"{r.path}: OpenCV cannot read this image")
-                    images.append(image)
-                for r, found in zip(chunk, detector.detect(images), strict=True):
-                    for (x1, y1, x2, y2), score in zip(found.boxes.tolist(), found.scores.tolist(), strict=True):
-                        results.append(
-                            {"image_id": r.id, "category_id": 1, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score}
-                        )
-                bar.update(len(chunk))
+        return predict_with(detector.detect, dataset, batch_size=batch_size, progress=progress)
     finally:
         detector.configure(score_threshold=saved[0], nms_iou=saved[1], max_detections=saved[2])
+
+
+def predict_with(
+    detect: Detect, dataset: BirdBoxes, *, batch_size: int = 8, progress: bool = True
+) -> list[dict[str, Any]]:
+    """COCO-format results of any detector (the head, the teacher) on every image; only boxes it calls birds."""
+    results: list[dict[str, Any]] = []
+    records = dataset.records
+    with tqdm(total=len(records), desc="evaluating", unit="img", disable=not progress, leave=False) as bar:
+        for start in range(0, len(records), batch_size):
+            chunk = records[start : start + batch_size]
+            images = []
+            for r in chunk:
+                image = cv2.imread(str(r.path), cv2.IMREAD_COLOR)
+                if image is None:
+                    raise DatasetError(f"{r.path}: OpenCV cannot read this image")
+                images.append(image)
+            for r, found in zip(chunk, detect(images), strict=True):
+                found = found[~found.not_birds()]
+                for (x1, y1, x2, y2), score in zip(found.boxes.tolist(), found.scores.tolist(), strict=True):
+                    results.append(
+                        {"image_id": r.id, "category_id": 1, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score}
+                    )
+            bar.update(len(chunk))
     return results
 
 
 def evaluate(detector: BirdDetector, dataset: BirdBoxes, *, batch_size: int = 8, progress: bool = True) -> EvalResult:
     started = time.perf_counter()
     detections = predict(detector, dataset, batch_size=batch_size, progress=progress)
+    result = coco_map(dataset.ground_truth(), detections)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def evaluate_with(detect: Detect, dataset: BirdBoxes, *, batch_size: int = 8, progress: bool = True) -> EvalResult:
+    """`evaluate` for any detector callable (the teacher at a low threshold, say)."""
+    started = time.perf_counter()
+    detections = predict_with(detect, dataset, batch_size=batch_size, progress=progress)
     result = coco_map(dataset.ground_truth(), detections)
     result.seconds = time.perf_counter() - started
     return result

@@ -1,0 +1,358 @@
+"""Labels without hands: the teacher over a recording, into COCO datasets the head trains and is judged on.
+
+1. The teacher runs over every recorded frame, in batches, at a low score floor (`uncertain_floor`).
+   Its boxes go to `OUT/teacher.jsonl`, a line per frame, flushed as it goes: a run that stops (power
+   cut, Ctrl-C) starts again where it was. Its first line names the teacher and the floor; another
+   teacher or floor labels everything again. Frames the recorder has removed since (a recording that
+   runs while this does, thinning to its budget) are skipped.
+2. What the head will see is cut from each frame as `detector+motion` cuts it at run time: the squares
+   around the frame's motion (`motion_regions`, from the recording's motion boxes) — or the whole frame
+   with `whole_frames`, for a head that runs as `localiser: detector`. Each cut is one image.
+3. A bird box the teacher scores at least `teacher.score_threshold` is a bird. One it scores between
+   the floor and that is uncertain: the cut holding it is set aside (`OUT/uncertain/`, for a person
+   to look at), neither a bird nor background to learn from; so is a cut that holds only a part of a
+   bird (its edge through the bird). Non-bird boxes (a cat) stay in as
+   `not_bird`: the head's training takes them, like every cut without a bird (a swaying branch, a
+   cloud's shadow), as hard negatives.
+4. Cuts go to `OUT/train/` and `OUT/val/` by minute of recording (a hash of the camera and the minute
+   holds one in `VAL_EVERY` out), so that near-identical neighbours do not land on both sides, and a
+   frame stays on its side from one night to the next. Annotations carry the teacher's score. The
+   split folders are written afresh each run.
+5. `OUT/contact-sheet.png`: the frames with the most to show, their boxes drawn, for a glance over.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from birdwatch.capture.recorder import Recorded
+from birdwatch.capture.recorder import append_lines
+from birdwatch.capture.recorder import read_index
+from birdwatch.config import DetectorConfig
+from birdwatch.errors import BirdwatchError
+from birdwatch.locate.localiser import motion_regions
+from birdwatch.locate.teacher import Teacher
+from birdwatch.tools.detector.data import ANNOTATIONS
+from birdwatch.tools.detector.data import IMAGES
+from birdwatch.types import Box
+from birdwatch.types import Detections
+from birdwatch.types import Source
+
+log = logging.getLogger(__name__)
+
+TEACHER_LINES = "teacher.jsonl"
+CONTACT_SHEET = "contact-sheet.png"
+SPLITS = ("train", "val", "uncertain")
+CATEGORIES = [
+    {"id": 1, "name": "bird", "supercategory": "animal"},
+    {"id": 2, "name": "not_bird", "supercategory": "thing"},
+]
+RUN_S = 60.0  # recorded frames of one camera within a minute go to the same side of the split
+VAL_EVERY = 5  # one minute in five is held out
+INSIDE = 0.5  # a box belongs to a cut when this much of it is inside
+PART = 0.1  # a bird box with between this and INSIDE of it inside cuts the bird: the cut is set aside
+
+
+@dataclass
+class LabelOptions:
+    uncertain_floor: float = 0.15  # teacher boxes scoring less are nothing
+    batch_size: int = 4
+    whole_frames: bool = False  # cuts are whole frames (for `localiser: detector`), not motion regions
+    quality: int = 92
+    sheet_frames: int = 24
+    progress: bool = True
+
+
+@dataclass
+class LabelResult:
+    out: Path
+    frames: int  # recorded frames labelled in all
+    labelled_now: int  # of those, by this run (the rest came from an earlier one)
+    images: dict[str, int] = field(default_factory=dict)  # cuts per split
+    birds: dict[str, int] = field(default_factory=dict)  # bird boxes per split
+    negatives: dict[str, int] = field(default_factory=dict)  # cuts without a bird, per split
+    not_birds: int = 0  # boxes the teacher called another animal
+    sheet: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "out": str(self.out),
+            "frames": self.frames,
+            "labelled_now": self.labelled_now,
+            "images": self.images,
+            "birds": self.birds,
+            "negatives": self.negatives,
+            "not_birds": self.not_birds,
+            "contact_sheet": str(self.sheet) if self.sheet else None,
+        }
+
+
+@dataclass(frozen=True)
+class TeacherBox:
+    box: tuple[float, float, float, float]
+    score: float
+    bird: bool
+
+
+def label(
+    teacher: Teacher, recording: Path, out: Path, detector: DetectorConfig, options: LabelOptions | None = None
+) -> LabelResult:
+    """Run the teacher over the recording (resuming), then write the datasets and the contact sheet."""
+    options = options or LabelOptions()
+    frames = read_index(recording)
+    if not frames:
+        raise BirdwatchError(f"{recording}: no recorded frames; record some with `birdwatch record` first")
+    out.mkdir(parents=True, exist_ok=True)
+    header = {"teacher": teacher.name, "floor": options.uncertain_floor}
+    labels = _read_lines(out / TEACHER_LINES, header)
+    todo = [f for f in frames if f.file not in labels]
+    _run_teacher(teacher, recording, todo, out / TEACHER_LINES, labels, options)
+    frames = [f for f in frames if f.file in labels]  # those removed meanwhile are gone
+    if not frames:
+        raise BirdwatchError(f"{recording}: every recorded frame was removed while it was labelled")
+    result = LabelResult(out, len(frames), len(todo))
+    _write_datasets(recording, frames, labels, out, teacher.score_threshold, detector, options, result)
+    result.sheet = contact_sheet(recording, frames, labels, out / CONTACT_SHEET, teacher.score_threshold, options)
+    (out / "labels.json").write_text(json.dumps(result.to_dict(), indent=1))
+    return result
+
+
+def _read_lines(path: Path, header: dict[str, Any]) -> dict[str, list[TeacherBox]]:
+    """What an earlier run of this teacher at this floor labelled; another teacher's lines start over."""
+    labels: dict[str, list[TeacherBox]] = {}
+    lines = path.read_text().splitlines() if path.is_file() else []
+    if not lines or _json(lines[0]) != header:
+        if lines:
+            log.info("%s was labelled by another teacher or floor: labelling again", path)
+        path.write_text(json.dumps(header) + "\n")
+        return labels
+    for line in lines[1:]:
+        row = _json(line)
+        if row is None:  # the line being written when the run stopped: that frame goes again
+            continue
+        labels[row["file"]] = [TeacherBox(tuple(b[:4]), b[4], bool(b[5])) for b in row["boxes"]]  # type: ignore[arg-type]
+    return labels
+
+
+def _json(line: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return None
+
+
+def _run_teacher(
+    teacher: Teacher,
+    recording: Path,
+    todo: list[Recorded],
+    path: Path,
+    labels: dict[str, list[TeacherBox]],
+    options: LabelOptions,
+) -> None:
+    bar = tqdm(total=len(todo), desc="labelling", unit="frame", disable=not options.progress)
+    with append_lines(path) as lines, bar:
+        for start in range(0, len(todo), options.batch_size):
+            read = [(f, _read(recording / f.file)) for f in todo[start : start + options.batch_size]]
+            chunk = [(f, image) for f, image in read if image is not None]
+            if chunk:
+                found = teacher.detect([image for _, image in chunk], threshold=options.uncertain_floor)
+                for (frame, _), boxes in zip(chunk, found, strict=True):
+                    labels[frame.file] = _teacher_boxes(boxes)
+                    row = {"file": frame.file, "boxes": [[*b.box, b.score, int(b.bird)] for b in labels[frame.file]]}
+                    lines.write(json.dumps(row, separators=(",", ":")) + "\n")
+                lines.flush()
+                os.fsync(lines.fileno())
+            bar.update(len(read))
+
+
+def _teacher_boxes(found: Detections) -> list[TeacherBox]:
+    birds = found.birds if found.birds is not None else np.zeros(len(found), np.float32)
+    return [
+        TeacherBox(tuple(round(v, 1) for v in box), round(score, 4), bird > 0)  # type: ignore[arg-type]
+        for box, score, bird in zip(found.boxes.tolist(), found.scores.tolist(), birds.tolist(), strict=True)
+    ]
+
+
+def _read(path: Path) -> np.ndarray | None:
+    """A recorded frame; None when the recorder has removed it since (logged). A file that is there but
+    does not decode is an error: the recording is damaged."""
+    if not path.is_file():
+        log.info("%s was removed from the recording meanwhile; skipped", path.name)
+        return None
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise BirdwatchError(f"{path}: OpenCV cannot read this recorded frame; is the recording damaged?")
+    return image
+
+
+def held_out(frame: Recorded) -> bool:
+    """The same answer for a frame every night: by a hash of its camera and its minute."""
+    return zlib.crc32(f"{frame.camera}:{int(frame.ts // RUN_S)}".encode()) % VAL_EVERY == 0
+
+
+def cuts(frame: Recorded, width: int, height: int, detector: DetectorConfig, whole: bool) -> list[Box]:
+    """The parts of a recorded frame the head will see: its motion regions as `detector+motion` cuts them."""
+    if whole:
+        return [(0, 0, width, height)]
+    motion = Detections(
+        np.array(frame.motion, np.float32).reshape(-1, 4), np.ones(len(frame.motion), np.float32), Source.MOTION
+    )
+    return motion_regions(motion, width, height, detector.region_size, detector.region_padding, detector.max_regions)
+
+
+def _write_datasets(
+    recording: Path,
+    frames: list[Recorded],
+    labels: dict[str, list[TeacherBox]],
+    out: Path,
+    threshold: float,
+    detector: DetectorConfig,
+    options: LabelOptions,
+    result: LabelResult,
+) -> None:
+    coco: dict[str, dict[str, list[dict[str, Any]]]] = {s: {"images": [], "annotations": []} for s in SPLITS}
+    for split in SPLITS:
+        shutil.rmtree(out / split, ignore_errors=True)  # cuts of frames since removed, or of another night
+        (out / split / IMAGES).mkdir(parents=True)
+    for frame in frames:
+        image = _read(recording / frame.file)
+        if image is None:
+            continue
+        height, width = image.shape[:2]
+        boxes = labels.get(frame.file, [])
+        result.not_birds += sum(1 for b in boxes if not b.bird and b.score >= threshold)
+        side = "val" if held_out(frame) else "train"
+        for k, cut in enumerate(cuts(frame, width, height, detector, options.whole_frames)):
+            x1, y1, x2, y2 = cut
+            inside = list(_inside(boxes, cut))
+            uncertain = any(b.bird and b.score < threshold for b, _ in inside) or _cuts_a_bird(boxes, cut)
+            split = "uncertain" if uncertain else side
+            name = f"{Path(frame.file).with_suffix('').as_posix().replace('/', '_')}-{k}.jpg"
+            crop = image[y1:y2, x1:x2]
+            if not cv2.imwrite(str(out / split / IMAGES / name), crop, [cv2.IMWRITE_JPEG_QUALITY, options.quality]):
+                raise BirdwatchError(f"cannot write {out / split / IMAGES / name}; is the disk full?")
+            images, annotations = coco[split]["images"], coco[split]["annotations"]
+            image_id = len(images) + 1
+            images.append(
+                {
+                    "id": image_id,
+                    "file_name": name,
+                    "width": x2 - x1,
+                    "height": y2 - y1,
+                    "source": frame.file,
+                    "cut": [x1, y1, x2, y2],
+                }
+            )
+            for b, clipped in inside:
+                if b.score < threshold and not (b.bird and uncertain):
+                    continue
+                bx1, by1, bx2, by2 = clipped
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": image_id,
+                        "category_id": 1 if b.bird else 2,
+                        "bbox": [bx1, by1, bx2 - bx1, by2 - by1],
+                        "area": (bx2 - bx1) * (by2 - by1),
+                        "iscrowd": 0,
+                        "score": b.score,
+                    }
+                )
+    for split in SPLITS:
+        data = coco[split]
+        (out / split / ANNOTATIONS).write_text(json.dumps({**data, "categories": CATEGORIES}))
+        with_bird = {a["image_id"] for a in data["annotations"] if a["category_id"] == 1}
+        result.images[split] = len(data["images"])
+        result.birds[split] = sum(1 for a in data["annotations"] if a["category_id"] == 1)
+        result.negatives[split] = len(data["images"]) - len(with_bird)
+
+
+def _share_inside(box: tuple[float, float, float, float], cut: Box) -> float:
+    x1, y1, x2, y2 = box
+    cx1, cy1, cx2, cy2 = cut
+    iw, ih = min(x2, cx2) - max(x1, cx1), min(y2, cy2) - max(y1, cy1)
+    return max(0.0, iw) * max(0.0, ih) / max(1e-6, (x2 - x1) * (y2 - y1))
+
+
+def _inside(boxes: list[TeacherBox], cut: Box) -> Iterator[tuple[TeacherBox, tuple[float, float, float, float]]]:
+    """The boxes that are mostly inside the cut, clipped to it, in the cut's pixels."""
+    cx1, cy1, cx2, cy2 = cut
+    for b in boxes:
+        if _share_inside(b.box, cut) < INSIDE:
+            continue
+        x1, y1, x2, y2 = b.box
+        ix1, iy1, ix2, iy2 = max(x1, cx1), max(y1, cy1), min(x2, cx2), min(y2, cy2)
+        yield b, (round(ix1 - cx1, 1), round(iy1 - cy1, 1), round(ix2 - cx1, 1), round(iy2 - cy1, 1))
+
+
+def _cuts_a_bird(boxes: list[TeacherBox], cut: Box) -> bool:
+    """The cut's edge runs through a bird: the part inside would be learnt as background."""
+    return any(b.bird and PART <= _share_inside(b.box, cut) < INSIDE for b in boxes)
+
+
+def contact_sheet(
+    recording: Path,
+    frames: list[Recorded],
+    labels: dict[str, list[TeacherBox]],
+    path: Path,
+    threshold: float,
+    options: LabelOptions,
+    *,
+    thumb: int = 320,
+    columns: int = 6,
+) -> Path:
+    """A grid of the frames with the most to show (uncertain first, then birds, then other animals), their
+    teacher boxes drawn: green a bird, yellow uncertain, red not a bird, with the scores."""
+
+    def interest(f: Recorded) -> tuple[int, int, int]:
+        boxes = labels.get(f.file, [])
+        return (
+            sum(b.bird and b.score < threshold for b in boxes),
+            sum(b.bird and b.score >= threshold for b in boxes),
+            sum(not b.bird for b in boxes),
+        )
+
+    picked = sorted(frames, key=interest, reverse=True)[: options.sheet_frames]
+    picked.sort(key=lambda f: f.ts)
+    tiles = []
+    for f in picked:
+        image = _read(recording / f.file)
+        if image is None:
+            continue
+        for b in labels.get(f.file, []):
+            colour = (0, 200, 0) if b.bird and b.score >= threshold else (0, 220, 255) if b.bird else (0, 0, 230)
+            x1, y1, x2, y2 = (round(v) for v in b.box)
+            cv2.rectangle(image, (x1, y1), (x2, y2), colour, max(2, image.shape[1] // 400))
+            tag = f"{'bird' if b.bird else 'not bird'} {b.score:.2f}"
+            cv2.putText(image, tag, (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, image.shape[1] / 1400, colour, 2)
+        scale = thumb / image.shape[1]
+        tile = cv2.resize(image, (thumb, max(1, round(image.shape[0] * scale))), interpolation=cv2.INTER_AREA)
+        cv2.putText(tile, f"{f.camera} {Path(f.file).stem}", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1)
+        tiles.append(tile)
+    if not tiles:
+        raise BirdwatchError("nothing to draw on the contact sheet")
+    height = max(t.shape[0] for t in tiles)
+    rows = []
+    for start in range(0, len(tiles), columns):
+        row = [
+            cv2.copyMakeBorder(t, 0, height - t.shape[0], 0, 0, cv2.BORDER_CONSTANT)
+            for t in tiles[start : start + columns]
+        ]
+        row += [np.zeros_like(row[0])] * (columns - len(row))
+        rows.append(np.hstack(row))
+    if not cv2.imwrite(str(path), np.vstack(rows)):
+        raise BirdwatchError(f"cannot write {path}")
+    return path
