@@ -5,6 +5,10 @@ a disk budget that keeps every hour of the day. `birdwatch detector label` has t
 resumably, into COCO (scores kept, uncertain boxes set aside, other animals and empty motion as hard
 negatives) with a contact sheet. `birdwatch learn` trains the head on those labels, judges it on the
 held-out ones with pycocotools, and adopts it only when it beats the head in use.
+
+The teacher here is an untrained stand-in (tests/fixtures_detector.py): the files, their resumption
+and the plumbing are what is tested; a trained teacher's labels and the head learnt from them are
+measured by bench/teacher.py.
 """
 
 from __future__ import annotations
@@ -23,6 +27,10 @@ import yaml
 from birdwatch.capture.recorder import INDEX
 from birdwatch.capture.recorder import Recorder
 from birdwatch.capture.recorder import read_index
+from birdwatch.tools.detector.evaluate import STAT_NAMES
+from birdwatch.tools.detector.evaluate import EvalResult
+from birdwatch.tools.learn import _adopt
+from birdwatch.tools.learn import _verdict
 from birdwatch.tools.synthetic import Scene
 from birdwatch.tools.synthetic import write_video
 from birdwatch.types import Detections
@@ -111,73 +119,87 @@ def birdwatch(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     return result
 
 
-@pytest.mark.timeout(1800)
-def test_record_label_learn_gives_a_head_adopted_only_when_it_is_better(
-    teacher_weights: Path, bird_backbone_weights: Path, tmp_path: Path
+@pytest.mark.timeout(600)
+def test_record_then_label_makes_resumable_coco_cuts_and_a_contact_sheet(
+    teacher_weights: Path, small_weights: Path, tmp_path: Path
 ) -> None:
-    fps = 8
-    windows = [(4, 34), (50, 80), (96, 126), (142, 172)]  # four visits
+    fps = 10
     scene = Scene(
-        320,
-        240,
-        190,
-        n_birds=1,
-        seed=12,
-        presence=windows,
-        perch_fraction=0.6,
-        size_range=(0.22, 0.3),
-        varied=True,
-        others=[("cat", 80, 110), ("leaf", 30, 60)],
-        sway=0.02,
-        light=0.2,
-    )
+        192, 144, 100, n_birds=1, seed=12, presence=[(5, 45), (55, 95)], perch_fraction=0.6, size_range=(0.25, 0.3),
+        varied=True, others=[("cat", 40, 70)], sway=0.02, light=0.2,
+    )  # fmt: skip
     video = tmp_path / "feeder.avi"
     write_video(video, (scene.render(t)[0] for t in range(len(scene))), fps=fps)
-    head = tmp_path / "heads" / "feeder-head.pt"
     config = tmp_path / "birdwatch.yaml"
     config.write_text(
         yaml.safe_dump(
             {
                 "cameras": [{"name": "feeder", "url": str(video), "realtime": True, "motion": {"warmup_frames": 4}}],
-                "model": {"file": str(bird_backbone_weights), "device": "cpu"},
-                "teacher": {"file": str(teacher_weights)},
-                "detector": {"region_size": 128},  # the scale the test backbone knows birds at
-                "record": {"dir": str(tmp_path / "recording"), "every_s": 0.2},
+                "model": {"file": str(small_weights), "device": "cpu"},
+                # Untrained: it scores nothing near 0.4, so its boxes this low are what there is to write.
+                "teacher": {"file": str(teacher_weights), "score_threshold": 0.02},
+                "detector": {"region_size": 96},
+                "record": {"dir": str(tmp_path / "recording"), "every_s": 0.1},
             }
         )
     )
     recorded = birdwatch("record", "--config", str(config), timeout=300)
     frames = read_index(tmp_path / "recording")
-    assert len(frames) >= 40, recorded.stdout
+    assert len(frames) >= 20, recorded.stdout
+    assert all(f.motion for f in frames), "only frames where something moved"
 
     labels = tmp_path / "labels"
-    birdwatch("detector", "label", "--config", str(config), "--out", str(labels), timeout=600)
+    label = ("detector", "label", "--config", str(config), "--out", str(labels), "--uncertain-floor", "0.01")
+    birdwatch(*label, timeout=300)
     header, *lines = (labels / "teacher.jsonl").read_text().splitlines()
     assert json.loads(header)["teacher"] == teacher_weights.stem and len(lines) == len(frames)
     (labels / "teacher.jsonl").write_text("\n".join([header, *lines[:10]]) + "\n" + lines[10][:20])  # stopped mid-line
-    again = birdwatch("detector", "label", "--config", str(config), "--out", str(labels), timeout=600)
+    again = birdwatch(*label, timeout=300)
     assert f"{len(frames)} frames labelled" in again.stdout and f"({len(frames) - 10} now)" in again.stdout
-    train = json.loads((labels / "train" / "annotations.json").read_text())
-    birds = [a for a in train["annotations"] if a["category_id"] == 1]
-    assert birds and all(a["score"] >= 0.4 for a in birds)
-    with_bird = {a["image_id"] for a in birds}
-    assert len(train["images"]) > len(with_bird), "motion without a bird is kept as hard negatives"
-    assert all(img["width"] >= 128 for img in train["images"])  # the regions detector+motion cuts
+    splits = {s: json.loads((labels / s / "annotations.json").read_text()) for s in ("train", "val", "uncertain")}
+    cuts = [img for data in splits.values() for img in data["images"]]
+    assert len(cuts) >= len(frames)  # at least one motion region of each frame
+    assert all(min(img["width"], img["height"]) >= 96 for img in cuts)  # the regions detector+motion cuts
+    for data in splits.values():
+        assert {c["name"] for c in data["categories"]} == {"bird", "not_bird"}
+        for a in data["annotations"]:
+            assert "score" in a and a["category_id"] in (1, 2)
+            image = next(img for img in data["images"] if img["id"] == a["image_id"])
+            x, y, w, h = a["bbox"]
+            assert x >= 0 and y >= 0 and x + w <= image["width"] + 0.01 and y + h <= image["height"] + 0.01
+        assert len(list((labels / "train" / "images").iterdir())) == len(splits["train"]["images"])
     sheet = cv2.imread(str(labels / "contact-sheet.png"))
-    assert sheet is not None and sheet.shape[1] >= 6 * 320
+    assert sheet is not None and sheet.shape[1] == 6 * 320
 
-    work = tmp_path / "learn"
-    common = ("--config", str(config), "--work", str(work), "--head", str(head), "--no-progress")
-    first = birdwatch("learn", *common, "--train-minutes", "0.6", timeout=900)
-    report = json.loads((work / "learn.json").read_text())
-    assert report["adopted"] and head.is_file(), first.stdout
-    assert report["new"]["mAP50"] >= 0.5, report["new"]
-    assert report["cost_ms_per_frame"]["head"] > 0 and report["cost_ms_per_frame"]["teacher"] > 0
+    # The untrained teacher at its own threshold finds no bird: learn says so in one line, and adopts nothing.
+    config.write_text(config.read_text().replace("score_threshold: 0.02", "score_threshold: 0.4"))
+    head = tmp_path / "heads" / "feeder-head.pt"
+    result = subprocess.run(
+        [sys.executable, "-m", "birdwatch", "learn", "--config", str(config), "--work", str(tmp_path / "learn"),
+         "--head", str(head), "--no-progress"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].endswith("record more footage with birds first")
+    assert not head.exists()
 
-    adopted = head.read_bytes()
-    second = birdwatch("learn", *common, "--train-minutes", "0.02", "--epochs", "1", timeout=900)
-    report = json.loads((work / "learn.json").read_text())
-    assert not report["adopted"], second.stdout
-    assert "does not beat the head in use" in report["reason"]
-    assert head.read_bytes() == adopted, "the head in use stays"
-    assert len((work / "history.jsonl").read_text().splitlines()) == 2
+
+def fake_eval(map50: float) -> EvalResult:
+    return EvalResult({name: map50 for name in STAT_NAMES}, np.zeros((10, 101)), 10, 12, 20)
+
+
+def test_a_new_head_is_adopted_only_when_it_beats_the_one_in_use_which_is_kept_beside(tmp_path: Path) -> None:
+    assert _verdict(fake_eval(0.3), None)[0], "no head in use: any head is better"
+    adopted, reason = _verdict(fake_eval(0.6), fake_eval(0.7))
+    assert not adopted and "does not beat the head in use (0.700)" in reason
+    assert not _verdict(fake_eval(0.7), fake_eval(0.7))[0], "a tie keeps the head in use"
+    assert _verdict(fake_eval(0.71), fake_eval(0.7))[0]
+    target, first, second = tmp_path / "heads" / "feeder-head.pt", tmp_path / "a.pt", tmp_path / "b.pt"
+    first.write_bytes(b"first head")
+    second.write_bytes(b"second head")
+    _adopt(first, target)
+    _adopt(second, target)
+    assert target.read_bytes() == b"second head"
+    assert target.with_suffix(".previous.pt").read_bytes() == b"first head"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["feeder-head.previous.pt", "feeder-head.pt"]

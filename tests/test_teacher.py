@@ -2,9 +2,11 @@
 a clear line offline), or from a local birder detection file; which of its classes are birds is read
 off its own class list; other animals come back as boxes that are not birds, and never become visits.
 
-No pretrained teacher can be downloaded here: a stand-in of a real birder detection architecture
-(FCOS with its own hgnet_v2_b2, trained briefly on synthetic birds, cats and leaves, tests/support/teacher.py)
-is saved in birder's detection format and loaded through the same code as the real one.
+No pretrained teacher can be downloaded here: a file of a real birder detection architecture (FCOS with
+its own mobilenet_v3_small, classes bird, cat and leaf; tests/support/teacher.py) is saved in birder's
+detection format and loaded through the same code as the real one. It is untrained: what is tested here
+is the loading, the classes, the gating and the wiring; what a bird, a cat or a leaf become is tested
+on boxes made for it (test_visits.py, and the verdicts below).
 """
 
 from __future__ import annotations
@@ -13,13 +15,12 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
-from torchvision.ops import box_iou
 
 from birdwatch.config import ModelConfig
 from birdwatch.config import TeacherConfig
@@ -30,17 +31,14 @@ from birdwatch.locate.teacher import Teacher
 from birdwatch.locate.teacher import load_teacher
 from birdwatch.locate.teacher import networks_of_file
 from birdwatch.runtime.pipeline import Pipeline
-from birdwatch.tools.synthetic import render_labelled_still
 from birdwatch.tools.synthetic import render_scene
 from birdwatch.tools.synthetic import write_video
-from tests.fixtures_detector import TrainedHead
+from birdwatch.types import Detections
+from birdwatch.types import Frame
 from tests.support.servers import WeightsServer
-from tests.support.teacher import STILLS
 from tests.test_pipeline import ListSink
 
 NAMED = "d_fine_l_objects365-coco_hgnet_v2_b4_pp-imagenet22k"
-# Whichever test asks for the stand-in first pays for its training (and the backbone's fine-tune).
-pytestmark = pytest.mark.timeout(1500)
 
 
 @pytest.fixture(scope="module")
@@ -49,35 +47,27 @@ def teacher(teacher_weights: Path) -> Teacher:
 
 
 def test_the_stand_in_loads_through_the_teachers_code_and_its_classes_say_which_are_birds(teacher: Teacher) -> None:
-    assert (teacher.weights.network, teacher.weights.backbone) == ("fcos", "hgnet_v2_b2")  # from the file name
+    assert (teacher.weights.network, teacher.weights.backbone) == ("fcos", "mobilenet_v3_small_1_0")  # its name
     assert teacher.class_names == ["bird", "cat", "leaf"]  # birder's own class_to_idx, in label order
     assert teacher.bird_labels == {1}
     assert teacher.other_labels == {2}  # a cat is an animal that is not a bird; a leaf is nothing at all
 
 
-def test_the_teacher_finds_birds_and_calls_cats_not_birds(teacher: Teacher) -> None:
-    # class -> [found as a bird, found as not a bird, present]; a leaf is neither a bird nor an animal
-    seen = {name: [0, 0, 0] for name in ("bird", "cat", "leaf")}
-    for i in range(60):  # held-out stills: the stand-in trained on other seeds
-        image, labelled = render_labelled_still(128, 128, 900_000 + i, **STILLS)
-        (detections,) = teacher.detect([image])
-        birds = torch.from_numpy(detections.birds > 0)
-        boxes = torch.from_numpy(detections.boxes)
-        for box, name in labelled:
-            overlap = box_iou(torch.tensor([box], dtype=torch.float32), boxes)[0] if len(boxes) else torch.zeros(0)
-            seen[name][0] += int(bool(((overlap >= 0.5) & birds).any()))
-            seen[name][1] += int(bool(((overlap >= 0.5) & ~birds).any()))
-            seen[name][2] += 1
-    (birds_as_birds, _, birds), (cats_as_birds, cats_as_others, cats), (leaves_as_birds, leaves_as_others, leaves) = (
-        seen["bird"],
-        seen["cat"],
-        seen["leaf"],
-    )
-    # A stand-in trained for two and a half minutes, not D-FINE: measured 0.61, 0.62, 0.38 and 0.28.
-    assert birds_as_birds >= 0.45 * birds, seen
-    assert cats_as_others >= 0.4 * cats, seen
-    assert cats_as_birds <= 0.55 * cats and leaves_as_birds <= 0.45 * leaves, seen
-    assert leaves_as_others <= 0.3 * leaves, seen  # its leaf class is dropped; a leaf is seldom taken for a cat
+def test_each_box_is_a_bird_with_its_score_or_another_animal_with_none_and_one_thing_one_verdict(
+    teacher: Teacher,
+) -> None:
+    result = {  # what birder's detectors return: boxes in the network's input pixels, labels from 1
+        "boxes": torch.tensor(
+            [[10, 10, 40, 40], [11, 10, 41, 40], [50, 50, 90, 90], [0, 0, 20, 20]], dtype=torch.float32
+        ),
+        "labels": torch.tensor([1, 2, 2, 3]),  # a bird, the same thing taken for a cat, a cat, a leaf
+        "scores": torch.tensor([0.9, 0.5, 0.8, 0.95]),
+    }
+    found = teacher._kept(result, (192, 192), floor=0.4)  # frame twice the input size (96 px)
+    assert found.source == "teacher"
+    np.testing.assert_allclose(found.boxes, [[20, 20, 80, 80], [100, 100, 180, 180]])  # in the frame's pixels
+    np.testing.assert_allclose(found.birds, [0.9, 0.0])  # the bird with its score; the cat is no bird
+    assert found.not_birds().tolist() == [False, True]  # and the leaf is nothing at all
 
 
 def test_bird_classes_are_found_by_name_or_named_and_a_wrong_name_is_one_line(teacher_weights: Path) -> None:
@@ -97,6 +87,7 @@ def test_the_networks_of_a_teacher_file_come_from_its_name_or_the_config() -> No
         networks_of_file(Path("mine.pt"), None, None)
 
 
+@pytest.mark.timeout(120)
 def test_a_named_teacher_comes_through_the_pull_path_and_a_wrong_file_is_refused(
     teacher_weights: Path, tmp_path: Path
 ) -> None:
@@ -178,48 +169,55 @@ def test_a_teacher_to_fetch_offline_is_one_line_naming_the_file(tmp_path: Path) 
 # ---- localiser: teacher ------------------------------------------------------------------------------
 
 
-def test_localiser_teacher_tells_the_bird_and_never_the_cat(
-    teacher_weights: Path, trained_head: TrainedHead, tmp_path: Path
+def frames(camera: str, times: list[float]) -> list[Frame]:
+    image = np.zeros((96, 128, 3), np.uint8)
+    return [Frame(camera, i, 1_700_000_000.0 + t, image, t) for i, t in enumerate(times)]
+
+
+def test_on_a_cpu_the_teacher_sees_only_frames_that_moved_and_at_most_max_fps_per_camera(teacher: Teacher) -> None:
+    localiser = TeacherLocaliser(teacher, gate=True, max_fps=2.0)
+    moved = Detections(np.array([[0, 0, 50, 50]], np.float32), np.ones(1, np.float32))
+    still = Detections.empty()
+    feeder, window = frames("feeder", [0.0, 0.2, 0.4, 0.6]), frames("window", [0.0, 0.2, 0.4, 0.6])
+    seen = []
+    for a, b in zip(feeder, window, strict=True):
+        before = teacher.frames_detected
+        found = localiser([a, b], [moved, still])
+        seen.append(teacher.frames_detected - before)
+        assert [f.source for f in found] == ["teacher", "teacher"]
+    assert seen == [1, 0, 0, 1]  # the window never moved; the feeder at most twice a second (0.0 and 0.6)
+    two = frames("feeder", [2.0, 2.01])
+    before = teacher.frames_detected
+    localiser(two, [moved, moved])  # two frames of one camera in one batch are one pass
+    assert teacher.frames_detected - before == 1
+
+
+@pytest.mark.timeout(300)
+def test_localiser_teacher_runs_in_the_pipeline_gated_by_motion(
+    teacher_weights: Path, small_weights: Path, tmp_path: Path
 ) -> None:
-    fps, bird, cat = 4, (4, 28), (40, 72)  # frames: the bird's visit, then a cat walking through
-    clip = render_scene(
-        320, 240, 76, n_birds=1, seed=5, presence=[bird], perch_fraction=0.6, size_range=(0.25, 0.3), varied=True,
-        others=[("cat", *cat)],
-    )  # fmt: skip
+    clip = render_scene(128, 96, 40, n_birds=1, seed=5, presence=[(15, 35)], varied=True, others=[("cat", 5, 15)])
     video = tmp_path / "feeder.avi"
-    write_video(video, clip.frames, fps=fps)
+    write_video(video, clip.frames, fps=20)
     config = parse_config(
         yaml.safe_dump(
             {
                 "cameras": [{"name": "feeder", "url": str(video), "realtime": True, "motion": {"warmup_frames": 3}}],
-                "model": {"file": str(trained_head.classifier_file), "device": "cpu"},
+                "model": {"file": str(small_weights), "device": "cpu"},
                 "localiser": "teacher",
-                # The stand-in is surer of cats above 0.5 (test_the_teacher_finds_birds_and_calls_cats_not_birds).
-                "teacher": {"file": str(teacher_weights), "max_fps": fps, "score_threshold": 0.5},
-                "tracking": {"min_hits": 2},
-                "events": {"min_score": 0.0, "cooldown_s": 0.0},
+                "teacher": {"file": str(teacher_weights), "max_fps": 100},
                 "store": {"path": str(tmp_path / "birdwatch.db")},
                 "snapshots": {"enabled": False},
             }
         )
     )
-    sink = ListSink()
-    pipeline = Pipeline(config, sink=sink)  # type: ignore[arg-type]
-    started = time.time()  # frame i is read about i / fps later
+    pipeline = Pipeline(config, sink=ListSink())  # type: ignore[arg-type]
     pipeline.start()
     try:
         assert pipeline.run(threading.Event()) == 0
     finally:
         pipeline.stop()
     localiser = pipeline.localiser
-    assert isinstance(localiser, TeacherLocaliser) and localiser.needs_motion  # gated, on a CPU
+    assert isinstance(localiser, TeacherLocaliser) and localiser.needs_motion  # auto on a CPU: gated
     processed = pipeline.counters()["cameras"]["feeder"]["frames_processed"]
-    assert 0 < localiser.frames_detected < processed  # the still frames before the bird never reach it
-    news = [e for e in sink.events if e["kind"] == "new"]
-    told = [(round(e["first_seen"] - started, 1), e["bird_score"]) for e in news]
-    assert news, "the bird is told"
-    # The cat is on screen from 11 s (frame 44) on; the bird leaves at 7 s. A second of slack for the open.
-    assert all(first < (cat[0] + 1) / fps for first, _ in told), told
-    assert all(score is not None and score >= 0.25 for _, score in told), told
-    assert all(e["bird_score"] is not None for e in sink.events)
-    assert pipeline.counters()["tracks_not_birds"] >= 1, "the cat was tracked and refused as not a bird"
+    assert 0 < localiser.frames_detected < processed  # the still frames of the warm-up never reach it

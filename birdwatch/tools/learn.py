@@ -186,12 +186,17 @@ def _verdict(new: EvalResult, current: EvalResult | None) -> tuple[bool, str]:
 
 def _adopt(candidate: Path, target: Path) -> None:
     """The candidate in place of the head in use, in one rename; the one it replaces kept beside it."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.is_file():
-        shutil.copy2(target, target.with_suffix(".previous.pt"))
-    staged = target.with_suffix(".incoming")
-    shutil.copy2(candidate, staged)
-    staged.replace(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_file():
+            shutil.copy2(target, target.with_suffix(".previous.pt"))
+        staged = target.with_suffix(".incoming")
+        shutil.copy2(candidate, staged)
+        staged.replace(target)
+    except OSError as exc:
+        raise BirdwatchError(
+            f"cannot put the new head at {target} ({exc.strerror}); it is at {candidate}, copy it by hand"
+        ) from None
     log.info("adopted %s as %s", candidate, target)
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from birder.common import fs_ops
 from birder.conf import settings as birder_settings
+from birder.data.transforms.classification import get_rgb_stats
 from birder.model_registry import registry
 from birder.net.detection.base import get_detection_signature
 
@@ -113,6 +114,17 @@ def train_teacher(
         float(loss),
     )
     return save_detector(net, path, list(CLASSES), (size, size), info.rgb_stats, {"fpn_width": FPN_WIDTH})
+
+
+def untrained_teacher(path: Path, backbone: str = "mobilenet_v3_small_1_0", size: int = 96) -> Path:
+    """The same kind of file as `train_teacher` writes, untrained (seconds, not minutes): for what does not
+    depend on the teacher seeing well (loading, gating, the label files, the flow's plumbing)."""
+    torch.manual_seed(0)
+    net_backbone = registry.net_factory(backbone, len(CLASSES), 3, size=(size, size))
+    net = registry.detection_net_factory(
+        NETWORK, len(CLASSES), net_backbone, config={"fpn_width": FPN_WIDTH}, size=(size, size)
+    ).eval()
+    return save_detector(net, path, list(CLASSES), (size, size), get_rgb_stats("birder"), {"fpn_width": FPN_WIDTH})
 
 
 def save_detector(

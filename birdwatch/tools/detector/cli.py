@@ -278,7 +278,7 @@ def add_parser(subparsers: Any) -> None:
     lab.add_argument(
         "--uncertain-floor",
         type=float,
-        default=0.15,
+        default=0.25,
         help="bird boxes between this and teacher.score_threshold are set aside",
     )
     lab.add_argument(

@@ -64,11 +64,12 @@ RUN_S = 60.0  # recorded frames of one camera within a minute go to the same sid
 VAL_EVERY = 5  # one minute in five is held out
 INSIDE = 0.5  # a box belongs to a cut when this much of it is inside
 PART = 0.1  # a bird box with between this and INSIDE of it inside cuts the bird: the cut is set aside
+DUPLICATE_IOU = 0.5  # a weaker box overlapping a sure one this much is the same thing, boxed twice
 
 
 @dataclass
 class LabelOptions:
-    uncertain_floor: float = 0.15  # teacher boxes scoring less are nothing
+    uncertain_floor: float = 0.25  # teacher boxes scoring less are nothing
     batch_size: int = 4
     whole_frames: bool = False  # cuts are whole frames (for `localiser: detector`), not motion regions
     quality: int = 92
@@ -238,7 +239,7 @@ def _write_datasets(
         for k, cut in enumerate(cuts(frame, width, height, detector, options.whole_frames)):
             x1, y1, x2, y2 = cut
             inside = list(_inside(boxes, cut))
-            uncertain = any(b.bird and b.score < threshold for b, _ in inside) or _cuts_a_bird(boxes, cut)
+            uncertain = _unsure(inside, threshold) or _cuts_a_bird(boxes, cut)
             split = "uncertain" if uncertain else side
             name = f"{Path(frame.file).with_suffix('').as_posix().replace('/', '_')}-{k}.jpg"
             crop = image[y1:y2, x1:x2]
@@ -296,6 +297,22 @@ def _inside(boxes: list[TeacherBox], cut: Box) -> Iterator[tuple[TeacherBox, tup
         x1, y1, x2, y2 = b.box
         ix1, iy1, ix2, iy2 = max(x1, cx1), max(y1, cy1), min(x2, cx2), min(y2, cy2)
         yield b, (round(ix1 - cx1, 1), round(iy1 - cy1, 1), round(ix2 - cx1, 1), round(iy2 - cy1, 1))
+
+
+def _unsure(inside: list[tuple[TeacherBox, tuple[float, float, float, float]]], threshold: float) -> bool:
+    """A bird box below the threshold that is not a second, weaker box of a bird already boxed."""
+    sure = [b.box for b, _ in inside if b.score >= threshold]
+    for b, _ in inside:
+        if b.bird and b.score < threshold and not any(_iou(b.box, other) >= DUPLICATE_IOU for other in sure):
+            return True
+    return False
+
+
+def _iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    iw, ih = min(a[2], b[2]) - max(a[0], b[0]), min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(0.0, iw) * max(0.0, ih)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / max(1e-6, union)
 
 
 def _cuts_a_bird(boxes: list[TeacherBox], cut: Box) -> bool:
