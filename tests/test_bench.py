@@ -22,7 +22,7 @@ def test_bench_json_has_every_figure(tmp_path: Path) -> None:
             "--json",
             "--quick",
             "--seconds",
-            "4",
+            "2",
             "--cameras",
             "2",
             "--crops",
