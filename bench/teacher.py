@@ -1,7 +1,8 @@
 """Bird or not: false visits of each localiser on a clip with distractors, and what the learned head costs.
 
-1. Stand-ins (no model hub here): the bird-aware hgnet_v2_b2 classifier (tests/support/backbone.py) and
-   the teacher, an FCOS detector trained on synthetic birds, cats and leaves (tests/support/teacher.py).
+1. Stand-ins (no model hub here), out of one training (tests/support/standins.py): the bird-aware
+   hgnet_v2_b2 classifier and the teacher, birder's FCOS on that backbone, which knows birds from cats and
+   leaves. The tests train them for 600 steps; a benchmark can afford longer (`--teacher-steps`).
 2. A "first week" clip (many visits, a cat, falling leaves, a swaying branch, cloud shadows) goes
    through the Recorder, `detector label` (the teacher) and the head's trainer, as `birdwatch learn` runs
    them; the head is judged with pycocotools on the held-out cuts against the teacher's labels.
@@ -13,7 +14,7 @@
 4. Milliseconds per frame: the head as detector+motion runs it, the stand-in teacher, and D-FINE L (the
    default teacher's architecture, untrained: the same cost) at 640 px.
 
-    PYTHONPATH=. python bench/teacher.py [--workdir DIR] [--train-minutes 4] [--json FILE]
+    PYTHONPATH=. python bench/teacher.py [--workdir DIR] [--teacher-steps 3000] [--train-minutes 4] [--json FILE]
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from birdwatch.locate.localiser import MotionGatedLocaliser
 from birdwatch.locate.localiser import TeacherLocaliser
 from birdwatch.locate.motion import MotionDetector
 from birdwatch.locate.teacher import load_teacher
+from birdwatch.precision import cpu_has_bf16
 from birdwatch.tools.detector.data import BirdBoxes
 from birdwatch.tools.detector.data import resolve
 from birdwatch.tools.detector.evaluate import coco_map
@@ -55,81 +57,67 @@ from birdwatch.tools.detector.label import label
 from birdwatch.tools.detector.train import TrainOptions
 from birdwatch.tools.detector.train import train
 from birdwatch.tools.synthetic import Scene
+from birdwatch.tools.synthetic import feeder_with_distractors
 from birdwatch.types import Frame
 from birdwatch.types import SpeciesScore
 from tests.fixtures_models import DANUBE
 from tests.fixtures_models import species_names
-from tests.support.backbone import fine_tune_backbone
-from tests.support.teacher import train_teacher
+from tests.support.standins import CLASSIFIER_FILE
+from tests.support.standins import TEACHER_FILE
+from tests.support.standins import StandIns
+from tests.support.standins import train_stand_ins
 
 log = logging.getLogger("bench.teacher")
 
-# Square frames: the stand-in teacher learnt on square stills (a real one, on COCO, takes any aspect).
-WIDTH, HEIGHT, FPS = 384, 384, 8
+# Square frames: the stand-in teacher learnt on square ones (a real one, on COCO, takes any aspect).
+SIDE, FPS = 384, 8
 REGION = 128  # the scale the stand-in backbone knows birds at
-DISTRACTORS = {"sway": 0.03, "light": 0.25}
+RECORDED_EVERY_S = 15.0  # the first week's frames, as a recording keeps them: spread over the hours
 
 
-def clip(seed: int, visits: int, *, gap: int = 40, length: int = 40) -> Scene:
-    """`visits` presence windows with a cat and leaves passing between and during them."""
-    windows = [(10 + i * (length + gap), 10 + i * (length + gap) + length) for i in range(visits)]
-    end = windows[-1][1] + 30
-    others = []
-    for i, (a, b) in enumerate(windows):
-        others.append(("cat", b + 2, b + gap - 2) if i % 2 == 0 else ("leaf", a + 5, b - 5))
-    return Scene(
-        WIDTH,
-        HEIGHT,
-        end,
-        n_birds=1,
-        seed=seed,
-        presence=windows,
-        perch_fraction=0.6,
-        size_range=(0.22, 0.3),
-        varied=True,
-        others=others,
-        **DISTRACTORS,
+def frames_of(scene: Scene, camera: str = "feeder", every_s: float = 1 / FPS) -> list[Frame]:
+    """The clip's frames `every_s` apart in wall and monotonic time."""
+    t0 = time.time()
+    return [Frame(camera, t + 1, t0 + t * every_s, scene.render(t)[0], t * every_s) for t in range(len(scene))]
+
+
+def stand_ins(workdir: Path, steps: int) -> StandIns:
+    """Trained once per workdir (for `steps`): a kept workdir measures the same stand-ins again."""
+    folder = workdir / f"stand-ins-{steps}"
+    made = StandIns(folder / CLASSIFIER_FILE, folder / TEACHER_FILE)
+    if made.classifier.is_file() and made.teacher.is_file():
+        return made
+    return train_stand_ins(
+        folder, species_names(DANUBE["classes"]), DANUBE["size"], steps=steps, time_limit_s=float("inf")
     )
 
 
-def frames_of(scene: Scene, camera: str = "feeder") -> list[Frame]:
-    t0 = time.time()
-    return [Frame(camera, t + 1, t0 + t / FPS, scene.render(t)[0], t / FPS) for t in range(len(scene))]
-
-
-def stand_ins(workdir: Path) -> tuple[Path, Path]:
-    classifier = workdir / "hgnet_v2_b2_synthetic-birds.pt"
-    if not classifier.is_file():
-        fine_tune_backbone(DANUBE["network"], classifier, species_names(DANUBE["classes"]), DANUBE["size"], workdir)
-    teacher = workdir / "fcos_synthetic_hgnet_v2_b2_synthetic-birds.pt"
-    if not teacher.is_file():
-        train_teacher(classifier, teacher)
-    return classifier, teacher
-
-
-def learn_head(workdir: Path, classifier_file: Path, teacher_file: Path, train_minutes: float) -> dict[str, Any]:
-    """The first week, as `birdwatch learn` runs it: record, label, train, judge on held-out cuts."""
+def learn_head(workdir: Path, made: StandIns, train_minutes: float) -> dict[str, Any]:
+    """The first week, as `birdwatch learn` runs it: record, label, train, judge on held-out cuts. The
+    recording is the workdir's; the labels and the head are the stand-ins' own (beside them)."""
     recording = workdir / "recording"
     if not recording.is_dir():
         recorder = Recorder(recording, every_s=0.5)
         motion = MotionDetector(MotionConfig(warmup_frames=5))
-        for frame in frames_of(clip(seed=100, visits=24)):
+        # A week's footage spans many minutes, some of them held out (the labeller splits by minute).
+        for frame in frames_of(feeder_with_distractors(SIDE, seed=100, visits=24), every_s=RECORDED_EVERY_S):
             recorder.offer(frame, motion(frame.image))
         recorder.close()
-    classifier = load_classifier(ModelConfig(file=str(classifier_file), device="cpu"))
-    teacher = load_teacher(TeacherConfig(file=str(teacher_file)), ModelConfig(device="cpu"))
+    classifier = load_classifier(ModelConfig(file=str(made.classifier), device="cpu"))
+    teacher = load_teacher(TeacherConfig(file=str(made.teacher)), ModelConfig(device="cpu"))
     detector_cfg = DetectorConfig(region_size=REGION)
-    labels = label(teacher, recording, workdir / "labels", detector_cfg)
-    head_file = workdir / "head" / "head.pt"
+    ours = made.teacher.parent
+    labels = label(teacher, recording, ours / "labels", detector_cfg)
+    head_file = ours / "head" / "head.pt"
     if not head_file.is_file():
         train(
             classifier,
             TrainOptions(
-                data=workdir / "labels" / "train",
-                out=workdir / "head",
+                data=ours / "labels" / "train",
+                out=ours / "head",
                 size=REGION,
                 workers=0,
-                amp="bf16",
+                amp="bf16" if cpu_has_bf16() else "off",
                 empty_ratio=None,
                 bird_classes=["bird"],
                 time_limit_s=train_minutes * 60,
@@ -138,9 +126,7 @@ def learn_head(workdir: Path, classifier_file: Path, teacher_file: Path, train_m
         )
     head, _ = load_head(head_file, classifier)
     detector = BirdDetector(head, rgb_stats=classifier.rgb_stats, device=classifier.device, max_size=REGION)
-    held_out = evaluate(
-        detector, BirdBoxes(*resolve(workdir / "labels" / "val"), bird_classes=["bird"]), progress=False
-    )
+    held_out = evaluate(detector, BirdBoxes(*resolve(ours / "labels" / "val"), bird_classes=["bird"]), progress=False)
     return {
         "labels": labels.to_dict(),
         "head_vs_teacher_labels_mAP50": round(held_out.map50, 3),
@@ -208,7 +194,7 @@ def map_against_truth(localise: Any, scene: Scene, frames: list[Frame], every: i
         if t % every:
             continue
         boxes = scene.render(t)[1]
-        images.append({"id": t + 1, "width": WIDTH, "height": HEIGHT, "file_name": f"{t}.jpg"})
+        images.append({"id": t + 1, "width": SIDE, "height": SIDE, "file_name": f"{t}.jpg"})
         for x1, y1, x2, y2 in boxes:
             annotations.append(
                 {
@@ -246,7 +232,8 @@ def dfine_ms(repeats: int = 3) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", help="keep stand-ins, recording, labels and head here (default: a temp dir)")
-    parser.add_argument("--train-minutes", type=float, default=4.0)
+    parser.add_argument("--teacher-steps", type=int, default=3000, help="the stand-ins' training (the tests: 600)")
+    parser.add_argument("--train-minutes", type=float, default=4.0, help="the head's training on the labels")
     parser.add_argument("--test-visits", type=int, default=10)
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
@@ -254,14 +241,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(args.workdir or tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        classifier_file, teacher_file = stand_ins(workdir)
-        learned = learn_head(workdir, classifier_file, teacher_file, args.train_minutes)
+        learned = learn_head(workdir, stand_ins(workdir, args.teacher_steps), args.train_minutes)
         detector, teacher = learned["detector"], learned["teacher"]
-        scene = clip(seed=7, visits=args.test_visits)
+        scene = feeder_with_distractors(SIDE, seed=7, visits=args.test_visits)
         frames = frames_of(scene)
         cfg = DetectorConfig(region_size=REGION)
         results: dict[str, Any] = {
-            "clip": f"{WIDTH}x{HEIGHT}, {len(frames)} frames at {FPS} fps, {args.test_visits} visits"
+            "clip": f"{SIDE}x{SIDE}, {len(frames)} frames at {FPS} fps, {args.test_visits} visits"
         }
 
         def motion_only() -> Any:

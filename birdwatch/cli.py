@@ -36,11 +36,13 @@ def setup_logging(level: str) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from birdwatch.config import load_config
     from birdwatch.redact import install_log_redaction
-    from birdwatch.runtime.service import Service
 
+    # The config first: a mistake in it is one line at once, not after seconds of importing torch and birder.
     config = load_config(args.config)
     setup_logging(args.log_level or config.log_level)
     install_log_redaction([*config.secrets(), config.mqtt.password_value() or ""])
+    from birdwatch.runtime.service import Service
+
     service = Service(args.config, config)
     service.install_signal_handlers()
     return service.run()
@@ -75,17 +77,18 @@ def cmd_record(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from birdwatch.classify.models import class_names_of
-    from birdwatch.classify.models import pending_download
-    from birdwatch.classify.models import weights_file
     from birdwatch.config import load_config
     from birdwatch.config import to_redacted_dict
-    from birdwatch.decide.visits import check_species_lists
     from birdwatch.errors import ConfigError
     from birdwatch.redact import redact_url
 
     config = load_config(args.file)
     config.mqtt.password_value()  # a missing password file or variable is a config error too
+    from birdwatch.classify.models import class_names_of
+    from birdwatch.classify.models import pending_download
+    from birdwatch.classify.models import weights_file
+    from birdwatch.decide.visits import check_species_lists
+
     # What only the weights can tell, read as `run` would but without building the network:
     # that they are there (weights_file's own error if not), and that events.allow/block name their species.
     fetch_from = pending_download(config.model)
@@ -269,6 +272,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         tune=args.tune,
         workdir=Path(args.workdir) if args.workdir else None,
         min_s=0.2 if args.quick else 2.0,
+        min_runs=1 if args.quick else 3,
     )
     return bench_main(opts, args.json)
 

@@ -12,9 +12,11 @@ from birdwatch.tools.synthetic import generate_frames
 from birdwatch.tools.synthetic import write_jpeg_sequence
 from tests.fixtures_detector import bird_backbone_weights  # noqa: F401  (fixtures)
 from tests.fixtures_detector import bird_classifier  # noqa: F401
+from tests.fixtures_detector import stand_ins  # noqa: F401
 from tests.fixtures_detector import synthetic_birds  # noqa: F401
 from tests.fixtures_detector import teacher_weights  # noqa: F401
 from tests.fixtures_detector import trained_head  # noqa: F401
+from tests.fixtures_detector import trained_teacher  # noqa: F401
 from tests.fixtures_models import danube_weights  # noqa: F401
 from tests.fixtures_models import eu_common_weights  # noqa: F401
 from tests.fixtures_models import models_dir  # noqa: F401

@@ -1,7 +1,9 @@
-"""Session fixtures for the detector tests: a bird-aware backbone, synthetic bird datasets, one trained head.
+"""Session fixtures for the detector tests: the stand-ins (a bird-aware classifier and a teacher, from one
+training), synthetic bird datasets, one trained head.
 
-Training is the slow part, so one head is trained per session (at most two minutes of CPU) and
-shared by the training test, the CLI evaluation and the pipeline test.
+Training is the slow part, so each is trained once per session and shared: the stand-ins by the head, the
+backends' parity and the learning flow; the head (at most two minutes of CPU) by the training test, the CLI
+evaluation and the pipeline test.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from birdwatch.tools.synthetic import EASY_STILLS
 from birdwatch.tools.synthetic import write_coco_dataset
 from tests.fixtures_models import DANUBE
 from tests.fixtures_models import species_names
-from tests.support.backbone import fine_tune_backbone
+from tests.support.standins import StandIns
+from tests.support.standins import train_stand_ins
 from tests.support.teacher import untrained_teacher
 
 # Longer side of the training images (and of the synthetic stills): the scale the test backbone was
@@ -42,15 +45,21 @@ class TrainedHead:
 
 
 @pytest.fixture(scope="session")
-def bird_backbone_weights(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """hgnet_v2_b2 (Danube's architecture and classes) whose backbone was fine-tuned on synthetic birds."""
-    return fine_tune_backbone(
-        DANUBE["network"],
-        models_dir / "hgnet_v2_b2_synthetic-birds.pt",
-        species_names(DANUBE["classes"]),
-        DANUBE["size"],
-        tmp_path_factory.mktemp("finetune"),
-    )
+def stand_ins(models_dir: Path) -> StandIns:
+    """The bird-aware classifier and the teacher that knows birds from cats and leaves (tests/support/standins.py)."""
+    return train_stand_ins(models_dir, species_names(DANUBE["classes"]), DANUBE["size"])
+
+
+@pytest.fixture(scope="session")
+def bird_backbone_weights(stand_ins: StandIns) -> Path:
+    """hgnet_v2_b2 (Danube's architecture and classes) whose backbone has learnt synthetic birds."""
+    return stand_ins.classifier
+
+
+@pytest.fixture(scope="session")
+def trained_teacher(stand_ins: StandIns) -> Path:
+    """birder's FCOS on that backbone, classes bird, cat and leaf: a teacher that has begun to see (600 steps)."""
+    return stand_ins.teacher
 
 
 @pytest.fixture(scope="session")
@@ -95,11 +104,11 @@ def trained_head(
 
 
 # birder's own naming, <network>_<tag>_<backbone>_<tag>.pt, from which the teacher's loader reads both networks.
-TEACHER_FILE = "fcos_untrained_mobilenet_v3_small_1_0_synthetic.pt"
+UNTRAINED_TEACHER_FILE = "fcos_untrained_mobilenet_v3_small_1_0_synthetic.pt"
 
 
 @pytest.fixture(scope="session")
 def teacher_weights(models_dir: Path) -> Path:
     """A stand-in teacher file (tests/support/teacher.py): birder's FCOS with its own backbone and the classes
     bird, cat and leaf, in birder's detection format; untrained, so it finds nothing with confidence."""
-    return untrained_teacher(models_dir / TEACHER_FILE)
+    return untrained_teacher(models_dir / UNTRAINED_TEACHER_FILE)

@@ -6,9 +6,10 @@ resumably, into COCO (scores kept, uncertain boxes set aside, other animals and 
 negatives) with a contact sheet. `birdwatch learn` trains the head on those labels, judges it on the
 held-out ones with pycocotools, and adopts it only when it beats the head in use.
 
-The teacher here is an untrained stand-in (tests/fixtures_detector.py): the files, their resumption
-and the plumbing are what is tested; a trained teacher's labels and the head learnt from them are
-measured by bench/teacher.py.
+Two teachers stand in for birder's pretrained detectors (tests/fixtures_detector.py): an untrained one for
+the files, their resumption and the plumbing; and one trained with the bird classifier stand-in, which
+sees birds, for the whole flow ending in a head adopted, and a weaker one refused. How well the learnt
+head does against the teacher on a clip with distractors is measured by bench/teacher.py.
 """
 
 from __future__ import annotations
@@ -27,11 +28,21 @@ import yaml
 from birdwatch.capture.recorder import INDEX
 from birdwatch.capture.recorder import Recorder
 from birdwatch.capture.recorder import read_index
+from birdwatch.config import DetectorConfig
+from birdwatch.config import ModelConfig
+from birdwatch.config import MotionConfig
+from birdwatch.config import TeacherConfig
+from birdwatch.errors import BirdwatchError
+from birdwatch.locate.motion import MotionDetector
+from birdwatch.locate.teacher import load_teacher
 from birdwatch.tools.detector.evaluate import STAT_NAMES
 from birdwatch.tools.detector.evaluate import EvalResult
+from birdwatch.tools.detector.label import LabelOptions
+from birdwatch.tools.detector.label import label
 from birdwatch.tools.learn import _adopt
 from birdwatch.tools.learn import _verdict
 from birdwatch.tools.synthetic import Scene
+from birdwatch.tools.synthetic import feeder_with_distractors
 from birdwatch.tools.synthetic import write_video
 from birdwatch.types import Detections
 from birdwatch.types import Frame
@@ -183,6 +194,80 @@ def test_record_then_label_makes_resumable_coco_cuts_and_a_contact_sheet(
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].endswith("record more footage with birds first")
     assert not head.exists()
+
+
+# ---- the whole flow, with a teacher that sees ---------------------------------------------------------
+
+RECORDED_EVERY_S = 15.0  # a recording keeps a frame now and then over hours: many minutes, some held out
+
+
+def record_feeder(recording: Path, visits: int, seed: int) -> int:
+    """What `birdwatch record` keeps of a feeder clip with a cat, falling leaves, wind and clouds (in process:
+    the command itself is tested above)."""
+    recorder = Recorder(recording, every_s=1.0)
+    motion = MotionDetector(MotionConfig(warmup_frames=5))
+    scene = feeder_with_distractors(384, seed, visits)
+    for t in range(len(scene)):
+        image = scene.render(t)[0]
+        at = t * RECORDED_EVERY_S
+        recorder.offer(Frame("feeder", t + 1, T0 + at, image, at), motion(image))
+    recorder.close()
+    return recorder.kept
+
+
+@pytest.mark.timeout(900)
+def test_learn_adopts_a_head_that_learnt_the_teachers_birds_and_refuses_a_weaker_one(
+    trained_teacher: Path, bird_backbone_weights: Path, tmp_path: Path
+) -> None:
+    recording = tmp_path / "recording"
+    assert record_feeder(recording, visits=8, seed=100) >= 300
+    config = tmp_path / "birdwatch.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "cameras": [{"name": "feeder", "url": "rtsp://127.0.0.1:9/feeder"}],
+                "model": {"file": str(bird_backbone_weights), "device": "cpu", "models_dir": str(tmp_path / "models")},
+                "teacher": {"file": str(trained_teacher)},
+                "detector": {"region_size": 128},
+                "record": {"dir": str(recording)},
+            }
+        )
+    )
+    work, head = tmp_path / "learn", tmp_path / "heads" / "feeder-head.pt"
+
+    def learn(train_minutes: float) -> dict:
+        # A briefly trained teacher scores much of a textured background a little below its threshold: with the
+        # floor at the threshold nothing is set aside, and its sure boxes are the labels.
+        birdwatch(
+            "learn", "--config", str(config), "--work", str(work), "--head", str(head),
+            "--train-minutes", str(train_minutes), "--uncertain-floor", "0.4", "--no-progress", timeout=600,
+        )  # fmt: skip
+        return json.loads((work / "learn.json").read_text())
+
+    first = learn(1.0)
+    labels = first["labels"]
+    assert labels["birds"]["train"] >= 100 and labels["birds"]["val"] >= 20, labels
+    assert first["adopted"] and head.is_file() and (work / "adopted").read_text().strip() == str(head)
+    assert first["new"]["mAP50"] >= 0.2, f"held-out mAP@.5 {first['new']['mAP50']:.2f} against the teacher's labels"
+    assert first["cost_ms_per_frame"]["head"] > 0 and first["cost_ms_per_frame"]["teacher"] > 0  # (same backbone here)
+    adopted = head.read_bytes()
+
+    second = learn(0.05)  # seconds of training: a head that has hardly begun
+    assert second["labels"]["labelled_now"] == 0, "the teacher's labels are resumed, not made again"
+    assert not second["adopted"] and "does not beat the head in use" in second["reason"], second["reason"]
+    assert second["current"]["mAP50"] == first["new"]["mAP50"], "the head in use is judged on the same cuts"
+    assert head.read_bytes() == adopted and not head.with_suffix(".previous.pt").exists()
+    assert not (work / "adopted").exists(), "nothing for the nightly unit to reload"
+    assert len((work / "history.jsonl").read_text().splitlines()) == 2
+
+
+def test_an_uncertain_floor_above_the_teachers_threshold_is_one_line(teacher_weights: Path, tmp_path: Path) -> None:
+    teacher = load_teacher(TeacherConfig(file=str(teacher_weights)), ModelConfig(device="cpu"))
+    with pytest.raises(
+        BirdwatchError, match=r"^uncertain floor 0.5: must be above 0 and at most teacher.score_threshold"
+    ):
+        label(teacher, tmp_path / "recording", tmp_path / "labels", DetectorConfig(), LabelOptions(uncertain_floor=0.5))
+    assert not (tmp_path / "labels").exists(), "nothing written"
 
 
 def fake_eval(map50: float) -> EvalResult:

@@ -87,6 +87,7 @@ class BenchOptions:
     tune: bool = False
     workdir: Path | None = None
     min_s: float = 2.0  # each throughput figure averages at least this long
+    min_runs: int = 3  # ... and at least this many timed calls (--quick: one, a smoke test of the measuring)
 
 
 def timed(fn: Callable[[], object], min_s: float, *, min_runs: int = 3) -> float:
@@ -135,16 +136,25 @@ def synthetic_crops(n: int, seed: int = 0) -> tuple[list[Frame], list[list[Box]]
 
 
 def model_only(
-    clf: Classifier, precision: Precision, batch: int, min_s: float, workers: int = 1, runner: Runner | None = None
+    clf: Classifier,
+    precision: Precision,
+    batch: int,
+    min_s: float,
+    workers: int = 1,
+    runner: Runner | None = None,
+    *,
+    min_runs: int = 3,
 ) -> float:
     """Images per second of the network's forward pass alone, on ready tensors, by `workers` threads
     (softmax included); `runner` runs it on another backend, else torch at `precision`."""
     engine = ClassifierEngine(clf, batch_size=batch, precision=precision, runner=runner)
     x = torch.randn(batch, 3, *clf.size, device=clf.device)
-    return batch * rate(lambda: engine.probabilities(x), min_s, workers)
+    return batch * rate(lambda: engine.probabilities(x), min_s, workers, min_runs=min_runs)
 
 
-def detector_only(clf: Classifier, precision: Precision, batch: int, min_s: float, size: int = 640) -> float:
+def detector_only(
+    clf: Classifier, precision: Precision, batch: int, min_s: float, size: int = 640, *, min_runs: int = 3
+) -> float:
     """Frames per second of a detector head on this backbone (an untrained head costs what a trained
     one does): 640x640 frames in one batch, letterbox, forward, NMS and mapping back included."""
     if precision.channels_last:
@@ -154,16 +164,18 @@ def detector_only(clf: Classifier, precision: Precision, batch: int, min_s: floa
         head, rgb_stats=clf.rgb_stats, device=clf.device, max_size=size, channels_last=precision.channels_last
     )
     frames = [render_still(size, size, seed)[0] for seed in range(batch)]
-    return batch / timed(lambda: detector.detect(frames), min_s)
+    return batch / timed(lambda: detector.detect(frames), min_s, min_runs=min_runs)
 
 
-def region_detector(clf: Classifier, head_file: Path, backend: Backend, options: RunOptions, min_s: float) -> float:
+def region_detector(
+    clf: Classifier, head_file: Path, backend: Backend, options: RunOptions, min_s: float, *, min_runs: int = 3
+) -> float:
     """Regions per second of `detector+motion`: 320 px regions around motion, 4 in one batch, on `backend`."""
     cfg = DetectorConfig(file=str(head_file), region_size=REGION, precision=options.precision.dtype.value)
     cache_dir = cache_dir_for(head_file.parent / "models")
     detector = load_detector(cfg, clf, canvas=REGION, backend=backend, cache_dir=cache_dir, options=options)
     regions = [render_still(REGION, REGION, seed)[0] for seed in range(4)]
-    return len(regions) / timed(lambda: detector.detect(regions, max_size=REGION), min_s)
+    return len(regions) / timed(lambda: detector.detect(regions, max_size=REGION), min_s, min_runs=min_runs)
 
 
 def untrained_head(clf: Classifier, path: Path) -> Path:
@@ -305,7 +317,7 @@ def pipeline_run(weights: Path, opts: BenchOptions, workdir: Path, backend: Back
     batch = max(1, round(mean_batch))
     x = torch.randn(batch, 3, *engine.classifier.size, device=engine.device)
     workers = pipeline.parts.plan.workers if pipeline.parts else 1
-    same_work = batch * rate(lambda: engine.probabilities(x), opts.min_s, workers)
+    same_work = batch * rate(lambda: engine.probabilities(x), opts.min_s, workers, min_runs=opts.min_runs)
     return {
         "crops_per_s": round(crops / elapsed, 1),
         "mean_batch": mean_batch,
@@ -338,9 +350,13 @@ def bench_model(key: str, opts: BenchOptions, workdir: Path) -> dict[str, Any]:
 
     log.info("%s: model-only throughput", key)
     clf = fresh()
-    result["model_only"] = {str(b): round(model_only(clf, precision, b, opts.min_s, workers), 1) for b in (1, 8, 32)}
+    result["model_only"] = {
+        str(b): round(model_only(clf, precision, b, opts.min_s, workers, min_runs=opts.min_runs), 1) for b in (1, 8, 32)
+    }
     log.info("%s: detector head on the shared backbone, 640x640 frames", key)
-    result["detector_only"] = {str(b): round(detector_only(fresh(), precision, b, opts.min_s), 2) for b in (1, 4)}
+    result["detector_only"] = {
+        str(b): round(detector_only(fresh(), precision, b, opts.min_s, min_runs=opts.min_runs), 2) for b in (1, 4)
+    }
 
     log.info("%s: batched engine against the naive loop on %d crops", key, opts.crops)
     naive = naive_loop(fresh(), frames, boxes, opts.min_s)
@@ -407,11 +423,12 @@ def bench_backends(
             continue
         row: dict[str, Any] = {"runs_in": runner.precision}
         row["model_only"] = {
-            str(b): round(model_only(clf, precision, b, opts.min_s, plan.workers, runner), 1) for b in (1, 8, 32)
+            str(b): round(model_only(clf, precision, b, opts.min_s, plan.workers, runner, min_runs=opts.min_runs), 1)
+            for b in (1, 8, 32)
         }
         head = untrained_head(clf, workdir / f"{clf.name}-untrained-head.pt")
         row["detector_regions_per_s"] = round(
-            region_detector(fresh(), head, backend, replace(options, callers=1), opts.min_s), 2
+            region_detector(fresh(), head, backend, replace(options, callers=1), opts.min_s, min_runs=opts.min_runs), 2
         )
         run = pipeline_run(weights, opts, workdir, backend)
         row["pipeline_crops_per_s"] = run["crops_per_s"]

@@ -67,6 +67,7 @@ class LearnOptions:
     train_minutes: float = 30.0
     epochs: int = 24
     batch_size: int = 8
+    uncertain_floor: float = LabelOptions.uncertain_floor  # as `detector label --uncertain-floor`
     adopt: bool = True
     head: Path | None = None  # where the adopted head goes; default: detector.file, or <models_dir>/feeder-head.pt
     progress: bool = True
@@ -106,7 +107,11 @@ def learn(config: Config, options: LearnOptions) -> LearnResult:
     classifier = load_classifier(config.model)
     teacher = load_teacher(config.teacher, config.model, classifier.device)
     labelled = label(
-        teacher, recording, options.work / "labels", config.detector, LabelOptions(progress=options.progress)
+        teacher,
+        recording,
+        options.work / "labels",
+        config.detector,
+        LabelOptions(uncertain_floor=options.uncertain_floor, progress=options.progress),
     )
     log.info("labels: %s", json.dumps(labelled.to_dict()))
     val = options.work / "labels" / "val"

@@ -37,6 +37,7 @@ __all__ = [
     "Box",
     "Scene",
     "SceneClip",
+    "feeder_with_distractors",
     "generate_frames",
     "render_scene",
     "write_jpeg_sequence",
@@ -761,6 +762,28 @@ class Scene:
             noise = np.random.default_rng([self.seed, t]).normal(0, self.noise_sigma, img.shape).astype(np.float32)
             img = np.clip(img + noise, 0, 255).astype(np.uint8)
         return img, boxes
+
+
+def feeder_with_distractors(side: int, seed: int, visits: int, *, gap: int = 40, length: int = 40) -> Scene:
+    """A square feeder clip of `visits` bird visits (one bird each, perching), with wind in a branch, cloud
+    shadows, and a cat walking through after every other visit and a leaf falling during the others: what
+    motion alone tells as birds, and a teacher must not."""
+    windows = [(10 + i * (length + gap), 10 + i * (length + gap) + length) for i in range(visits)]
+    others = [("cat", b + 2, b + gap - 2) if i % 2 == 0 else ("leaf", a + 5, b - 5) for i, (a, b) in enumerate(windows)]
+    return Scene(
+        side,
+        side,
+        windows[-1][1] + 30,
+        n_birds=1,
+        seed=seed,
+        presence=windows,
+        perch_fraction=0.6,
+        size_range=(0.22, 0.3),
+        varied=True,
+        others=others,
+        sway=0.03,
+        light=0.25,
+    )
 
 
 def _paste(img: np.ndarray, sprite: _Sprite, centre: tuple[float, float]) -> Box | None:

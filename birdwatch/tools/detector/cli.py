@@ -164,6 +164,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
         record_minutes=args.record_minutes,
         train_minutes=args.train_minutes,
         epochs=args.epochs,
+        uncertain_floor=args.uncertain_floor,
         adopt=not args.no_adopt,
         head=Path(args.head) if args.head else None,
         progress=sys.stderr.isatty() and not args.no_progress,
@@ -275,12 +276,7 @@ def add_parser(subparsers: Any) -> None:
         "--out", required=True, help="folder for train/, val/, uncertain/, teacher.jsonl, contact-sheet.png"
     )
     lab.add_argument("--batch-size", type=int, default=4)
-    lab.add_argument(
-        "--uncertain-floor",
-        type=float,
-        default=0.25,
-        help="bird boxes between this and teacher.score_threshold are set aside",
-    )
+    _add_uncertain_floor(lab)
     lab.add_argument(
         "--whole-frames", action="store_true", help="label whole frames (for localiser: detector), not motion regions"
     )
@@ -311,6 +307,18 @@ def add_parser(subparsers: Any) -> None:
     syn.set_defaults(func=cmd_make_synthetic)
 
 
+def _add_uncertain_floor(parser: argparse.ArgumentParser) -> None:
+    from birdwatch.tools.detector.label import LabelOptions
+
+    parser.add_argument(
+        "--uncertain-floor",
+        type=float,
+        default=LabelOptions.uncertain_floor,
+        help="bird boxes the teacher scores between this and teacher.score_threshold are set aside "
+        f"(default {LabelOptions.uncertain_floor}; at the threshold, none is)",
+    )
+
+
 def add_learn_parser(subparsers: Any) -> None:
     """`birdwatch learn`: record -> label -> train -> evaluate -> adopt."""
     learn = subparsers.add_parser("learn", help="the head learns your feeder from the teacher; adopted only if better")
@@ -323,6 +331,7 @@ def add_learn_parser(subparsers: Any) -> None:
     learn.add_argument(
         "--head", help="where the adopted head goes (default: detector.file, or <models_dir>/feeder-head.pt)"
     )
+    _add_uncertain_floor(learn)
     learn.add_argument("--no-adopt", action="store_true", help="train and judge, but leave the head in use")
     learn.add_argument("--no-progress", action="store_true")
     learn.set_defaults(func=cmd_learn)

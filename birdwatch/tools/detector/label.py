@@ -113,6 +113,11 @@ def label(
 ) -> LabelResult:
     """Run the teacher over the recording (resuming), then write the datasets and the contact sheet."""
     options = options or LabelOptions()
+    if not 0 < options.uncertain_floor <= teacher.score_threshold:
+        raise BirdwatchError(
+            f"uncertain floor {options.uncertain_floor:g}: must be above 0 and at most teacher.score_threshold "
+            f"({teacher.score_threshold:g}); the teacher's bird boxes scored between the two are set aside"
+        )
     frames = read_index(recording)
     if not frames:
         raise BirdwatchError(f"{recording}: no recorded frames; record some with `birdwatch record` first")
