@@ -8,6 +8,8 @@ the offline commands.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import birdwatch
@@ -140,3 +142,11 @@ def test_only_the_entry_points_import_the_runtime() -> None:
             if room_of(module) == "runtime":
                 offences.append(f"{path.relative_to(PACKAGE.parent)}:{line}: imports {module}")
     assert not offences, "\n".join(offences)
+
+
+def test_the_command_line_answers_before_torch_is_imported() -> None:
+    """torch and birder take seconds to import: `--help`, a usage mistake, `events` and a config error
+    must not wait for them, so building the parser imports neither (a subprocess: this one has them)."""
+    probe = "import sys; from birdwatch.cli import build_parser; build_parser(); print(sorted({'torch', 'birder', 'cv2'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -215,12 +215,12 @@ def record_feeder(recording: Path, visits: int, seed: int) -> int:
     return recorder.kept
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1200)
 def test_learn_adopts_a_head_that_learnt_the_teachers_birds_and_refuses_a_weaker_one(
     trained_teacher: Path, bird_backbone_weights: Path, tmp_path: Path
 ) -> None:
     recording = tmp_path / "recording"
-    assert record_feeder(recording, visits=8, seed=100) >= 300
+    assert record_feeder(recording, visits=6, seed=100) >= 180
     config = tmp_path / "birdwatch.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -235,24 +235,25 @@ def test_learn_adopts_a_head_that_learnt_the_teachers_birds_and_refuses_a_weaker
     )
     work, head = tmp_path / "learn", tmp_path / "heads" / "feeder-head.pt"
 
-    def learn(train_minutes: float) -> dict:
+    def learn(epochs: int) -> dict:
         # A briefly trained teacher scores much of a textured background a little below its threshold: with the
-        # floor at the threshold nothing is set aside, and its sure boxes are the labels.
+        # floor at the threshold nothing is set aside, and its sure boxes are the labels. Epochs, not minutes,
+        # end the training (the time limit is far off), so a slow machine learns the same head.
         birdwatch(
-            "learn", "--config", str(config), "--work", str(work), "--head", str(head),
-            "--train-minutes", str(train_minutes), "--uncertain-floor", "0.4", "--no-progress", timeout=600,
+            "learn", "--config", str(config), "--work", str(work), "--head", str(head), "--epochs", str(epochs),
+            "--train-minutes", "10", "--uncertain-floor", "0.4", "--no-progress", timeout=800,
         )  # fmt: skip
         return json.loads((work / "learn.json").read_text())
 
-    first = learn(1.0)
+    first = learn(12)
     labels = first["labels"]
-    assert labels["birds"]["train"] >= 100 and labels["birds"]["val"] >= 20, labels
+    assert labels["birds"]["train"] >= 60 and labels["birds"]["val"] >= 15, labels
     assert first["adopted"] and head.is_file() and (work / "adopted").read_text().strip() == str(head)
-    assert first["new"]["mAP50"] >= 0.2, f"held-out mAP@.5 {first['new']['mAP50']:.2f} against the teacher's labels"
+    assert first["new"]["mAP50"] >= 0.4, f"held-out mAP@.5 {first['new']['mAP50']:.2f} against the teacher's labels"
     assert first["cost_ms_per_frame"]["head"] > 0 and first["cost_ms_per_frame"]["teacher"] > 0  # (same backbone here)
     adopted = head.read_bytes()
 
-    second = learn(0.05)  # seconds of training: a head that has hardly begun
+    second = learn(1)  # one epoch: a head that has hardly begun
     assert second["labels"]["labelled_now"] == 0, "the teacher's labels are resumed, not made again"
     assert not second["adopted"] and "does not beat the head in use" in second["reason"], second["reason"]
     assert second["current"]["mAP50"] == first["new"]["mAP50"], "the head in use is judged on the same cuts"

@@ -171,7 +171,11 @@ def train_stand_ins(
         step += 1
         if step % 100 == 0:
             log.info(
-                "stand-ins: step %d of %d, %.0f s, loss %.3f", step, steps, time.monotonic() - started, float(loss)
+                "stand-ins: step %d of %d, %.0f s, loss %.3f",
+                step,
+                steps,
+                time.monotonic() - started,
+                loss.detach().item(),
             )
     net.eval()
     log.info(
@@ -180,7 +184,7 @@ def train_stand_ins(
         BACKBONE,
         step,
         time.monotonic() - started,
-        float(loss),
+        loss.detach().item(),
     )
     teacher = save_detector(
         net, workdir / TEACHER_FILE, list(CLASSES), (size, size), rgb_stats, {"fpn_width": FPN_WIDTH}
