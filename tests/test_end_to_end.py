@@ -136,8 +136,8 @@ def test_events_pending_at_exit_are_sent_by_the_next_start(
     from birdwatch.tools.synthetic import write_video
 
     clip = tmp_path / "clip.avi"
-    presence = [(4, 28), (40, 64)]
-    write_video(clip, generate_frames(320, 240, 72, n_birds=1, seed=1, presence=presence), fps=4)
+    presence = [(4, 28), (44, 68)]  # two visits, 2 s apart at 8 fps
+    write_video(clip, generate_frames(320, 240, 72, n_birds=1, seed=1, presence=presence), fps=8)
     cameras = [{"name": "clip", "url": str(clip), "motion": {"warmup_frames": 3}}]
     config = base_config(small_weights, cameras, mosquitto)
     config["tracking"] = {"timeout_s": 1.5}
