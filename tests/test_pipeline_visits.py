@@ -42,7 +42,7 @@ from tests.support.servers import free_port
 FPS = 10
 TIMEOUT_S = 2.0  # longer than a busy machine takes for one frame; shorter than the gaps between birds
 THREE_VISITS = [(10, 40), (90, 120), (170, 200)]  # one bird each, 5 s apart
-SIX_VISITS = [(10, 35), (85, 110), (160, 185), (235, 260), (310, 335), (385, 410)]
+SIX_VISITS = [(10, 35), (70, 95), (130, 155), (190, 215), (250, 275), (310, 335)]  # 3.5 s apart
 
 
 def clip(path: Path, presence: list[tuple[int, int]], seed: int = 1) -> Path:
