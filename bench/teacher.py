@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from birder.model_registry import registry
 from pycocotools.coco import COCO
+from torchvision.ops import box_iou
 
 from birdwatch.capture.recorder import Recorder
 from birdwatch.classify.models import load_classifier
@@ -176,8 +177,6 @@ def told_visits(localise: Any, scene: Scene, frames: list[Frame]) -> dict[str, A
 
 def _overlaps_bird(scene: Scene, box: tuple[int, int, int, int], a: int, b: int) -> bool:
     bx = torch.tensor([box], dtype=torch.float32)
-    from torchvision.ops import box_iou
-
     for t in range(a, b):
         truth = scene.render(t)[1]
         if truth and float(box_iou(bx, torch.tensor(truth, dtype=torch.float32)).max()) >= 0.1:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from birdwatch.errors import BirdwatchError
+from birdwatch.tools.detector import UNCERTAIN_FLOOR
 
 log = logging.getLogger("birdwatch")
 
@@ -132,7 +133,7 @@ def cmd_label(args: argparse.Namespace) -> int:
     recording = Path(args.recording or config.record.dir)
     teacher = load_teacher(config.teacher, config.model, resolve_device(args.device or config.model.device))
     options = LabelOptions(
-        **_floor(args),
+        uncertain_floor=args.uncertain_floor,
         batch_size=args.batch_size,
         whole_frames=args.whole_frames,
         progress=sys.stderr.isatty() and not args.no_progress,
@@ -164,7 +165,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
         record_minutes=args.record_minutes,
         train_minutes=args.train_minutes,
         epochs=args.epochs,
-        **_floor(args),
+        uncertain_floor=args.uncertain_floor,
         adopt=not args.no_adopt,
         head=Path(args.head) if args.head else None,
         progress=sys.stderr.isatty() and not args.no_progress,
@@ -308,18 +309,13 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _add_uncertain_floor(parser: argparse.ArgumentParser) -> None:
-    # No default here: the parser is built for every command, and the label module imports torch.
     parser.add_argument(
         "--uncertain-floor",
         type=float,
+        default=UNCERTAIN_FLOOR,
         help="bird boxes the teacher scores between this and teacher.score_threshold are set aside "
-        "(default 0.25; at the threshold, none is)",
+        f"(default {UNCERTAIN_FLOOR}; at the threshold, none is)",
     )
-
-
-def _floor(args: argparse.Namespace) -> dict[str, float]:
-    """--uncertain-floor as an option, when given (else the label module's default)."""
-    return {} if args.uncertain_floor is None else {"uncertain_floor": args.uncertain_floor}
 
 
 def add_learn_parser(subparsers: Any) -> None:

@@ -45,6 +45,7 @@ from birdwatch.config import DetectorConfig
 from birdwatch.errors import BirdwatchError
 from birdwatch.locate.localiser import motion_regions
 from birdwatch.locate.teacher import Teacher
+from birdwatch.tools.detector import UNCERTAIN_FLOOR
 from birdwatch.tools.detector.data import ANNOTATIONS
 from birdwatch.tools.detector.data import IMAGES
 from birdwatch.types import Box
@@ -69,7 +70,7 @@ DUPLICATE_IOU = 0.5  # a weaker box overlapping a sure one this much is the same
 
 @dataclass
 class LabelOptions:
-    uncertain_floor: float = 0.25  # teacher boxes scoring less are nothing
+    uncertain_floor: float = UNCERTAIN_FLOOR  # teacher boxes scoring less are nothing
     batch_size: int = 4
     whole_frames: bool = False  # cuts are whole frames (for `localiser: detector`), not motion regions
     quality: int = 92
