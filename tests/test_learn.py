@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 from birdwatch.capture.recorder import INDEX
+from birdwatch.capture.recorder import Recorded
 from birdwatch.capture.recorder import Recorder
 from birdwatch.capture.recorder import read_index
 from birdwatch.config import DetectorConfig
@@ -38,6 +39,10 @@ from birdwatch.locate.teacher import load_teacher
 from birdwatch.tools.detector.evaluate import STAT_NAMES
 from birdwatch.tools.detector.evaluate import EvalResult
 from birdwatch.tools.detector.label import LabelOptions
+from birdwatch.tools.detector.label import LabelResult
+from birdwatch.tools.detector.label import Sure
+from birdwatch.tools.detector.label import TeacherBox
+from birdwatch.tools.detector.label import _write_datasets
 from birdwatch.tools.detector.label import label
 from birdwatch.tools.learn import _adopt
 from birdwatch.tools.learn import _verdict
@@ -148,7 +153,7 @@ def test_record_then_label_makes_resumable_coco_cuts_and_a_contact_sheet(
                 "cameras": [{"name": "feeder", "url": str(video), "realtime": True, "motion": {"warmup_frames": 4}}],
                 "model": {"file": str(small_weights), "device": "cpu"},
                 # Untrained: it scores nothing near 0.4, so its boxes this low are what there is to write.
-                "teacher": {"file": str(teacher_weights), "score_threshold": 0.02},
+                "teacher": {"file": str(teacher_weights), "score_threshold": 0.02, "label_score": 0.03},
                 "detector": {"region_size": 96},
                 "record": {"dir": str(tmp_path / "recording"), "every_s": 0.1},
             }
@@ -175,6 +180,8 @@ def test_record_then_label_makes_resumable_coco_cuts_and_a_contact_sheet(
         assert {c["name"] for c in data["categories"]} == {"bird", "not_bird"}
         for a in data["annotations"]:
             assert "score" in a and a["category_id"] in (1, 2)
+            if data is not splits["uncertain"] and a["category_id"] == 1:
+                assert a["score"] >= 0.03, "a bird is learnt only at teacher.label_score"
             image = next(img for img in data["images"] if img["id"] == a["image_id"])
             x, y, w, h = a["bbox"]
             assert x >= 0 and y >= 0 and x + w <= image["width"] + 0.01 and y + h <= image["height"] + 0.01
@@ -183,7 +190,11 @@ def test_record_then_label_makes_resumable_coco_cuts_and_a_contact_sheet(
     assert sheet is not None and sheet.shape[1] == 6 * 320
 
     # The untrained teacher at its own threshold finds no bird: learn says so in one line, and adopts nothing.
-    config.write_text(config.read_text().replace("score_threshold: 0.02", "score_threshold: 0.4"))
+    config.write_text(
+        config.read_text()
+        .replace("label_score: 0.03", "label_score: 0.6")
+        .replace("score_threshold: 0.02", "score_threshold: 0.4")
+    )
     head = tmp_path / "heads" / "feeder-head.pt"
     result = subprocess.run(
         [sys.executable, "-m", "birdwatch", "learn", "--config", str(config), "--work", str(tmp_path / "learn"),
@@ -227,7 +238,8 @@ def test_learn_adopts_a_head_that_learnt_the_teachers_birds_and_refuses_a_weaker
             {
                 "cameras": [{"name": "feeder", "url": "rtsp://127.0.0.1:9/feeder"}],
                 "model": {"file": str(bird_backbone_weights), "device": "cpu", "models_dir": str(tmp_path / "models")},
-                "teacher": {"file": str(trained_teacher)},
+                # Briefly trained, it is rarely as sure as a label needs (0.6): it labels at its threshold.
+                "teacher": {"file": str(trained_teacher), "label_score": 0.4},
                 "detector": {"region_size": 128},
                 "record": {"dir": str(recording)},
             }
@@ -237,7 +249,7 @@ def test_learn_adopts_a_head_that_learnt_the_teachers_birds_and_refuses_a_weaker
 
     def learn(epochs: int) -> dict:
         # A briefly trained teacher scores much of a textured background a little below its threshold: with the
-        # floor at the threshold nothing is set aside, and its sure boxes are the labels. Epochs, not minutes,
+        # floor at the label score nothing is set aside, and its sure boxes are the labels. Epochs, not minutes,
         # end the training (the time limit is far off), so a slow machine learns the same head.
         birdwatch(
             "learn", "--config", str(config), "--work", str(work), "--head", str(head), "--epochs", str(epochs),
@@ -262,13 +274,41 @@ def test_learn_adopts_a_head_that_learnt_the_teachers_birds_and_refuses_a_weaker
     assert len((work / "history.jsonl").read_text().splitlines()) == 2
 
 
-def test_an_uncertain_floor_above_the_teachers_threshold_is_one_line(teacher_weights: Path, tmp_path: Path) -> None:
+def test_an_uncertain_floor_above_the_teachers_label_score_is_one_line(teacher_weights: Path, tmp_path: Path) -> None:
     teacher = load_teacher(TeacherConfig(file=str(teacher_weights)), ModelConfig(device="cpu"))
-    with pytest.raises(
-        BirdwatchError, match=r"^uncertain floor 0.5: must be above 0 and at most teacher.score_threshold"
-    ):
-        label(teacher, tmp_path / "recording", tmp_path / "labels", DetectorConfig(), LabelOptions(uncertain_floor=0.5))
+    with pytest.raises(BirdwatchError, match=r"^uncertain floor 0.7: must be above 0 and at most teacher.label_score"):
+        label(teacher, tmp_path / "recording", tmp_path / "labels", DetectorConfig(), LabelOptions(uncertain_floor=0.7))
     assert not (tmp_path / "labels").exists(), "nothing written"
+
+
+def test_a_bird_is_learnt_at_the_label_score_and_another_animal_counts_from_the_threshold(tmp_path: Path) -> None:
+    said = {  # what the teacher said of each recorded frame
+        "sure.jpg": [TeacherBox((10, 10, 60, 50), 0.7, True), TeacherBox((70, 60, 120, 100), 0.45, False)],
+        "doubted.jpg": [TeacherBox((10, 10, 60, 50), 0.5, True)],  # above its threshold, below the label score
+        "faint.jpg": [TeacherBox((70, 60, 120, 100), 0.3, False)],  # a cat it hardly saw
+    }
+    recording = tmp_path / "recording"
+    (recording / "frames").mkdir(parents=True)
+    frames = []
+    for name in said:
+        cv2.imwrite(str(recording / "frames" / name), np.full((120, 160, 3), 90, np.uint8))
+        frames.append(Recorded(f"frames/{name}", "feeder", T0, [], 0, [0, 0, 160, 120], "0"))
+    out = tmp_path / "labels"
+    result = LabelResult(out, len(frames), len(frames))
+    labels = {f"frames/{name}": boxes for name, boxes in said.items()}
+    sure = Sure(bird=0.6, other=0.4)
+    _write_datasets(recording, frames, labels, out, sure, DetectorConfig(), LabelOptions(whole_frames=True), result)
+
+    where: dict[str, tuple[str, list[tuple[int, float]]]] = {}  # frame -> (split, [(category, score)])
+    for split in ("train", "val", "uncertain"):
+        data = json.loads((out / split / "annotations.json").read_text())
+        for image in data["images"]:
+            found = [(a["category_id"], a["score"]) for a in data["annotations"] if a["image_id"] == image["id"]]
+            where[Path(image["source"]).name] = (split, found)
+    assert where["sure.jpg"][0] != "uncertain" and sorted(where["sure.jpg"][1]) == [(1, 0.7), (2, 0.45)]
+    assert where["doubted.jpg"] == ("uncertain", [(1, 0.5)]), "set aside for a person, not learnt"
+    assert where["faint.jpg"][0] != "uncertain" and where["faint.jpg"][1] == [], "background: a hard negative"
+    assert result.not_birds == 1
 
 
 def fake_eval(map50: float) -> EvalResult:

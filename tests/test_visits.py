@@ -358,8 +358,24 @@ def test_a_track_the_localiser_calls_not_a_bird_is_no_visit_whatever_the_classif
     assert visits.not_birds == 1 and visits.unnamed == 0
 
 
+def test_a_track_the_localiser_only_half_believes_is_a_bird_is_no_visit() -> None:
+    visits = make(min_bird_score=0.5)
+    feeder = Feeder(visits)
+    for _ in range(10):  # a leaf, boxed as a bird at 0.42 every frame by a weak detector
+        feeder.frame(([100, 80, 160, 140], [("Blackbird", 0.95)]), birds=[0.42])
+    feeder.wait(2)
+    assert feeder.events == []
+    assert visits.not_birds == 1
+    sure = Feeder(make(min_bird_score=0.5), camera="sure")
+    for bird in (0.3, 0.4, 0.5, 0.9, 0.9):  # a bird, doubted at first: confirmed at 3 crops (mean 0.4), told at 4
+        sure.frame(([100, 80, 160, 140], [("Blackbird", 0.95)]), birds=[bird])
+    sure.wait(2)
+    assert sure.kinds() == ["new", "end"]
+    assert sure.events[0].frames == 4
+
+
 def test_the_visit_carries_the_localisers_mean_bird_score_and_one_odd_frame_does_not_end_it() -> None:
-    feeder = Feeder(make())
+    feeder = Feeder(make(min_bird_score=0.5))
     scores = [0.9, 0.7, 0.0, 0.8, 0.6]  # one frame the localiser took the bird for something else
     for bird in scores:
         feeder.frame(([100, 80, 160, 140], [("Blackbird", 0.9)]), birds=[bird])

@@ -19,9 +19,10 @@ bird, found again after a hop faster than the tracker follows: it joins that vis
 count in "visits today"), which ends when its last track does.
 
 A track that the localiser calls something other than a bird (a teacher's cat) in at least half of
-the frames it judged is no visit (until more frames call it a bird), whatever the classifier says.
-The visit's bird score, the localiser's mean over its frames, travels in every event (`bird_score`;
-none for motion regions, which cannot tell).
+the frames it judged, or whose bird score is below `events.min_bird_score`, is no visit (until more
+frames make it a bird), whatever the classifier says. The bird score, the localiser's mean over the
+visit's frames (a frame it called something else counts 0), travels in every event (`bird_score`;
+none for motion regions, which cannot tell, and which the bar therefore never holds back).
 
 A visit keeps one whole frame: the one its picture comes from (the best crop of the species it is
 named by). Frames are megabytes; a visit of a bird on a jittering feeder sees hundreds.
@@ -144,10 +145,12 @@ class Visit:
     def bird_score(self) -> float | None:
         return self.bird_sum / self.judged if self.judged else None
 
-    @property
-    def not_a_bird(self) -> bool:
-        """The localiser called it something else in at least as many frames as it called it a bird."""
-        return self.judged > 0 and self.judged - self.bird_frames >= self.bird_frames
+    def not_a_bird(self, min_bird_score: float) -> bool:
+        """The localiser called it something else in at least as many frames as it called it a bird, or
+        its mean bird score is below `min_bird_score`: a leaf a weak detector half-believes is a bird."""
+        if not self.judged:
+            return False
+        return self.judged - self.bird_frames >= self.bird_frames or self.bird_sum / self.judged < min_bird_score
 
     def absorb(self, other: Visit) -> None:
         """`other` is this bird too, seen only since this visit last was: its votes, frames and picture
@@ -233,7 +236,7 @@ class Visits:
         self._lag: dict[str, float] = {}  # camera -> how long its newest frame took to get here (mono s)
         self.quiet = 0  # visits kept quiet by the cooldown
         self.unnamed = 0  # confirmed visits that ended without a species good enough to tell
-        self.not_birds = 0  # confirmed tracks that ended untold because the localiser called them not a bird
+        self.not_birds = 0  # confirmed tracks that ended untold: the localiser did not call them a bird
         self.merged = 0  # tracks that joined a visit of the same species already open (one bird)
 
     # -- input --
@@ -363,7 +366,7 @@ class Visits:
         if visit.quiet:
             return None
         if not visit.told:
-            if visit.not_a_bird:
+            if visit.not_a_bird(self.cfg.min_bird_score):
                 return None
             ranked = visit.ranked()
             if not ranked:
@@ -431,9 +434,11 @@ class Visits:
         if visit.tracks or not visit.confirmed:  # another track of the same bird keeps it open
             return []
         if not visit.told:
-            if visit.not_a_bird:
+            if visit.quiet:  # counted when the cooldown quieted it
+                pass
+            elif visit.not_a_bird(self.cfg.min_bird_score):
                 self.not_birds += 1
-            elif not visit.quiet:
+            else:
                 self.unnamed += 1
             return []
         told = self._event(EventKind.END, visit, now, wall, reason)

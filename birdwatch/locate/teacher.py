@@ -202,6 +202,7 @@ class Teacher:
         self.class_names = class_names
         self.bird_labels, self.other_labels = class_sets(class_names, cfg)
         self.score_threshold = cfg.score_threshold
+        self.label_score = cfg.label_score
         self.size = size
         self.device = device
         self.precision = precision

@@ -140,7 +140,11 @@ FAULT_METRICS = (
     ("mqtt_callback_errors", CounterMetricFamily, "Exceptions caught in MQTT client callbacks."),
     ("mqtt_loop_restarts", CounterMetricFamily, "Times the MQTT network loop had ended and was started again."),
     ("visits_merged", CounterMetricFamily, "Second tracks of one bird joined to its open visit."),
-    ("tracks_not_birds", CounterMetricFamily, "Confirmed tracks the localiser called not a bird: no visit."),
+    (
+        "tracks_not_birds",
+        CounterMetricFamily,
+        "Confirmed tracks the localiser called not a bird, or below events.min_bird_score: no visit.",
+    ),
     ("frames_held", GaugeMetricFamily, "Whole frames the open visits keep for their snapshots."),
     ("frames_held_bytes", GaugeMetricFamily, "Bytes of the whole frames the open visits keep."),
 )

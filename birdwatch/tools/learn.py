@@ -67,7 +67,7 @@ class LearnOptions:
     train_minutes: float = 30.0
     epochs: int = 24
     batch_size: int = 8
-    uncertain_floor: float = LabelOptions.uncertain_floor  # as `detector label --uncertain-floor`
+    uncertain_floor: float | None = None  # as `detector label --uncertain-floor`; None: teacher.score_threshold
     adopt: bool = True
     head: Path | None = None  # where the adopted head goes; default: detector.file, or <models_dir>/feeder-head.pt
     progress: bool = True
@@ -117,8 +117,9 @@ def learn(config: Config, options: LearnOptions) -> LearnResult:
     val = options.work / "labels" / "val"
     if labelled.birds.get("train", 0) == 0 or labelled.birds.get("val", 0) == 0:
         raise BirdwatchError(
-            f"{recording}: the teacher found birds in {labelled.birds.get('train', 0)} training and "
-            f"{labelled.birds.get('val', 0)} held-out cuts; record more footage with birds first"
+            f"{recording}: the teacher was sure (teacher.label_score {teacher.label_score:g}) of birds in "
+            f"{labelled.birds.get('train', 0)} training and {labelled.birds.get('val', 0)} held-out cuts, and set "
+            f"{labelled.images.get('uncertain', 0)} cuts aside as uncertain; record more footage with birds first"
         )
     run = options.work / "runs" / time.strftime("%Y%m%d-%H%M%S")
     trained = train(

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from birdwatch.errors import BirdwatchError
-from birdwatch.tools.detector import UNCERTAIN_FLOOR
 
 log = logging.getLogger("birdwatch")
 
@@ -312,9 +311,8 @@ def _add_uncertain_floor(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--uncertain-floor",
         type=float,
-        default=UNCERTAIN_FLOOR,
-        help="bird boxes the teacher scores between this and teacher.score_threshold are set aside "
-        f"(default {UNCERTAIN_FLOOR}; at the threshold, none is)",
+        help="bird boxes the teacher scores between this and teacher.label_score are set aside "
+        "(default: teacher.score_threshold; what the teacher would not tell as a localiser is background)",
     )
 
 

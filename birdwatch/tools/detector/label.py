@@ -8,12 +8,13 @@
 2. What the head will see is cut from each frame as `detector+motion` cuts it at run time: the squares
    around the frame's motion (`motion_regions`, from the recording's motion boxes) — or the whole frame
    with `whole_frames`, for a head that runs as `localiser: detector`. Each cut is one image.
-3. A bird box the teacher scores at least `teacher.score_threshold` is a bird. One it scores between
-   the floor and that is uncertain: the cut holding it is set aside (`OUT/uncertain/`, for a person
-   to look at), neither a bird nor background to learn from; so is a cut that holds only a part of a
-   bird (its edge through the bird). Non-bird boxes (a cat) stay in as
-   `not_bird`: the head's training takes them, like every cut without a bird (a swaying branch, a
-   cloud's shadow), as hard negatives.
+3. A bird box the teacher scores at least `teacher.label_score` is a bird. One it scores between the
+   floor and that is uncertain: the cut holding it is set aside (`OUT/uncertain/`, for a person to
+   look at), neither a bird nor background to learn from; so is a cut that holds only a part of a
+   bird (its edge through the bird). The label score is above the teacher's detection threshold: a
+   leaf it half-believes is a bird would be learnt as one. Non-bird boxes (a cat, at the teacher's
+   `score_threshold`) stay in as `not_bird`: the head's training takes them, like every cut without
+   a bird (a swaying branch, a cloud's shadow), as hard negatives.
 4. Cuts go to `OUT/train/` and `OUT/val/` by minute of recording (a hash of the camera and the minute
    holds one in `VAL_EVERY` out), so that near-identical neighbours do not land on both sides, and a
    frame stays on its side from one night to the next. Annotations carry the teacher's score. The
@@ -31,6 +32,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from dataclasses import field
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +47,6 @@ from birdwatch.config import DetectorConfig
 from birdwatch.errors import BirdwatchError
 from birdwatch.locate.localiser import motion_regions
 from birdwatch.locate.teacher import Teacher
-from birdwatch.tools.detector import UNCERTAIN_FLOOR
 from birdwatch.tools.detector.data import ANNOTATIONS
 from birdwatch.tools.detector.data import IMAGES
 from birdwatch.types import Box
@@ -70,7 +71,10 @@ DUPLICATE_IOU = 0.5  # a weaker box overlapping a sure one this much is the same
 
 @dataclass
 class LabelOptions:
-    uncertain_floor: float = UNCERTAIN_FLOOR  # teacher boxes scoring less are nothing
+    # Teacher boxes scoring less are nothing; None: teacher.score_threshold, so that what it would not tell as a
+    # localiser is background. In bench/teacher.py the learnt head told 6 false visits in 37 with that floor
+    # (0.4), 9 in 41 with 0.25, which set aside more cuts with a leaf than it kept birds.
+    uncertain_floor: float | None = None
     batch_size: int = 4
     whole_frames: bool = False  # cuts are whole frames (for `localiser: detector`), not motion regions
     quality: int = 92
@@ -109,15 +113,30 @@ class TeacherBox:
     bird: bool
 
 
+@dataclass(frozen=True)
+class Sure:
+    """How sure the teacher must be: of a bird, to label it (`teacher.label_score`); of another animal, to
+    call it one (`teacher.score_threshold`)."""
+
+    bird: float
+    other: float
+
+    def __call__(self, b: TeacherBox) -> bool:
+        return b.score >= (self.bird if b.bird else self.other)
+
+
 def label(
     teacher: Teacher, recording: Path, out: Path, detector: DetectorConfig, options: LabelOptions | None = None
 ) -> LabelResult:
     """Run the teacher over the recording (resuming), then write the datasets and the contact sheet."""
     options = options or LabelOptions()
-    if not 0 < options.uncertain_floor <= teacher.score_threshold:
+    if options.uncertain_floor is None:
+        options = replace(options, uncertain_floor=teacher.score_threshold)
+    if not 0 < options.uncertain_floor <= min(teacher.label_score, teacher.score_threshold):
         raise BirdwatchError(
-            f"uncertain floor {options.uncertain_floor:g}: must be above 0 and at most teacher.score_threshold "
-            f"({teacher.score_threshold:g}); the teacher's bird boxes scored between the two are set aside"
+            f"uncertain floor {options.uncertain_floor:g}: must be above 0 and at most teacher.label_score "
+            f"({teacher.label_score:g}) and teacher.score_threshold ({teacher.score_threshold:g}); bird boxes scored "
+            "between the floor and the label score are set aside, other animals count from the threshold"
         )
     frames = read_index(recording)
     if not frames:
@@ -131,8 +150,9 @@ def label(
     if not frames:
         raise BirdwatchError(f"{recording}: every recorded frame was removed while it was labelled")
     result = LabelResult(out, len(frames), len(todo))
-    _write_datasets(recording, frames, labels, out, teacher.score_threshold, detector, options, result)
-    result.sheet = contact_sheet(recording, frames, labels, out / CONTACT_SHEET, teacher.score_threshold, options)
+    sure = Sure(teacher.label_score, teacher.score_threshold)
+    _write_datasets(recording, frames, labels, out, sure, detector, options, result)
+    result.sheet = contact_sheet(recording, frames, labels, out / CONTACT_SHEET, sure, options)
     (out / "labels.json").write_text(json.dumps(result.to_dict(), indent=1))
     return result
 
@@ -225,7 +245,7 @@ def _write_datasets(
     frames: list[Recorded],
     labels: dict[str, list[TeacherBox]],
     out: Path,
-    threshold: float,
+    sure: Sure,
     detector: DetectorConfig,
     options: LabelOptions,
     result: LabelResult,
@@ -240,12 +260,12 @@ def _write_datasets(
             continue
         height, width = image.shape[:2]
         boxes = labels.get(frame.file, [])
-        result.not_birds += sum(1 for b in boxes if not b.bird and b.score >= threshold)
+        result.not_birds += sum(1 for b in boxes if not b.bird and sure(b))
         side = "val" if held_out(frame) else "train"
         for k, cut in enumerate(cuts(frame, width, height, detector, options.whole_frames)):
             x1, y1, x2, y2 = cut
             inside = list(_inside(boxes, cut))
-            uncertain = _unsure(inside, threshold) or _cuts_a_bird(boxes, cut)
+            uncertain = _unsure(inside, sure) or _cuts_a_bird(boxes, cut)
             split = "uncertain" if uncertain else side
             name = f"{Path(frame.file).with_suffix('').as_posix().replace('/', '_')}-{k}.jpg"
             crop = image[y1:y2, x1:x2]
@@ -264,7 +284,7 @@ def _write_datasets(
                 }
             )
             for b, clipped in inside:
-                if b.score < threshold and not (b.bird and uncertain):
+                if not sure(b) and not (b.bird and uncertain):
                     continue
                 bx1, by1, bx2, by2 = clipped
                 annotations.append(
@@ -305,11 +325,11 @@ def _inside(boxes: list[TeacherBox], cut: Box) -> Iterator[tuple[TeacherBox, tup
         yield b, (round(ix1 - cx1, 1), round(iy1 - cy1, 1), round(ix2 - cx1, 1), round(iy2 - cy1, 1))
 
 
-def _unsure(inside: list[tuple[TeacherBox, tuple[float, float, float, float]]], threshold: float) -> bool:
-    """A bird box below the threshold that is not a second, weaker box of a bird already boxed."""
-    sure = [b.box for b, _ in inside if b.score >= threshold]
+def _unsure(inside: list[tuple[TeacherBox, tuple[float, float, float, float]]], sure: Sure) -> bool:
+    """A bird box below the label score that is not a second, weaker box of a bird already boxed."""
+    boxed = [b.box for b, _ in inside if sure(b)]
     for b, _ in inside:
-        if b.bird and b.score < threshold and not any(_iou(b.box, other) >= DUPLICATE_IOU for other in sure):
+        if b.bird and not sure(b) and not any(_iou(b.box, other) >= DUPLICATE_IOU for other in boxed):
             return True
     return False
 
@@ -331,7 +351,7 @@ def contact_sheet(
     frames: list[Recorded],
     labels: dict[str, list[TeacherBox]],
     path: Path,
-    threshold: float,
+    sure: Sure,
     options: LabelOptions,
     *,
     thumb: int = 320,
@@ -343,8 +363,8 @@ def contact_sheet(
     def interest(f: Recorded) -> tuple[int, int, int]:
         boxes = labels.get(f.file, [])
         return (
-            sum(b.bird and b.score < threshold for b in boxes),
-            sum(b.bird and b.score >= threshold for b in boxes),
+            sum(b.bird and not sure(b) for b in boxes),
+            sum(b.bird and sure(b) for b in boxes),
             sum(not b.bird for b in boxes),
         )
 
@@ -356,7 +376,7 @@ def contact_sheet(
         if image is None:
             continue
         for b in labels.get(f.file, []):
-            colour = (0, 200, 0) if b.bird and b.score >= threshold else (0, 220, 255) if b.bird else (0, 0, 230)
+            colour = (0, 200, 0) if b.bird and sure(b) else (0, 220, 255) if b.bird else (0, 0, 230)
             x1, y1, x2, y2 = (round(v) for v in b.box)
             cv2.rectangle(image, (x1, y1), (x2, y2), colour, max(2, image.shape[1] // 400))
             tag = f"{'bird' if b.bird else 'not bird'} {b.score:.2f}"
