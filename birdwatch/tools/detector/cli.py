@@ -312,7 +312,7 @@ def _add_uncertain_floor(parser: argparse.ArgumentParser) -> None:
         "--uncertain-floor",
         type=float,
         help="bird boxes the teacher scores between this and teacher.label_score are set aside "
-        "(default: teacher.score_threshold; what the teacher would not tell as a localiser is background)",
+        "(default: teacher.score_threshold, or label_score if lower: what the teacher would not tell is background)",
     )
 
 

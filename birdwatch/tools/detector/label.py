@@ -130,8 +130,8 @@ def label(
 ) -> LabelResult:
     """Run the teacher over the recording (resuming), then write the datasets and the contact sheet."""
     options = options or LabelOptions()
-    if options.uncertain_floor is None:
-        options = replace(options, uncertain_floor=teacher.score_threshold)
+    if options.uncertain_floor is None:  # a label score set below the threshold lowers the floor with it
+        options = replace(options, uncertain_floor=min(teacher.score_threshold, teacher.label_score))
     if not 0 < options.uncertain_floor <= min(teacher.label_score, teacher.score_threshold):
         raise BirdwatchError(
             f"uncertain floor {options.uncertain_floor:g}: must be above 0 and at most teacher.label_score "
