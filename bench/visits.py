@@ -28,7 +28,7 @@ from birdwatch.config import TrackingConfig
 from birdwatch.decide.snapshots import SnapshotWriter
 from birdwatch.decide.tracking import Tracker
 from birdwatch.decide.visits import Visits
-from birdwatch.deliver.store import EventStore
+from birdwatch.deliver.history import EventStore
 from birdwatch.locate.motion import MotionDetector
 from birdwatch.tools.synthetic import Scene
 from birdwatch.types import Detections

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,7 +17,7 @@ from birdwatch.errors import BirdwatchError
 from birdwatch.types import EventKind
 
 if TYPE_CHECKING:
-    from birdwatch.deliver.store import EventStore
+    from birdwatch.deliver.history import EventStore
 
 log = logging.getLogger("birdwatch")
 
@@ -72,7 +73,9 @@ def cmd_record(args: argparse.Namespace) -> int:
         f"{result.root}: kept {result.kept} of {result.offered} frames read ({result.similar} like one kept "
         f"recently, {result.evicted} removed for the budget); {result.frames} frames, {result.megabytes:.0f} MB"
     )
-    print(f"next: `birdwatch detector label --config {args.config} --recording {result.root}`")
+    labels = result.root.parent / "labels"
+    command = ["birdwatch", "detector", "label", "--config", args.config, "--recording", str(result.root)]
+    print(f"next: `{shlex.join([*command, '--out', str(labels)])}`")
     return 0
 
 
@@ -85,15 +88,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config(args.file)
     config.mqtt.password_value()  # a missing password file or variable is a config error too
     from birdwatch.classify.models import class_names_of
-    from birdwatch.classify.models import pending_download
-    from birdwatch.classify.models import weights_file
+    from birdwatch.classify.models import classifier_weights
     from birdwatch.decide.visits import check_species_lists
+    from birdwatch.weights import WeightsSource
 
     # What only the weights can tell, read as `run` would but without building the network:
-    # that they are there (weights_file's own error if not), and that events.allow/block name their species.
-    fetch_from = pending_download(config.model)
+    # that they are there (classifier_weights' own error if not), and that events.allow/block name their species.
+    fetch_from = WeightsSource.of_model(config.model).pending()
     if fetch_from is None:
-        path, _, model_name = weights_file(config.model)
+        path, _, model_name = classifier_weights(config.model)
         try:
             check_species_lists(config.events, class_names_of(path), model_name)
         except ConfigError as exc:
@@ -110,7 +113,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from birdwatch.runtime.doctor import run_doctor
+    from birdwatch.tools.doctor import run_doctor
 
     logging.getLogger("birdwatch").setLevel(logging.ERROR)  # the checks print what the warnings would say
     return run_doctor(args.config, seconds=args.seconds, unit=args.unit, out=lambda line: print(line, flush=True))
@@ -128,12 +131,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
-    from birdwatch.classify.models import pretrained_classifiers
-    from birdwatch.classify.models import pretrained_detectors
-    from birdwatch.classify.models import pretrained_path
+    from birdwatch.weights import CLASSIFIER
+    from birdwatch.weights import DETECTOR
+    from birdwatch.weights import pretrained_names
+    from birdwatch.weights import pretrained_path
 
     models_dir = _models_dir(args)
-    kinds = (("classifiers", pretrained_classifiers()), ("detectors (for teacher.name)", pretrained_detectors()))
+    kinds = (
+        ("classifiers", pretrained_names(CLASSIFIER)),
+        ("detectors (for teacher.name)", pretrained_names(DETECTOR)),
+    )
     for kind, names in kinds:
         if args.filter:
             names = [n for n in names if args.filter in n]
@@ -145,23 +152,40 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def cmd_models_pull(args: argparse.Namespace) -> int:
-    from birdwatch.classify.models import pull
+    from birdwatch.weights import pull
 
-    names, mirror = [args.name] if args.name else [], args.mirror
+    if args.config is not None and not args.name:
+        return _pull_what_a_start_fetches(args)
+    if not args.name:
+        raise BirdwatchError("models pull: give a model NAME or --config FILE")
+    mirror = args.mirror
     if args.config is not None:
         from birdwatch.config import load_config
 
-        config = load_config(args.config)
-        mirror = mirror or config.model.mirror
-        if not names:  # what a start of this config needs: the classifier, and the teacher it names
-            names = [config.model.name]
-            if config.localiser == "teacher" and not config.teacher.file:
-                names.append(config.teacher.name)
-    if not names:
-        raise BirdwatchError("models pull: give a model NAME or --config FILE")
-    for name in names:
-        path = pull(name, _models_dir(args), force=args.force, progress=sys.stderr.isatty(), mirror=mirror)
-        print(f"{name}: {path}")
+        mirror = mirror or load_config(args.config).model.mirror
+    path = pull(args.name, _models_dir(args), force=args.force, progress=sys.stderr.isatty(), mirror=mirror)
+    print(f"{args.name}: {path}")
+    return 0
+
+
+def _pull_what_a_start_fetches(args: argparse.Namespace) -> int:
+    """`models pull --config`: exactly the weights `birdwatch run` would fetch, from where it would."""
+    import dataclasses
+
+    from birdwatch.config import load_config
+    from birdwatch.weights import weights_to_fetch
+
+    config = load_config(args.config)
+    if args.models_dir:
+        config.model.models_dir = args.models_dir
+    if args.mirror:
+        config.model.mirror = args.mirror
+    config.model = dataclasses.replace(config.model, download="auto")  # asked for by hand: fetch, whatever a start may
+    for source in weights_to_fetch(config):
+        if args.force and (not source.file or source.url):
+            source.path.unlink(missing_ok=True)  # fetched again below
+        source.ensure(progress=sys.stderr.isatty())
+        print(f"{source.label}: {source.checked()}")
     return 0
 
 
@@ -190,14 +214,14 @@ def cmd_models_export(args: argparse.Namespace) -> int:
     if args.models_dir:
         config.model = dataclasses.replace(config.model, models_dir=args.models_dir)
     started = time.monotonic()
-    for part, backend, precision in prepare_backends(config):
-        print(f"{part}: {backend} ({precision})")
+    for part in prepare_backends(config):
+        print(f"{part.name}: {part.backend} ({part.precision})")
     print(f"ready in {time.monotonic() - started:.1f} s; kept in {Path(config.model.models_dir) / 'compiled'}")
     return 0
 
 
 def _open_store(args: argparse.Namespace) -> EventStore:
-    from birdwatch.deliver.store import EventStore
+    from birdwatch.deliver.history import EventStore
 
     if args.db:
         return EventStore(args.db, readonly=True)
@@ -347,7 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
     pull = models_sub.add_parser("pull", help="download pretrained weights (checks SHA-256)")
     pull.add_argument("name", nargs="?", help="e.g. hgnet_v2_b2_danube-delta")
     pull.add_argument("--models-dir", help="where to put it (default: the config's model.models_dir, or ./models)")
-    pull.add_argument("--config", help="pull the model this config names, into its models_dir")
+    pull.add_argument(
+        "--config", help="fetch what `birdwatch run` of this config fetches (its model, and a teacher it runs)"
+    )
     pull.add_argument("--force", action="store_true", help="replace an existing file")
     pull.add_argument(
         "--mirror", help="fetch <name>.pt from this base URL instead (default: the config's model.mirror)"

@@ -39,6 +39,15 @@ class Source(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class Part:
+    """A network a stage runs (classifier, detector, teacher), the backend that runs it, in what precision."""
+
+    name: str
+    backend: str
+    precision: str
+
+
+@dataclass(frozen=True, slots=True)
 class Frame:
     """One decoded image from a camera. `seq` counts frames read from the source, so gaps are drops."""
 

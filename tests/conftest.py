@@ -45,11 +45,9 @@ def _restore_mosquitto(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
         return
     broker: MosquittoBroker = request.getfixturevalue("mosquitto")
-    if not broker.running:
-        broker.start()
+    broker.ensure_running()
     yield
-    if not broker.running:  # the test stopped it (or it died): the next test gets a live one
-        broker.start()
+    broker.ensure_running()  # the test stopped it (or it died): the next test gets a live one
 
 
 @pytest.fixture

@@ -291,3 +291,41 @@ def test_classify_workers_calling_one_runner_side_by_side_get_their_own_answers(
         thread.join(timeout=120)
     for mine, expected in zip(together, alone, strict=True):
         assert mine is not None and torch.allclose(mine, expected, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_openvino_keeps_the_compiled_blobs_of_the_exports_in_use_only_over_many_adoptions(tmp_path: Path) -> None:
+    """Each adoption (a retrained network under the same name) compiles a new blob; the replaced ones go."""
+    from birdwatch.tools.untrained import save_untrained
+
+    cache = tmp_path / "compiled"
+    for night in range(4):
+        weights = save_untrained(
+            "mobilenet_v3_small_1_0", tmp_path / str(night) / "mobilenet_v3_small_1_0_feeder.pt", ["a", "b"], (96, 96)
+        )
+        build_runner(classifier_graph(classifier(weights)), Backend.OPENVINO, cache, FP32)
+        blobs = [p for p in (cache / "openvino").rglob("*") if p.is_file()]
+        exports = list(cache.glob("*.onnx"))
+        assert len(exports) == 1 and blobs, f"night {night}: {exports}, {blobs}"
+        assert {p.relative_to(cache / "openvino").parts[0] for p in blobs} == {exports[0].stem}, (
+            f"night {night}: only the export in use has compiled blobs: {blobs}"
+        )
+
+
+@pytest.mark.timeout(240)
+def test_models_export_says_what_runs_each_part_of_a_teacher_config(
+    small_weights: Path, teacher_weights: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "cameras:\n  - {name: feeder, url: rtsp://cam.local/stream}\n"
+        f"model: {{file: {small_weights}, device: cpu, models_dir: {tmp_path / 'models'}}}\n"
+        f"localiser: teacher\nteacher: {{file: {teacher_weights}}}\ntracking: {{timeout_s: 5}}\n"
+        "engine: {backend: onnxruntime, precision: fp32}\n"
+    )
+    command = [sys.executable, "-m", "birdwatch", "models", "export", "--config", str(config)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=200, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "classifier: onnxruntime (fp32)" in result.stdout
+    assert "teacher: torch (" in result.stdout, "the teacher runs on torch by design, not a fallback"
+    assert "Traceback" not in result.stderr

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import subprocess
 import sys
+import typing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -168,3 +172,64 @@ def test_check_config_exit_codes_and_redaction(tmp_path: Path, small_weights: Pa
 
     result = run_cli("check-config", str(tmp_path / "missing.yaml"))
     assert result.returncode == 2 and "cannot read config" in result.stderr and "Traceback" not in result.stderr
+
+
+def path_fields(cls: type, prefix: str = "") -> list[tuple[str, dataclasses.Field[Any]]]:
+    """(key path, field) of every field of the schema, nested sections walked."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        out.append((key, f))
+        for tp in (hints[f.name], *typing.get_args(hints[f.name])):
+            if dataclasses.is_dataclass(tp):
+                out += path_fields(tp, key + ".")
+            elif typing.get_origin(tp) is list and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+                out += path_fields(typing.get_args(tp)[0], key + "[].")
+    return out
+
+
+def test_every_key_that_names_a_file_or_folder_is_a_path_whose_tilde_is_expanded() -> None:
+    """A key added later named *file, *dir or *path is caught here if it is not marked a path."""
+    named = [key for key, _ in path_fields(Config) if re.search(r"(^|[._])(\w*_)?(file|dir|path)$", key)]
+    unmarked = [key for key, f in path_fields(Config) if key in named and not f.metadata.get("path")]
+    assert len(named) >= 10 and unmarked == []
+
+
+def test_tilde_means_the_home_folder_in_every_path_once_the_config_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name in ("head.pt", "teacher.pt", "clip.mp4", "pw", "ca.pem"):
+        (tmp_path / name).write_text("x")
+    config = parse_config(
+        "cameras: [{name: feeder, url: ~/clip.mp4}, {name: cam, url: 'rtsp://cam/~x'}]\n"
+        "model: {file: ~/m.pt, models_dir: ~/models}\n"
+        "localiser: detector+motion\ndetector: {file: ~/head.pt}\nteacher: {file: ~/teacher.pt}\n"
+        "mqtt: {host: h, username: u, password_file: ~/pw}\n"
+        "snapshots: {dir: ~/snaps}\nstore: {path: ~/bw.db}\nrecord: {dir: ~/rec}\n"
+    )
+    home = str(tmp_path)
+    assert config.cameras[0].url == f"{home}/clip.mp4" and config.cameras[1].url == "rtsp://cam/~x"
+    assert (config.model.file, config.model.models_dir) == (f"{home}/m.pt", f"{home}/models")
+    assert (config.detector.file, config.teacher.file) == (f"{home}/head.pt", f"{home}/teacher.pt")
+    assert config.mqtt.password_file == f"{home}/pw"
+    assert (config.snapshots.dir, config.store.path, config.record.dir) == (
+        f"{home}/snaps",
+        f"{home}/bw.db",
+        f"{home}/rec",
+    )
+
+
+def test_check_config_hides_credentials_in_every_url_it_prints(tmp_path: Path, small_weights: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "cameras:\n  - {name: a, url: 'rtsp://cam/x'}\n"
+        f"model: {{file: '{small_weights}', url: 'https://nas/m.pt?token=s3cret1', sha256: '{'a' * 64}', "
+        "mirror: 'https://bob:s3cret2@nas/birder', verify_sha256: false}\n"
+        "teacher: {file: t.pt, url: 'https://nas/t.pt?access_token=s3cret3', sha256: '" + "b" * 64 + "'}\n"
+    )
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "s3cret" not in result.stdout + result.stderr
+    assert "https://nas/m.pt?token=***" in result.stdout and "https://bob:***@nas/birder" in result.stdout

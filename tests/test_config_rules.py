@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from birdwatch.classify.models import class_names_of
+from birdwatch.classify.models import classifier_weights
 from birdwatch.classify.models import resolve_device
-from birdwatch.classify.models import weights_file
 from birdwatch.cli import main
 from birdwatch.config import RULES
 from birdwatch.config import parse_config
@@ -206,7 +206,7 @@ def test_check_config_without_the_weights_says_so_in_one_line(
     path = tmp_path / "config.yaml"
     path.write_text(MINIMAL + f"model: {model}\n")
     with pytest.raises(ModelError) as info:
-        weights_file(parse_config(path.read_text()).model)
+        classifier_weights(parse_config(path.read_text()).model)
     code, out, err = check_config(path, capsys)
     assert code == 2 and out == ""
     assert err == f"birdwatch: error: {info.value}\n"

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from birdwatch.deliver.store import EventStore
+from birdwatch.deliver.history import EventStore
 from tests.fixtures_models import DANUBE
 from tests.support.process import BirdwatchProcess
 from tests.support.process import service_config

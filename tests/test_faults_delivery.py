@@ -28,12 +28,13 @@ from birdwatch.config import SnapshotsConfig
 from birdwatch.config import parse_config
 from birdwatch.decide.snapshots import SnapshotWriter
 from birdwatch.deliver import mqtt as mqtt_module
+from birdwatch.deliver.history import EventStore
 from birdwatch.deliver.mqtt import MqttSink
-from birdwatch.deliver.store import EventStore
-from birdwatch.deliver.store import Outbox
+from birdwatch.deliver.outbox import Outbox
 from birdwatch.errors import ConfigError
 from birdwatch.types import CameraState
 from birdwatch.types import VisitEvent
+from tests.support.process import wait_until
 from tests.support.proxy import TcpProxy
 from tests.support.servers import MosquittoBroker
 from tests.support.servers import MqttCollector
@@ -64,13 +65,6 @@ def sink_of_proxy(network: TcpProxy, prefix: str) -> MqttSink:
         client_id=f"{prefix}-{uuid.uuid4().hex[:8]}",
     )
     return MqttSink(cfg, None, HomeAssistantConfig(discovery=False))
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
-        time.sleep(0.05)
 
 
 def fail_first_marks(store: EventStore, monkeypatch: pytest.MonkeyPatch, n: int, error: str) -> list[str]:

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from birdwatch.deliver.mqtt import LogSink
+from birdwatch.deliver.sink import LogSink
 from tests.support.process import BirdwatchProcess
 from tests.support.servers import WeightsServer
 from tests.test_service import clip  # noqa: F401 (a fixture)

@@ -33,12 +33,12 @@ from birdwatch.config import ReconnectConfig
 from birdwatch.config import SnapshotsConfig
 from birdwatch.config import StoreConfig
 from birdwatch.config import TrackingConfig
+from birdwatch.decide.decider import Decider
 from birdwatch.decide.visits import Visits
+from birdwatch.deliver.history import EventStore
 from birdwatch.deliver.mqtt import MqttSink
-from birdwatch.deliver.store import EventStore
-from birdwatch.deliver.store import Outbox
+from birdwatch.deliver.outbox import Outbox
 from birdwatch.geometry import square_around
-from birdwatch.runtime.decider import Decider
 from birdwatch.runtime.pipeline import Pipeline
 from birdwatch.types import Detections
 from birdwatch.types import Frame

@@ -5,22 +5,31 @@ matches), from a real HTTP server on a loopback port standing in for the model h
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from birder.model_registry import registry
 
+from birdwatch import weights
 from birdwatch.classify.models import load_classifier
-from birdwatch.classify.models import pull
 from birdwatch.config import ModelConfig
 from birdwatch.errors import ModelError
 from birdwatch.tools.synthetic import generate_frames
 from birdwatch.tools.synthetic import write_video
+from birdwatch.weights import WeightsSource
+from birdwatch.weights import pull
 from tests.fixtures_models import DANUBE
 from tests.support.process import BirdwatchProcess
 from tests.support.process import service_config
+from tests.support.process import wait_until
 from tests.support.servers import WeightsServer
 
 
@@ -155,3 +164,118 @@ def test_an_unreachable_hub_names_the_file_and_where_to_put_it(registered: tuple
     message = str(info.value)
     assert message.startswith(f"cannot download {name}.pt from {closed}/{name}.pt: ")
     assert f"put it into {tmp_path / 'models'}" in message
+
+
+# ---- what `models pull --config` fetches, and what an interrupted fetch leaves ------------------------
+
+
+def partials_in(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.partial")) if folder.is_dir() else []
+
+
+def write_config(config: dict[str, Any], path: Path) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+@pytest.mark.timeout(120)
+def test_models_pull_with_a_config_fetches_exactly_what_a_start_of_it_would(
+    weights_server: WeightsServer, small_weights: Path, teacher_weights: Path, short_clip: Path, tmp_path: Path
+) -> None:
+    """model.file + model.url, and the teacher `localiser: teacher` runs, each from its own url: not model.name."""
+    model_sha = weights_server.publish(small_weights, "mine.pt")
+    teacher_sha = weights_server.publish(teacher_weights, "teacher.pt")
+    models = tmp_path / "models"
+    config = service_config(models / small_weights.name, [{"name": "feeder", "url": str(short_clip)}])
+    config["model"] |= {"url": f"{weights_server.url}/mine.pt", "sha256": model_sha}
+    config["localiser"] = "teacher"
+    config["tracking"]["timeout_s"] = 5.0
+    config["teacher"] = {"file": str(models / teacher_weights.name), "url": f"{weights_server.url}/teacher.pt"}
+    config["teacher"]["sha256"] = teacher_sha
+
+    out = subprocess.run(
+        [sys.executable, "-m", "birdwatch", "models", "pull", "--config", str(write_config(config, tmp_path / "c.yaml"))],
+        capture_output=True, text=True, timeout=90, cwd=tmp_path,
+    )  # fmt: skip
+
+    assert out.returncode == 0, out.stderr
+    assert sorted(weights_server.requested) == ["/mine.pt", "/teacher.pt"]
+    assert hashlib.sha256((models / small_weights.name).read_bytes()).hexdigest() == model_sha
+    assert hashlib.sha256((models / teacher_weights.name).read_bytes()).hexdigest() == teacher_sha
+    assert sorted(p.name for p in models.iterdir()) == sorted([small_weights.name, teacher_weights.name])
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_during_a_pull_leaves_no_partial_file(
+    weights_server: WeightsServer, small_weights: Path, short_clip: Path, tmp_path: Path
+) -> None:
+    sha256 = weights_server.publish(small_weights, small_weights.name)
+    weights_server.bytes_per_s = small_weights.stat().st_size / 60  # a minute for the whole file
+    target = tmp_path / "models" / small_weights.name
+    config = service_config(target, [{"name": "feeder", "url": str(short_clip)}])
+    config["model"] |= {"url": f"{weights_server.url}/{small_weights.name}", "sha256": sha256}
+    path = write_config(config, tmp_path / "c.yaml")
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "birdwatch", "models", "pull", "--config", str(path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: partials_in(target.parent), timeout=60, what="a partial file of the fetch")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 130
+    finally:
+        proc.kill()
+        proc.communicate(timeout=10)
+
+    assert partials_in(target.parent) == [] and not target.exists()
+
+
+@pytest.mark.timeout(120)
+def test_a_stop_during_the_first_starts_fetch_ends_it_and_leaves_no_partial_file(
+    weights_server: WeightsServer, small_weights: Path, short_clip: Path, tmp_path: Path
+) -> None:
+    sha256 = weights_server.publish(small_weights, small_weights.name)
+    weights_server.bytes_per_s = small_weights.stat().st_size / 60
+    target = tmp_path / "models" / small_weights.name
+    config = service_config(target, [{"name": "feeder", "url": str(short_clip)}])
+    config["model"] |= {"url": f"{weights_server.url}/{small_weights.name}", "sha256": sha256}
+    bw = BirdwatchProcess(config, tmp_path / "run").start()
+    try:
+        wait_until(lambda: partials_in(target.parent), timeout=60, what="a partial file of the fetch")
+        code = bw.terminate(timeout=30)
+    finally:
+        bw.kill()
+
+    assert code == 0, bw.log
+    assert "stopped before it finished; nothing was kept" in bw.log
+    assert partials_in(target.parent) == [] and not target.exists()
+
+
+@pytest.mark.timeout(60)
+def test_a_partial_file_a_killed_fetch_left_is_removed_at_start_and_never_counted(
+    weights_server: WeightsServer, small_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sha256 = weights_server.publish(small_weights, small_weights.name)
+    size = small_weights.stat().st_size
+    weights_server.bytes_per_s = size / 3
+    target = tmp_path / "models" / small_weights.name
+    target.parent.mkdir()
+    killed = target.parent / f"{target.name}.0123abcd.partial"  # SIGKILL mid-fetch, an hour ago
+    killed.write_bytes(b"\0" * 4096)
+    os.utime(killed, (time.time() - 3600, time.time() - 3600))
+    beside = target.parent / f"{target.name}.4567cdef.partial"  # a live fetch beside (`models pull` in a shell)
+    with beside.open("wb") as f:
+        f.truncate(50 * size)
+    monkeypatch.setattr(weights, "PROGRESS_EVERY_S", 0.3)
+    reported: list[int] = []
+    source = WeightsSource.of_model(
+        ModelConfig(file=str(target), url=f"{weights_server.url}/{small_weights.name}", sha256=sha256)
+    )
+
+    source.ensure(while_fetching=reported.append, progress=False)
+
+    assert not killed.exists(), "what a killed fetch left is gone"
+    assert beside.exists(), "a partial file still written to is another fetch's"
+    assert reported and max(reported) <= size, f"progress counts this fetch alone: {reported}"
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == sha256

@@ -104,15 +104,19 @@ def test_the_import_walk_sees_every_form() -> None:
 
 # What each stage room may import besides the shared vocabulary: stages hand each other data through
 # the runtime, never by importing one another. locate reads the loaded classifier (one backbone
-# serves detection and species). backends runs a network for either of them (torch, ONNX Runtime,
-# OpenVINO, TensorRT) and knows no stage. The runtime wires every stage; only cli.py and tools/ import it.
-SHARED = {"types", "errors", "redact", "geometry", "imaging", "precision", "config", "backends", "__version__"}
+# serves detection and species). decide's thread alone owns the outbox order, so it stores and hands
+# its events to deliver itself. backends runs a network for either of them (torch, ONNX Runtime,
+# OpenVINO, TensorRT) and knows no stage. weights finds, fetches and checks every part's weights file.
+# The runtime wires every stage; only cli.py and tools/ import it.
+SHARED = {
+    "types", "errors", "redact", "geometry", "imaging", "precision", "config", "backends", "weights", "__version__"
+}  # fmt: skip
 STAGES = {
     "capture": set(),
     "locate": {"classify"},
     "classify": set(),
     "backends": set(),
-    "decide": set(),
+    "decide": {"deliver"},
     "deliver": set(),
 }
 

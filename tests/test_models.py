@@ -12,9 +12,10 @@ import pytest
 
 from birdwatch.classify.models import load_classifier
 from birdwatch.classify.models import network_of_file
-from birdwatch.classify.models import pretrained_classifiers
 from birdwatch.config import ModelConfig
 from birdwatch.errors import ModelError
+from birdwatch.weights import CLASSIFIER
+from birdwatch.weights import pretrained_names
 from tests.fixtures_models import DANUBE
 from tests.fixtures_models import EU_COMMON
 from tests.fixtures_models import species_names
@@ -93,7 +94,7 @@ def test_network_is_read_from_the_file_name_or_given() -> None:
 
 
 def test_the_two_shipped_models_are_birder_pretrained_classifiers() -> None:
-    names = pretrained_classifiers()
+    names = pretrained_names(CLASSIFIER)
     assert DANUBE["name"] in names and EU_COMMON["name"] in names
 
 

@@ -25,7 +25,7 @@ from birdwatch.config import MotionConfig
 from birdwatch.config import SnapshotsConfig
 from birdwatch.config import StoreConfig
 from birdwatch.config import TrackingConfig
-from birdwatch.deliver.store import EventStore
+from birdwatch.deliver.history import EventStore
 from birdwatch.runtime.pipeline import Pipeline
 from birdwatch.tools.synthetic import generate_frames
 from birdwatch.tools.synthetic import write_video

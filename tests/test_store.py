@@ -17,9 +17,9 @@ import pytest
 
 from birdwatch.config import HomeAssistantConfig
 from birdwatch.config import MqttConfig
+from birdwatch.deliver.history import EventStore
 from birdwatch.deliver.mqtt import MqttSink
-from birdwatch.deliver.store import EventStore
-from birdwatch.deliver.store import Outbox
+from birdwatch.deliver.outbox import Outbox
 from birdwatch.types import SpeciesScore
 from birdwatch.types import VisitEvent
 from tests.support.servers import MosquittoBroker

@@ -107,13 +107,15 @@ def test_broker_stop_refuses_and_restart_serves_again(mosquitto: MosquittoBroker
 
 
 @pytest.mark.timeout(20)
-def test_a_test_may_leave_the_broker_stopped(mosquitto: MosquittoBroker) -> None:
-    mosquitto.stop()  # the autouse guard in conftest restarts it after this test
+def test_a_broker_a_test_left_stopped_is_running_again_on_its_port_for_the_next(
+    mosquitto: MosquittoBroker, mqtt_collector: Collector
+) -> None:
+    port = mosquitto.port
+    mosquitto.stop()
 
+    mosquitto.ensure_running()  # what the autouse guard in conftest runs after every test that used it
 
-@pytest.mark.timeout(20)
-def test_the_next_test_gets_a_running_broker(mosquitto: MosquittoBroker, mqtt_collector: Collector) -> None:
-    assert mosquitto.running and port_open(mosquitto.host, mosquitto.port)
+    assert mosquitto.running and mosquitto.port == port and port_open(mosquitto.host, port)
     collector = mqtt_collector("guard/#")
     publish(mosquitto, "guard/x", b"ok")
     collector.wait_for(lambda m: m.payload == b"ok")

@@ -1,12 +1,15 @@
 """OpenVINO on the CPU: bf16 where the CPU computes it natively and engine.precision allows, else fp32.
 
 The compiled model has one stream per classify worker and each worker thread its own infer
-request, so workers run side by side as torch's do. OpenVINO's own model cache (`CACHE_DIR`, in the
-export cache) keeps the compiled blob, so later starts skip compilation.
+request, so workers run side by side as torch's do. OpenVINO's own model cache (`CACHE_DIR`) keeps the
+compiled blob, so later starts skip compilation: one cache folder per ONNX export (`openvino/<export>/`),
+removed once that export is (new weights, an adopted head), since OpenVINO never removes a blob itself.
 """
 
 from __future__ import annotations
 
+import logging
+import shutil
 import threading
 from pathlib import Path
 
@@ -18,6 +21,10 @@ from birdwatch.backends import Backend
 from birdwatch.backends import Graph
 from birdwatch.backends import RunOptions
 from birdwatch.precision import Dtype
+
+log = logging.getLogger(__name__)
+
+CACHE = "openvino"  # in the export cache
 
 # What OpenVINO's CPU plugin calls the precisions it computes in.
 HINT = {Dtype.FP32: "f32", Dtype.BF16: "bf16", Dtype.FP16: "bf16"}  # fp16 on a CPU is bf16, as for torch
@@ -31,7 +38,8 @@ class OpenVinoRunner:
             raise RuntimeError(f"birdwatch runs OpenVINO on the CPU only, not {graph.device}")
         self.device = graph.device
         core = ov.Core()
-        core.set_property({"CACHE_DIR": str(cache_dir / "openvino")})
+        core.set_property({"CACHE_DIR": str(blob_dir(onnx))})
+        prune_blobs(onnx.parent)
         config = {
             "INFERENCE_PRECISION_HINT": HINT[options.precision.dtype],
             "NUM_STREAMS": options.callers,
@@ -55,3 +63,21 @@ class OpenVinoRunner:
         request.infer({0: x}, share_inputs=True)
         # The request reuses its output buffers on the next call: copy them out.
         return [torch.from_numpy(np.array(t.data, copy=True)) for t in request.output_tensors]
+
+
+def blob_dir(onnx: Path) -> Path:
+    """Where OpenVINO keeps the compiled blobs of one ONNX export."""
+    return onnx.parent / CACHE / onnx.stem
+
+
+def prune_blobs(cache_dir: Path) -> None:
+    """Remove the blob folders of exports no longer in the cache (their weights replaced), and blobs of the
+    flat layout older versions wrote straight into `openvino/`."""
+    for entry in list((cache_dir / CACHE).glob("*")):
+        if entry.is_dir() and (cache_dir / f"{entry.name}.onnx").exists():
+            continue
+        log.info("removed OpenVINO's compiled %s, of an export no longer in use", entry.name)
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)

@@ -12,7 +12,9 @@ recording keeps dawn, noon, dusk and night alike rather than only the latest day
 
 Layout: `OUT/frames/<camera>/<YYYYMMDD>/<HHMMSS>-<seq>.jpg`, and `OUT/index.jsonl`, one line per kept
 frame (file, camera, time, the motion boxes) and one per frame removed again; a later run, or the
-labeller, reads it back.
+labeller, reads it back. When the lines of frames removed outnumber the frames still there (by more
+than `COMPACT_SLACK`), the index is rewritten with only those, so that a recording thinning to its
+budget for months keeps an index the size of what it holds.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import os
 import time
 from collections import defaultdict
 from collections import deque
+from collections.abc import Iterable
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +50,8 @@ log = logging.getLogger(__name__)
 
 INDEX = "index.jsonl"
 FRAMES = "frames"
+# The index is rewritten once its lines pass twice the frames kept plus this: a rewrite per that many lines.
+COMPACT_SLACK = 64
 HASH_SIDE = 16  # dHash of 16x16: 256 bits, fine enough that a bird arriving changes it
 
 
@@ -89,14 +94,41 @@ def append_lines(path: Path) -> TextIO:
     return lines
 
 
+def replace_lines(path: Path, lines: Iterable[str]) -> None:
+    """`path` rewritten to hold `lines`, atomically: a file beside it, on disk, then renamed over it, so that a
+    power cut leaves the old file or the new one, never a part of either."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with tmp.open("w") as out:
+            for line in lines:
+                out.write(line + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)  # the rename itself
+    finally:
+        os.close(folder)
+
+
 def read_index(root: Path) -> list[Recorded]:
     """The frames a recording holds, oldest first (lines for removed frames cancel their frame)."""
+    return _scan_index(root)[0]
+
+
+def _scan_index(root: Path) -> tuple[list[Recorded], int]:
+    """The frames a recording holds, oldest first, and the lines its index has."""
     path = root / INDEX
     if not path.is_file():
-        return []
+        return [], 0
     kept: dict[str, Recorded] = {}
+    count = 0
     with path.open() as lines:
         for line in lines:
+            count += 1
             if not line.strip():
                 continue
             try:
@@ -107,7 +139,7 @@ def read_index(root: Path) -> list[Recorded]:
                 kept.pop(row["removed"], None)
             else:
                 kept[row["file"]] = Recorded(**row)
-    return sorted((r for r in kept.values() if (root / r.file).is_file()), key=lambda r: r.ts)
+    return sorted((r for r in kept.values() if (root / r.file).is_file()), key=lambda r: r.ts), count
 
 
 class Recorder:
@@ -137,12 +169,13 @@ class Recorder:
         self.quality = quality
         try:
             root.mkdir(parents=True, exist_ok=True)
+            self.frames, self._lines = _scan_index(root)
+            self._compact_if_due()
             self._index = append_lines(root / INDEX)
         except OSError as exc:
             raise BirdwatchError(
                 f"record.dir: cannot write to {root} ({exc.strerror}); check its owner and mode"
             ) from None
-        self.frames = read_index(root)
         self.bytes = sum(r.size for r in self.frames)
         self._recent: dict[str, deque[Signature]] = defaultdict(lambda: deque(maxlen=recent))
         for r in self.frames[-recent * 8 :]:
@@ -182,6 +215,9 @@ class Recorder:
         self._last[frame.camera] = frame.mono
         self._recent[frame.camera].append(signature)
         self._evict()
+        if self._compact_if_due():
+            self._index.close()
+            self._index = append_lines(self.root / INDEX)
         return path
 
     def _seen(self, signature: Signature, recent: deque[Signature]) -> bool:
@@ -241,6 +277,19 @@ class Recorder:
         self._index.write(json.dumps(row, separators=(",", ":")) + "\n")
         self._index.flush()
         os.fsync(self._index.fileno())  # a kept frame is in the index before the next is taken
+        self._lines += 1
+
+    def _compact_if_due(self) -> bool:
+        """Rewrite the index with only the frames still here once dead lines outnumber them: it is read whole at
+        each start, and eviction adds a line per frame removed. True when rewritten (reopen it to append)."""
+        if self._lines <= 2 * len(self.frames) + COMPACT_SLACK:
+            return False
+        replace_lines(self.root / INDEX, (json.dumps(r.to_json(), separators=(",", ":")) for r in self.frames))
+        log.info(
+            "%s: index rewritten with the %d frames it holds (was %d lines)", self.root, len(self.frames), self._lines
+        )
+        self._lines = len(self.frames)
+        return True
 
 
 Signature = tuple[Box, imagehash.ImageHash]  # where something moved, and how the frame looks there

@@ -1,7 +1,8 @@
 """YAML into typed dataclasses. Unknown keys, wrong types and bad values are one-line errors naming the key path.
 
 `bind` walks a dataclass's type hints (schema.py), so it knows no section by name. A field's `metadata`
-may carry `min`/`max` (numbers) and `check`, the name of one of the per-field checks at the end here.
+may carry `min`/`max` (numbers), `check`, the name of one of the per-field checks at the end here, and
+`path`: a path whose `~` is expanded here, once, so that no part of birdwatch reads it differently.
 """
 
 from __future__ import annotations
@@ -171,12 +172,21 @@ def _build_dataclass(cls: Any, value: Any, path: str) -> Any:
             raise ConfigError(f"{key_path}: unknown key; {hint}")
         f = fields[key]
         built = _build(hints[key], item, key_path)
+        if f.metadata.get("path"):
+            built = expand_path(built)
         _check_value(f, built, key_path)
         kwargs[key] = built
     for name, f in fields.items():
         if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{path + '.' if path else ''}{name}: required key is missing")
     return cls(**kwargs)
+
+
+def expand_path(value: Any) -> Any:
+    """`~` and `~user` at the start of a path, as a shell would; URLs, device indexes and None pass through."""
+    if isinstance(value, str) and "://" not in value and value.startswith("~"):
+        return os.path.expanduser(value)
+    return value
 
 
 def _check_value(f: dataclasses.Field, value: Any, path: str) -> None:

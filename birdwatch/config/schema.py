@@ -19,6 +19,10 @@ def _range(lo: float | None = None, hi: float | None = None) -> dict[str, Any]:
     return {"min": lo, "max": hi}
 
 
+# A path on this machine: `~` is expanded once, where the file is bound, so every part reads the same path.
+PATH: dict[str, Any] = {"path": True}
+
+
 @dataclass
 class ReconnectConfig:
     initial_s: float = field(default=1.0, metadata=_range(0.05, 3600))
@@ -41,7 +45,7 @@ class MotionConfig:
 @dataclass
 class CameraConfig:
     name: str = field(metadata={"check": "camera_name"})
-    url: str | int = field(metadata={"check": "camera_url"})
+    url: str | int = field(metadata={"check": "camera_url", **PATH})  # a file path is expanded; URLs are not
     rtsp_transport: Literal["tcp", "udp"] = "tcp"
     # ffmpeg: OpenCV's FFmpeg (software decode). gstreamer: GStreamer's decodebin, which picks a hardware
     # decoder where one is installed (VA-API); jetson: the same, with nvvidconv out of the Jetson's NVMM
@@ -59,9 +63,9 @@ class CameraConfig:
 @dataclass
 class ModelConfig:
     name: str = "hgnet_v2_b2_danube-delta"  # a birder pretrained name, fetched by `birdwatch models pull`
-    file: str | None = None  # a local birder .pt file; overrides `name`
+    file: str | None = field(default=None, metadata=PATH)  # a local birder .pt file; overrides `name`
     network: str | None = None  # birder network of `file` when its file name does not start with it
-    models_dir: str = "models"
+    models_dir: str = field(default="models", metadata=PATH)
     device: str = field(default="auto", metadata={"check": "device"})
     top_k: int = field(default=3, metadata=_range(1, 50))
     batch_size: int = field(default=8, metadata=_range(1, 512))  # crops per forward pass; 32-64 suit a GPU
@@ -93,9 +97,9 @@ class EngineConfig:
 class MqttTlsConfig:
     """TLS to the broker. Present (even empty, `tls: {}`) means TLS on, verified against the system CAs."""
 
-    ca_file: str | None = field(default=None, metadata={"check": "readable_file"})  # CA that signed the broker
-    cert_file: str | None = field(default=None, metadata={"check": "readable_file"})  # client certificate (PEM)
-    key_file: str | None = field(default=None, metadata={"check": "readable_file"})  # its private key (PEM)
+    ca_file: str | None = field(default=None, metadata={"check": "readable_file", **PATH})  # CA that signed the broker
+    cert_file: str | None = field(default=None, metadata={"check": "readable_file", **PATH})  # client certificate (PEM)
+    key_file: str | None = field(default=None, metadata={"check": "readable_file", **PATH})  # its private key (PEM)
     insecure: bool = False  # skip the host name check (the certificate chain is still verified)
 
 
@@ -103,7 +107,7 @@ class MqttTlsConfig:
 class DetectorConfig:
     """The detection head on the classifier's backbone (`localiser: detector` or `detector+motion`)."""
 
-    file: str | None = None  # head.pt from `birdwatch detector train`
+    file: str | None = field(default=None, metadata=PATH)  # head.pt from `birdwatch detector train`
     score_threshold: float = field(default=0.4, metadata=_range(0.0, 1.0))  # boxes scoring less are dropped
     nms_iou: float = field(default=0.5, metadata=_range(0.05, 1.0))  # overlap above which the weaker box goes
     max_detections: int = field(default=20, metadata=_range(1, 300))  # per frame
@@ -124,7 +128,7 @@ class TeacherConfig:
     and the labeller of `birdwatch detector label`). Fetched into model.models_dir like the classifier."""
 
     name: str = "d_fine_l_objects365-coco_hgnet_v2_b4_pp-imagenet22k"  # a birder pretrained detector (COCO classes)
-    file: str | None = None  # a local birder detection .pt file; overrides `name`
+    file: str | None = field(default=None, metadata=PATH)  # a local birder detection .pt file; overrides `name`
     network: str | None = None  # birder detection network of `file` (e.g. d_fine_l) when its name does not say
     backbone: str | None = None  # its backbone network (e.g. hgnet_v2_b4)
     url: str | None = field(default=None, metadata={"check": "http_url"})  # where teacher.file is fetched from
@@ -149,7 +153,7 @@ class MqttConfig:
     port: int = field(default=1883, metadata=_range(1, 65535))
     username: str | None = None
     password: str | None = None
-    password_file: str | None = None
+    password_file: str | None = field(default=None, metadata=PATH)
     password_env: str | None = None
     client_id: str | None = None  # None: birdwatch-<hostname>-<topic_prefix>, unique per instance
     topic_prefix: str = field(default="birdwatch", metadata={"check": "topic_prefix"})
@@ -193,7 +197,9 @@ class EventsConfig:
 @dataclass
 class SnapshotsConfig:
     enabled: bool = True
-    dir: str = "snapshots"  # relative to the working directory (/var/lib/birdwatch under systemd)
+    dir: str = field(
+        default="snapshots", metadata=PATH
+    )  # relative to the working directory (/var/lib/birdwatch under systemd)
     quality: int = field(default=90, metadata=_range(10, 100))  # JPEG quality
     full_frame: bool = True  # also keep the whole frame with the box drawn
     mqtt: bool = True  # publish the crop (raw JPEG) on <prefix>/<camera>/snapshot
@@ -210,7 +216,9 @@ class HomeAssistantConfig:
 
 @dataclass
 class StoreConfig:
-    path: str = "birdwatch.db"  # SQLite: outbox and event history; relative to the working directory
+    path: str = field(
+        default="birdwatch.db", metadata=PATH
+    )  # SQLite: outbox and event history; relative to the working directory
     retention_days: float = field(default=365.0, metadata=_range(1.0, 36500))  # delivered events older go
 
 
@@ -220,7 +228,9 @@ class RecordConfig:
     kept while birdwatch runs (or by `birdwatch record`), rate-limited, deduplicated, within a disk budget."""
 
     enabled: bool = False
-    dir: str = "recordings"  # relative to the working directory (/var/lib/birdwatch under systemd)
+    dir: str = field(
+        default="recordings", metadata=PATH
+    )  # relative to the working directory (/var/lib/birdwatch under systemd)
     every_s: float = field(default=2.0, metadata=_range(0.05, 86400))  # per camera, at most one frame this often
     budget_mb: float = field(default=2000.0, metadata=_range(1.0, 10_000_000))  # beyond: the most crowded hour thins
     max_distance: int = field(default=24, metadata=_range(0, 256))  # dHash bits within which a frame is the same again

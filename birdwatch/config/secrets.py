@@ -55,8 +55,26 @@ def secrets(config: Config) -> list[str]:
 def inline_secrets(config: Config) -> list[str]:
     """Key paths whose value in the file itself is a secret (so the file must not be readable by others)."""
     out = ["mqtt.password"] if config.mqtt.password else []
-    out += [f"cameras[{i}].url" for i, cam in enumerate(config.cameras) if url_has_password(cam.url)]
+    out += [key for key, url in urls(dataclasses.asdict(config)) if url_has_password(url)]
     return out
+
+
+def urls(data: Any, key: str = "") -> list[tuple[str, str]]:
+    """(key path, value) of every URL in the config as a dict: camera URLs, model.url, model.mirror, teacher.url
+    and whatever URL a key added later holds, without a list of them to keep up to date."""
+    if isinstance(data, dict):
+        return [found for k, v in data.items() for found in urls(v, f"{key}.{k}" if key else str(k))]
+    if isinstance(data, list):
+        return [found for i, v in enumerate(data) for found in urls(v, f"{key}[{i}]")]
+    return [(key, data)] if isinstance(data, str) and "://" in data else []
+
+
+def _redacted(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _redacted(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_redacted(v) for v in data]
+    return redact_url(data) if isinstance(data, str) else data
 
 
 def url_has_password(url: str | int) -> bool:
@@ -97,9 +115,7 @@ def warn_if_exposed(path: str | Path, holds: str) -> bool:
 
 def to_redacted_dict(config: Config) -> dict[str, Any]:
     """The config as check-config prints it: secrets and URL passwords hidden."""
-    data = dataclasses.asdict(config)
-    for cam in data["cameras"]:
-        cam["url"] = redact_url(cam["url"])
+    data: dict[str, Any] = _redacted(dataclasses.asdict(config))  # one redaction for every URL it holds
     if data["mqtt"]["password"]:
         data["mqtt"]["password"] = "***"
     return data

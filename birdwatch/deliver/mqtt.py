@@ -1,4 +1,5 @@
-"""MQTT: the only module that talks to paho.
+"""MQTT: the sink that delivers events to a broker. deliver/ is the only room that talks to paho: this
+module, and broker.py (topics, TLS, client ids, and the one-shot probe `birdwatch doctor` uses).
 
 Topics under `<prefix>` (mqtt.topic_prefix):
 
@@ -15,7 +16,7 @@ TLS per `mqtt.tls`. paho's network thread reconnects by itself (connect_async + 
 keeps a box nobody watches delivering:
 
 - Events (mqtt.qos, 1: at least once) are handed to paho at most EVENT_WINDOW unacknowledged at a
-  time; the rest wait in the outbox (store.py, SQLite), so a long outage costs no memory. paho keeps
+  time; the rest wait in the outbox (outbox.py, SQLite), so a long outage costs no memory. paho keeps
   the handed ones across reconnects; the outbox is told of each broker acknowledgement via `on_sent`.
 - State and snapshot topics carry a current value: the sink keeps the latest per topic, publishes it
   only while connected, at QoS 0 so paho never holds or replays an old one, and sends it again after
@@ -37,24 +38,23 @@ import contextlib
 import json
 import logging
 import queue
-import socket
-import ssl
 import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
-from typing import Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from birdwatch.config import HomeAssistantConfig
 from birdwatch.config import MqttConfig
-from birdwatch.config import MqttTlsConfig
-from birdwatch.config.rules import is_loopback
-from birdwatch.config.tls import ssl_reason as _ssl_reason
-from birdwatch.config.tls import tls_context  # the load-time check (config/rules.py) builds the same context
+from birdwatch.deliver.broker import Topics
+from birdwatch.deliver.broker import client_id
+from birdwatch.deliver.broker import configure_tls
+from birdwatch.deliver.broker import stats_topic
+from birdwatch.deliver.broker import tls_failure_hint
+from birdwatch.deliver.broker import warn_plain_password
 from birdwatch.deliver.discovery import CameraTopics
 from birdwatch.deliver.discovery import camera_configs
 from birdwatch.deliver.discovery import is_birdwatch_config
@@ -68,104 +68,6 @@ MAX_QUEUED = 1000  # paho's cap on the QoS 1 messages it holds (events, discover
 MAX_CONFIG_BYTES = 64 * 1024  # a retained discovery config bigger than this is nobody's we made
 BACKLOG_WAIT_S = 5.0  # after a connect, the current state waits at most this long for the backlog's acks
 TICK_S = 0.5  # how often the delivery thread looks at paho's network loop when nothing else happens
-
-
-class EventSink(Protocol):
-    @property
-    def online(self) -> bool: ...  # can events be delivered now
-    @property
-    def problem(self) -> str | None: ...  # why delivery cannot go on by itself (for the watchdog), or None
-    def describe(self, cameras: list[str], model: str) -> None: ...
-    def start(self) -> None: ...
-    def publish_event(
-        self, camera: str, payload: str, on_sent: Callable[[], None], snapshot: bytes | None = None
-    ) -> bool: ...
-    def publish_state(self, state: CameraState) -> None: ...
-    def publish_stats(self, payload: str) -> None: ...
-    def stop(self, timeout: float = 3.0) -> None: ...
-
-
-class Topics:
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-
-    @property
-    def status(self) -> str:
-        return f"{self.prefix}/status"
-
-    def event(self, camera: str) -> str:
-        return f"{self.prefix}/{camera}/event"
-
-    def snapshot(self, camera: str) -> str:
-        return f"{self.prefix}/{camera}/snapshot"
-
-    def state(self, camera: str) -> str:
-        return f"{self.prefix}/{camera}/state"
-
-
-def stats_topic(prefix: str) -> str:
-    return f"{prefix}/stats"
-
-
-def configure_tls(client: mqtt.Client, tls: MqttTlsConfig | None) -> None:
-    """TLS on `client` per `mqtt.tls` (no-op for None). tls_set_context rather than tls_set: our own
-    context lets an encrypted key fail cleanly instead of prompting, and enforces TLS 1.2+."""
-    if tls is None:
-        return
-    client.tls_set_context(tls_context(tls))
-    if tls.insecure:
-        client.tls_insecure_set(True)
-        log.warning("mqtt.tls.insecure: the broker's host name is not checked against its certificate")
-
-
-def tls_failure_hint(exc: BaseException | None) -> str | None:
-    """One line for a failed TLS handshake, naming the config key to look at; None if `exc` is no TLS error."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return (
-            f"TLS: the broker's certificate was not accepted ({_ssl_reason(exc)}); check mqtt.tls.ca_file "
-            "(the CA that signed the broker's certificate) and that mqtt.host is a name in that certificate"
-        )
-    if isinstance(exc, ssl.SSLError):
-        reason = _ssl_reason(exc)
-        if "certificate" in reason:  # e.g. tlsv13 alert certificate required, sslv3 alert bad certificate
-            return f"TLS: the broker refused the client certificate ({reason}); check mqtt.tls.cert_file and key_file"
-        if "wrong version" in reason or "record layer" in reason:
-            return f"TLS handshake failed ({reason}); is mqtt.port the broker's TLS listener (usually 8883)?"
-        return f"TLS handshake failed ({reason})"
-    return None
-
-
-class LogSink:
-    """No broker configured: events are only logged (the pipeline logs each) and kept in the history."""
-
-    @property
-    def online(self) -> bool:
-        return True
-
-    @property
-    def problem(self) -> str | None:
-        return None
-
-    def describe(self, cameras: list[str], model: str) -> None:
-        pass
-
-    def start(self) -> None:
-        log.info("no MQTT broker configured (mqtt.host); events are logged and kept in the history only")
-
-    def publish_event(
-        self, camera: str, payload: str, on_sent: Callable[[], None], snapshot: bytes | None = None
-    ) -> bool:
-        on_sent()  # delivered as far as it goes: nothing would ever send it later
-        return True
-
-    def publish_state(self, state: CameraState) -> None:
-        pass
-
-    def publish_stats(self, payload: str) -> None:
-        pass
-
-    def stop(self, timeout: float = 3.0) -> None:
-        pass
 
 
 class MqttSink:
@@ -547,26 +449,6 @@ class MqttSink:
                 self.where,
                 int(self.cfg.reconnect_max_s),
             )
-
-
-def warn_plain_password(cfg: MqttConfig, password: str | None) -> bool:
-    """Warn (True) when the MQTT password would cross a network in the clear: no mqtt.tls, a broker elsewhere."""
-    if not password or cfg.tls is not None or not cfg.host or is_loopback(cfg.host):
-        return False
-    log.warning(
-        "mqtt: the password of %r goes to %s:%d unencrypted (mqtt.tls is not set); anyone on the network "
-        "between can read it; set mqtt.tls (and the broker's TLS listener, usually port 8883)",
-        cfg.username,
-        cfg.host,
-        cfg.port,
-    )
-    return True
-
-
-def client_id(cfg: MqttConfig) -> str:
-    """mqtt.client_id, or one unique per host and instance: a broker drops the older of two clients
-    with the same id, so two birdwatch instances sharing one would knock each other off in turn."""
-    return cfg.client_id or f"birdwatch-{socket.gethostname()}-{cfg.topic_prefix.replace('/', '-')}"
 
 
 def _json(payload: dict[str, Any]) -> str:

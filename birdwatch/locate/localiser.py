@@ -49,6 +49,7 @@ from birdwatch.precision import Precision
 from birdwatch.types import Box
 from birdwatch.types import Detections
 from birdwatch.types import Frame
+from birdwatch.types import Part
 from birdwatch.types import Source
 
 
@@ -60,6 +61,10 @@ class Localiser(Protocol):
     frames_detected: int
 
     def __call__(self, frames: Sequence[Frame], motion: Sequence[Detections] | None = None) -> list[Detections]: ...
+
+    def runs(self) -> list[Part]:
+        """The networks it runs, and on what: what `birdwatch models export` made ready for it."""
+        ...
 
 
 log = logging.getLogger(__name__)
@@ -145,6 +150,9 @@ class DetectorLocaliser:
         self.frames_detected += len(frames)
         return self.detector.detect([frame.image for frame in frames])
 
+    def runs(self) -> list[Part]:
+        return [detector_part(self.detector)]
+
 
 class MotionGatedLocaliser:
     """The head only on regions around motion, cut at full resolution; no motion, no detector."""
@@ -160,6 +168,9 @@ class MotionGatedLocaliser:
         self.max_regions = max_regions
         self.frames_detected = 0
         self.regions_detected = 0
+
+    def runs(self) -> list[Part]:
+        return [detector_part(self.detector)]
 
     def regions(self, motion: Detections, width: int, height: int) -> list[Box]:
         return motion_regions(motion, width, height, self.region_size, self.padding, self.max_regions)
@@ -212,6 +223,9 @@ class TeacherLocaliser:
         self._warned = False
         self.frames_detected = 0
 
+    def runs(self) -> list[Part]:
+        return [Part("teacher", Backend.TORCH.value, str(self.teacher.precision.dtype))]  # never exported
+
     def due(self, frame: Frame, moved: Detections | None) -> bool:
         if self.needs_motion and (moved is None or not len(moved)):
             return False
@@ -245,6 +259,10 @@ class TeacherLocaliser:
             seconds,
             self.track_timeout_s,
         )
+
+
+def detector_part(detector: BirdDetector) -> Part:
+    return Part("detector", Backend(detector.backend).value, str(detector.runs_in))
 
 
 def motion_regions(

@@ -30,14 +30,7 @@ from torchvision.ops import nms
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from birdwatch.classify.models import WhileFetching
-from birdwatch.classify.models import fetch
-from birdwatch.classify.models import pretrained_metadata
-from birdwatch.classify.models import pretrained_path
-from birdwatch.classify.models import pretrained_url
-from birdwatch.classify.models import pull
 from birdwatch.classify.models import resolve_device
-from birdwatch.classify.models import sha256_matches
 from birdwatch.config import ModelConfig
 from birdwatch.config import TeacherConfig
 from birdwatch.errors import ModelError
@@ -46,6 +39,8 @@ from birdwatch.precision import Precision
 from birdwatch.precision import autocast
 from birdwatch.types import Detections
 from birdwatch.types import Source
+from birdwatch.weights import WeightsSource
+from birdwatch.weights import WhileFetching
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +71,6 @@ class TeacherWeights:
     backbone_reparameterized: bool = False
 
 
-def pretrained_teacher(name: str) -> dict:
-    return pretrained_metadata(name, Task.OBJECT_DETECTION, key="teacher.name")
-
-
 def networks_of_file(path: Path, network: str | None, backbone: str | None) -> tuple[str, str]:
     """birder detection files record neither network; a file name `<network>_<tag>_<backbone>_<tag>.pt`
     (birder's own naming) says both, or teacher.network and teacher.backbone do."""
@@ -102,63 +93,22 @@ def networks_of_file(path: Path, network: str | None, backbone: str | None) -> t
 
 
 def teacher_weights(cfg: TeacherConfig, model: ModelConfig) -> TeacherWeights:
-    """Where the configured teacher's weights are, checking the file is there (and its SHA-256)."""
+    """Where the configured teacher's weights are, the file there and checked (birdwatch/weights.py)."""
+    source = WeightsSource.of_teacher(cfg, model)
+    path = source.checked()
     if cfg.file:
-        path = Path(cfg.file).expanduser()
-        if not path.is_file():
-            raise ModelError(f"teacher.file: weights file {str(path)!r} does not exist")
-        if cfg.sha256 and model.verify_sha256 and not sha256_matches(path, cfg.sha256):
-            raise ModelError(
-                f"{path} does not match teacher.sha256 (partial or replaced file); delete it to fetch it again "
-                "from teacher.url, or correct teacher.sha256"
-            )
         network, backbone = networks_of_file(path, cfg.network, cfg.backbone)
-        return TeacherWeights(path, network, backbone, path.stem)
-    meta = pretrained_teacher(cfg.name)
-    path = pretrained_path(cfg.name, model.models_dir)
-    if not path.is_file():
-        raise ModelError(
-            f"teacher weights {str(path)!r} not found; fetch them with `birdwatch models pull {cfg.name} "
-            f"--models-dir {model.models_dir}` ({meta['formats']['pt']['file_size']:.0f} MB, needs internet once)"
-        )
-    if model.verify_sha256 and not sha256_matches(path, meta["formats"]["pt"]["sha256"]):
-        raise ModelError(
-            f"{path} does not match {cfg.name}'s published SHA-256 (partial or corrupt download); "
-            f"run `birdwatch models pull {cfg.name} --models-dir {model.models_dir} --force`"
-        )
+        return TeacherWeights(path, network, backbone, source.label)
+    meta = source.metadata()
     net, backbone = meta["net"], meta["backbone"]
     return TeacherWeights(
         path,
         net["network"],
         backbone["network"],
-        cfg.name,
+        source.label,
         bool(net.get("reparameterized", False)),
         bool(backbone.get("reparameterized", False)),
     )
-
-
-def pending_teacher_download(cfg: TeacherConfig, model: ModelConfig) -> str | None:
-    """The URL a first start fetches the teacher from, or None when it is here or will not be fetched."""
-    if model.download == "never":
-        return None
-    if cfg.file:
-        missing = cfg.url and cfg.sha256 and not Path(cfg.file).expanduser().is_file()
-        return cfg.url if missing else None
-    pretrained_teacher(cfg.name)
-    if pretrained_path(cfg.name, model.models_dir).is_file():
-        return None
-    return pretrained_url(cfg.name, model.mirror)
-
-
-def ensure_teacher(cfg: TeacherConfig, model: ModelConfig, *, while_fetching: WhileFetching | None = None) -> None:
-    """Fetch the teacher on a first start (`model.download: auto`), as the classifier is fetched."""
-    if pending_teacher_download(cfg, model) is None:
-        return
-    if cfg.file:
-        assert cfg.url and cfg.sha256
-        fetch(cfg.url, Path(cfg.file).expanduser(), cfg.sha256.lower(), progress=False, while_fetching=while_fetching)
-    else:
-        pull(cfg.name, model.models_dir, progress=False, mirror=model.mirror, while_fetching=while_fetching)
 
 
 def class_sets(names: Sequence[str], cfg: TeacherConfig) -> tuple[frozenset[int], frozenset[int]]:
@@ -276,7 +226,7 @@ def load_teacher(
     while_fetching: WhileFetching | None = None,
 ) -> Teacher:
     """The configured teacher on the model's device (fetched first when `model.download: auto`)."""
-    ensure_teacher(cfg, model, while_fetching=while_fetching)
+    WeightsSource.of_teacher(cfg, model).ensure(while_fetching=while_fetching, progress=False)
     weights = teacher_weights(cfg, model)
     device = device or resolve_device(model.device)
     size = (cfg.size, cfg.size) if cfg.size else None

@@ -8,7 +8,6 @@ is closed again, so a failed build leaves nothing behind (a reload keeps the run
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import replace
 
@@ -21,24 +20,24 @@ from birdwatch.capture.recorder import Recorder
 from birdwatch.classify.engine import ClassifierEngine
 from birdwatch.classify.engine import WorkerPlan
 from birdwatch.classify.engine import classifier_graph
-from birdwatch.classify.models import PROGRESS_EVERY_S
 from birdwatch.classify.models import Classifier
 from birdwatch.classify.models import load_classifier
 from birdwatch.config import Config
+from birdwatch.decide.decider import Decider
 from birdwatch.decide.snapshots import SnapshotWriter
 from birdwatch.decide.visits import Visits
 from birdwatch.decide.visits import check_species_lists
-from birdwatch.deliver.mqtt import EventSink
-from birdwatch.deliver.mqtt import LogSink
+from birdwatch.deliver.history import EventStore
 from birdwatch.deliver.mqtt import MqttSink
-from birdwatch.deliver.store import EventStore
-from birdwatch.deliver.store import Outbox
+from birdwatch.deliver.outbox import Outbox
+from birdwatch.deliver.sink import EventSink
+from birdwatch.deliver.sink import LogSink
 from birdwatch.errors import BirdwatchError
 from birdwatch.locate.localiser import build_localiser
 from birdwatch.locate.locator import Locator
 from birdwatch.precision import Precision
 from birdwatch.runtime import systemd
-from birdwatch.runtime.decider import Decider
+from birdwatch.types import Part
 
 PREPARE_MAX_S = 900.0  # exports, auto's timing and engine builds of a first start
 
@@ -66,7 +65,7 @@ class Parts:
 
 def build(config: Config, classifier: Classifier | None = None, sink: EventSink | None = None) -> Parts:
     sink = sink or _sink(config)
-    classifier = classifier or load_classifier(config.model, while_fetching=_tell_systemd_fetching(config))
+    classifier = classifier or load_classifier(config.model)  # the service fetched missing weights before
     check_species_lists(config.events, classifier.class_names, classifier.name)
     engine_cfg = config.engine
     plan = WorkerPlan.resolve(classifier.device, engine_cfg.workers, engine_cfg.threads)
@@ -116,9 +115,9 @@ def run_options(config: Config, classifier: Classifier, plan: WorkerPlan) -> Run
     )
 
 
-def prepare_backends(config: Config) -> list[tuple[str, str, str]]:
+def prepare_backends(config: Config) -> list[Part]:
     """`birdwatch models export`: the exports (and auto's timing) a start of this config would make, made now,
-    as (part, backend, precision). The same options as `build`, so the start finds them in the cache."""
+    with what runs each part. The same options as `build`, so the start finds them in the cache."""
     classifier = load_classifier(config.model)
     plan = WorkerPlan.resolve(classifier.device, config.engine.workers, config.engine.threads)
     threads_before = plan.apply()
@@ -126,12 +125,13 @@ def prepare_backends(config: Config) -> list[tuple[str, str, str]]:
         options = run_options(config, classifier, plan)
         cache_dir = cache_dir_for(config.model.models_dir)
         runner = open_runner(classifier_graph(classifier), config.engine.backend, cache_dir, options)
-        made = [("classifier", runner.backend.value, runner.precision)]
+        made = [Part("classifier", runner.backend.value, runner.precision)]
         localiser = build_localiser(config, classifier, replace(options, callers=1))
         if localiser is not None:
-            made.append(("detector", localiser.detector.backend.value, localiser.detector.runs_in))
+            made += localiser.runs()
         wanted = config.engine.backend
-        fell_back = [part for part, backend, _ in made if wanted not in ("auto", backend)]
+        exported = [part for part in made if part.name != "teacher"]  # the teacher runs on torch by design
+        fell_back = [part.name for part in exported if wanted not in ("auto", part.backend)]
         if fell_back:  # asked for by name, ahead of time: falling back is a failure to report, not to hide
             raise BirdwatchError(
                 f"engine.backend {wanted} could not run the {' and the '.join(fell_back)} here "
@@ -140,16 +140,6 @@ def prepare_backends(config: Config) -> list[tuple[str, str, str]]:
         return made
     finally:
         torch.set_num_threads(threads_before)
-
-
-def _tell_systemd_fetching(config: Config) -> Callable[[int], None]:
-    """While first-start weights download, keep systemd from timing out the start."""
-    name = config.model.file or config.model.name
-
-    def report(done: int) -> None:
-        systemd.busy(f"fetching {name}: {done / 1e6:.0f} MB so far", seconds=3 * PROGRESS_EVERY_S)
-
-    return report
 
 
 def _sink(config: Config) -> EventSink:

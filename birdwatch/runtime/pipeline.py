@@ -30,9 +30,9 @@ from birdwatch.classify.engine import ClassifierEngine
 from birdwatch.classify.engine import WorkerPlan
 from birdwatch.classify.models import Classifier
 from birdwatch.config import Config
-from birdwatch.deliver.mqtt import EventSink
-from birdwatch.deliver.store import EventStore
-from birdwatch.deliver.store import Outbox
+from birdwatch.deliver.history import EventStore
+from birdwatch.deliver.outbox import Outbox
+from birdwatch.deliver.sink import EventSink
 from birdwatch.locate.localiser import Localiser
 from birdwatch.runtime import systemd
 from birdwatch.runtime.batching import Batcher

@@ -24,6 +24,10 @@ from birdwatch.errors import BirdwatchError
 from birdwatch.runtime import systemd
 from birdwatch.runtime.metrics import MetricsServer
 from birdwatch.runtime.pipeline import Pipeline
+from birdwatch.weights import PROGRESS_EVERY_S
+from birdwatch.weights import FetchStopped
+from birdwatch.weights import WhileFetching
+from birdwatch.weights import weights_to_fetch
 
 log = logging.getLogger(__name__)
 
@@ -33,25 +37,36 @@ RELOAD_MAX_S = 300.0
 EXIT_RESTART = 1  # systemd's Restart=on-failure starts birdwatch again
 
 
-def check_before_start(config: Config) -> None:
+def check_before_start(
+    config: Config, *, while_fetching: WhileFetching | None = None, stop: threading.Event | None = None
+) -> None:
     """What a start would find wrong beyond the file itself, found without building anything: the
     password source, the weights (fetched first where model.download allows, as a start would), and
-    that events.allow/block name species of those weights. Raises a one-line BirdwatchError."""
+    that events.allow/block name species of those weights. Raises a one-line BirdwatchError; a stop
+    asked for during a fetch raises FetchStopped."""
     from birdwatch.classify.models import class_names_of
-    from birdwatch.classify.models import ensure_weights
-    from birdwatch.classify.models import weights_file
+    from birdwatch.classify.models import classifier_weights
     from birdwatch.decide.visits import check_species_lists
 
     config.mqtt.password_value()
-    ensure_weights(config.model, while_fetching=lambda _done: systemd.watchdog())  # busy, not hung
-    path, _, model_name = weights_file(config.model)
+    for source in weights_to_fetch(config):
+        source.ensure(while_fetching=while_fetching, stop=stop, progress=False)
+    path, _, model_name = classifier_weights(config.model)
     check_species_lists(config.events, class_names_of(path), model_name)
     if config.localiser == "teacher":
-        from birdwatch.locate.teacher import ensure_teacher
         from birdwatch.locate.teacher import teacher_weights
 
-        ensure_teacher(config.teacher, config.model, while_fetching=lambda _done: systemd.watchdog())
         teacher_weights(config.teacher, config.model)
+
+
+def _extend_start(config: Config) -> WhileFetching:
+    """While first-start weights download, keep systemd from timing out the start (no watchdog before READY)."""
+    name = config.model.file or config.model.name
+
+    def report(done: int) -> None:
+        systemd.busy(f"fetching {name}: {done / 1e6:.0f} MB so far", seconds=3 * PROGRESS_EVERY_S)
+
+    return report
 
 
 class Service:
@@ -87,6 +102,11 @@ class Service:
         """Exit code: 0 clean stop or all sources ended, 1 a broken stage, every source failed, or a
         reload after which nothing would start; the first start raises BirdwatchError (exit 2) for what
         the user must fix."""
+        try:  # weights a first start fetches, fetched here, where a stop can end the download
+            check_before_start(self.config, while_fetching=_extend_start(self.config), stop=self.stop_requested)
+        except FetchStopped as exc:
+            log.info("%s", exc)
+            return 0
         pipeline: Pipeline | None = Pipeline(self.config)
         self.pipeline = pipeline
         code = EXIT_RESTART
@@ -121,7 +141,7 @@ class Service:
         self.reload_requested.clear()
         try:
             new = load_config(self.config_path)
-            check_before_start(new)
+            check_before_start(new, while_fetching=lambda _done: systemd.watchdog(), stop=self.stop_requested)
             if self.stop_requested.is_set():  # SIGTERM during the checks (a download, say): stop, do not switch
                 return running
             self._switch_metrics(new.metrics)  # a taken port fails here, with the old pipeline still up

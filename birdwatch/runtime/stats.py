@@ -21,14 +21,14 @@ import numpy as np
 
 from birdwatch.capture.reader import CameraReader
 from birdwatch.config import CameraConfig
-from birdwatch.deliver.store import Outbox
+from birdwatch.deliver.outbox import Outbox
 from birdwatch.runtime.batching import Batcher
 from birdwatch.types import EventKind
 from birdwatch.types import Frame
 from birdwatch.types import VisitEvent
 
 if TYPE_CHECKING:
-    from birdwatch.runtime.decider import Decider
+    from birdwatch.decide.decider import Decider
 
 _RECENT = 4096  # percentiles over the last few thousand samples: memory stays flat
 

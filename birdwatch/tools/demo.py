@@ -22,7 +22,7 @@ import yaml
 from birdwatch.config import Config
 from birdwatch.config import load_config
 from birdwatch.config import parse_config
-from birdwatch.deliver.store import EventStore
+from birdwatch.deliver.history import EventStore
 from birdwatch.runtime.pipeline import Pipeline
 from birdwatch.tools.synthetic import generate_frames
 from birdwatch.tools.synthetic import write_video

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 from typing import Any
@@ -15,6 +16,14 @@ import yaml
 
 if TYPE_CHECKING:
     from tests.support.servers import MosquittoBroker
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str = "condition") -> None:
+    """Poll `predicate` until it is true, failing the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        time.sleep(0.05)
 
 
 def service_config(

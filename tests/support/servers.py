@@ -126,6 +126,11 @@ class _ServerProcess:
             raise
         return self
 
+    def ensure_running(self) -> None:
+        """Started again (on its port) if it was stopped or died."""
+        if not self.running:
+            self.start()
+
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the process group and wait; SIGKILL it if it lingers. Idempotent."""
         proc, self.proc = self.proc, None

@@ -2,9 +2,10 @@
 
 1. The teacher runs over every recorded frame, in batches, at a low score floor (`uncertain_floor`).
    Its boxes go to `OUT/teacher.jsonl`, a line per frame, flushed as it goes: a run that stops (power
-   cut, Ctrl-C) starts again where it was. Its first line names the teacher and the floor; another
-   teacher or floor labels everything again. Frames the recorder has removed since (a recording that
-   runs while this does, thinning to its budget) are skipped.
+   cut, Ctrl-C) starts again where it was. Its first line holds what the boxes depend on (`verdict_key`:
+   the weights' SHA-256, the class sets, the input size, the precision, the floor); when any of it
+   changed, everything is labelled again. Frames the recorder has removed since (a recording that runs
+   while this does, thinning to its budget) are skipped, and their lines dropped at the next run.
 2. What the head will see is cut from each frame as `detector+motion` cuts it at run time: the squares
    around the frame's motion (`motion_regions`, from the recording's motion boxes) — or the whole frame
    with `whole_frames`, for a head that runs as `localiser: detector`. Each cut is one image.
@@ -18,12 +19,15 @@
 4. Cuts go to `OUT/train/` and `OUT/val/` by minute of recording (a hash of the camera and the minute
    holds one in `VAL_EVERY` out), so that near-identical neighbours do not land on both sides, and a
    frame stays on its side from one night to the next. Annotations carry the teacher's score. The
-   split folders are written afresh each run.
+   split folders are written afresh each run (beside them, then swapped in). So that this never deletes
+   a dataset of someone's own, label marks an OUT it writes (`OUT/.birdwatch-label`) and refuses one that
+   holds anything it did not write.
 5. `OUT/contact-sheet.png`: the frames with the most to show, their boxes drawn, for a glance over.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -43,6 +47,7 @@ from tqdm import tqdm
 from birdwatch.capture.recorder import Recorded
 from birdwatch.capture.recorder import append_lines
 from birdwatch.capture.recorder import read_index
+from birdwatch.capture.recorder import replace_lines
 from birdwatch.config import DetectorConfig
 from birdwatch.errors import BirdwatchError
 from birdwatch.locate.localiser import motion_regions
@@ -57,7 +62,11 @@ log = logging.getLogger(__name__)
 
 TEACHER_LINES = "teacher.jsonl"
 CONTACT_SHEET = "contact-sheet.png"
+REPORT = "labels.json"
 SPLITS = ("train", "val", "uncertain")
+MARKER = ".birdwatch-label"  # in an OUT that label writes: its split folders are label's to delete
+NEW, OLD = ".splits-new", ".splits-old"  # the split folders being written, and those they replace
+OWN = frozenset({TEACHER_LINES, CONTACT_SHEET, REPORT, MARKER, NEW, OLD, *SPLITS})
 CATEGORIES = [
     {"id": 1, "name": "bird", "supercategory": "animal"},
     {"id": 2, "name": "not_bird", "supercategory": "thing"},
@@ -80,6 +89,13 @@ class LabelOptions:
     quality: int = 92
     sheet_frames: int = 24
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise BirdwatchError(
+                f"batch size {self.batch_size}: the frames the teacher labels at once must be 1 or more; "
+                "give --batch-size 1 or more"
+            )
 
 
 @dataclass
@@ -141,9 +157,9 @@ def label(
     frames = read_index(recording)
     if not frames:
         raise BirdwatchError(f"{recording}: no recorded frames; record some with `birdwatch record` first")
-    out.mkdir(parents=True, exist_ok=True)
-    header = {"teacher": teacher.name, "floor": options.uncertain_floor}
-    labels = _read_lines(out / TEACHER_LINES, header)
+    claim(out)
+    header = verdict_key(teacher, options.uncertain_floor)
+    labels = _read_lines(out / TEACHER_LINES, header, {f.file for f in frames})
     todo = [f for f in frames if f.file not in labels]
     _run_teacher(teacher, recording, todo, out / TEACHER_LINES, labels, options)
     frames = [f for f in frames if f.file in labels]  # those removed meanwhile are gone
@@ -153,25 +169,121 @@ def label(
     sure = Sure(teacher.label_score, teacher.score_threshold)
     _write_datasets(recording, frames, labels, out, sure, detector, options, result)
     result.sheet = contact_sheet(recording, frames, labels, out / CONTACT_SHEET, sure, options)
-    (out / "labels.json").write_text(json.dumps(result.to_dict(), indent=1))
+    (out / REPORT).write_text(json.dumps(result.to_dict(), indent=1))
     return result
 
 
-def _read_lines(path: Path, header: dict[str, Any]) -> dict[str, list[TeacherBox]]:
-    """What an earlier run of this teacher at this floor labelled; another teacher's lines start over."""
+def claim(out: Path) -> None:
+    """Make `out` label's own, or refuse it before anything in it is touched: label deletes its split folders
+    each run, so a folder holding anything else (a dataset of one's own, `convert-cub`'s data/cub) is refused.
+    A new or empty folder is marked as label's; a marked one, or one an older label wrote before the mark
+    existed, is label's as long as its split folders hold only the cuts label listed there."""
+    if out.exists() and not out.is_dir():
+        raise BirdwatchError(f"--out {out} is a file; give --out an empty or new folder")
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    foreign = entries if entries and MARKER not in entries and not _written_before_the_mark(out, entries) else []
+    foreign = foreign or [name for split in SPLITS for name in _foreign_in_split(out, split)]
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f", ... ({len(foreign)} in all)" if len(foreign) > 3 else "")
+        raise BirdwatchError(f"{out} holds files birdwatch did not write ({shown}); give --out an empty or new folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if MARKER not in entries:
+            (out / MARKER).write_text("written by `birdwatch detector label`: its splits are rewritten each run\n")
+    except OSError as exc:
+        raise BirdwatchError(f"--out {out}: cannot write there ({exc.strerror}); check its owner and mode") from None
+
+
+def _written_before_the_mark(out: Path, entries: list[str]) -> bool:
+    """Label's names only, and a teacher.jsonl that starts as label's: an older label's output (learn's work)."""
+    if not set(entries) <= OWN or TEACHER_LINES not in entries:
+        return False
+    try:
+        with (out / TEACHER_LINES).open() as lines:
+            first = _json(lines.readline())
+    except (OSError, UnicodeDecodeError):
+        return False
+    return isinstance(first, dict) and "teacher" in first and "floor" in first
+
+
+def _foreign_in_split(out: Path, split: str) -> list[str]:
+    """What is in a split folder that label did not write there: its COCO file lists the cuts it wrote (a
+    person may have deleted some, say from uncertain/ after a look, but not added any)."""
+    folder = out / split
+    if not folder.exists():
+        return []
+    if not folder.is_dir():
+        return [split]
+    foreign = sorted(p.name for p in folder.iterdir() if p.name not in (ANNOTATIONS, IMAGES))
+    data = _json_file(folder / ANNOTATIONS)
+    ours = isinstance(data, dict) and data.get("categories") == CATEGORIES and isinstance(data.get("images"), list)
+    if (folder / ANNOTATIONS).exists() and not ours:
+        foreign.append(ANNOTATIONS)
+    images = folder / IMAGES
+    if images.is_dir():
+        listed = data["images"] if ours else []
+        written = {i.get("file_name") for i in listed if isinstance(i, dict) and "source" in i}
+        foreign += [f"{IMAGES}/{p.name}" for p in sorted(images.iterdir()) if p.name not in written]
+    elif images.exists():
+        foreign.append(IMAGES)
+    return [f"{split}/{name}" for name in foreign]
+
+
+def _json_file(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+def verdict_key(teacher: Teacher, floor: float) -> dict[str, Any]:
+    """What the boxes recorded at the floor depend on, so that resumed lines are this teacher's verdicts: the
+    weights by their file's own SHA-256 (new weights under an old name), how they are built, which classes
+    count as birds and which as other animals, the input size, the precision. The label score and the
+    threshold are applied to the recorded boxes afterwards, and the device changes scores by rounding only."""
+    with teacher.weights.path.open("rb") as weights:
+        sha256 = hashlib.file_digest(weights, "sha256").hexdigest()
+    return {
+        "teacher": teacher.name,
+        "floor": floor,
+        "sha256": sha256,
+        "network": [teacher.weights.network, teacher.weights.backbone],
+        "reparameterized": [teacher.weights.reparameterized, teacher.weights.backbone_reparameterized],
+        "birds": sorted(teacher.label_name(c) for c in teacher.bird_labels),
+        "others": sorted(teacher.label_name(c) for c in teacher.other_labels),
+        "size": list(teacher.size),
+        "precision": str(teacher.precision.dtype),
+    }
+
+
+def _read_lines(path: Path, header: dict[str, Any], present: set[str]) -> dict[str, list[TeacherBox]]:
+    """What an earlier run labelled with the same verdict key; another key labels everything again. Lines of
+    frames no longer in the recording are dropped (the file rewritten), so it stays the recording's size."""
     labels: dict[str, list[TeacherBox]] = {}
     lines = path.read_text().splitlines() if path.is_file() else []
-    if not lines or _json(lines[0]) != header:
+    earlier = _json(lines[0]) if lines else None
+    if earlier != header:
         if lines:
-            log.info("%s was labelled by another teacher or floor: labelling again", path)
-        path.write_text(json.dumps(header) + "\n")
+            changed = [k for k in header if not isinstance(earlier, dict) or earlier.get(k) != header[k]]
+            log.info("%s was labelled with another %s: labelling every frame again", path, ", ".join(changed))
+        replace_lines(path, [json.dumps(header)])
         return labels
+    count = 0
     for line in lines[1:]:
         row = _json(line)
-        if row is None:  # the line being written when the run stopped: that frame goes again
+        if not isinstance(row, dict):  # the line being written when the run stopped: that frame goes again
             continue
+        count += 1
         labels[row["file"]] = [TeacherBox(tuple(b[:4]), b[4], bool(b[5])) for b in row["boxes"]]  # type: ignore[arg-type]
+    gone = labels.keys() - present
+    if gone or count != len(labels) or count != len(lines) - 1:
+        labels = {file: boxes for file, boxes in labels.items() if file in present}
+        replace_lines(path, [json.dumps(header), *(_line(file, boxes) for file, boxes in labels.items())])
     return labels
+
+
+def _line(file: str, boxes: list[TeacherBox]) -> str:
+    return json.dumps({"file": file, "boxes": [[*b.box, b.score, int(b.bird)] for b in boxes]}, separators=(",", ":"))
 
 
 def _json(line: str) -> Any:
@@ -198,8 +310,7 @@ def _run_teacher(
                 found = teacher.detect([image for _, image in chunk], threshold=options.uncertain_floor)
                 for (frame, _), boxes in zip(chunk, found, strict=True):
                     labels[frame.file] = _teacher_boxes(boxes)
-                    row = {"file": frame.file, "boxes": [[*b.box, b.score, int(b.bird)] for b in labels[frame.file]]}
-                    lines.write(json.dumps(row, separators=(",", ":")) + "\n")
+                    lines.write(_line(frame.file, labels[frame.file]) + "\n")
                 lines.flush()
                 os.fsync(lines.fileno())
             bar.update(len(read))
@@ -251,9 +362,11 @@ def _write_datasets(
     result: LabelResult,
 ) -> None:
     coco: dict[str, dict[str, list[dict[str, Any]]]] = {s: {"images": [], "annotations": []} for s in SPLITS}
+    # Written beside the splits in use, then swapped in: a run stopped half way leaves whole splits, old or new.
+    for folder in (NEW, OLD):
+        shutil.rmtree(out / folder, ignore_errors=True)
     for split in SPLITS:
-        shutil.rmtree(out / split, ignore_errors=True)  # cuts of frames since removed, or of another night
-        (out / split / IMAGES).mkdir(parents=True)
+        (out / NEW / split / IMAGES).mkdir(parents=True)
     for frame in frames:
         image = _read(recording / frame.file)
         if image is None:
@@ -269,8 +382,9 @@ def _write_datasets(
             split = "uncertain" if uncertain else side
             name = f"{Path(frame.file).with_suffix('').as_posix().replace('/', '_')}-{k}.jpg"
             crop = image[y1:y2, x1:x2]
-            if not cv2.imwrite(str(out / split / IMAGES / name), crop, [cv2.IMWRITE_JPEG_QUALITY, options.quality]):
-                raise BirdwatchError(f"cannot write {out / split / IMAGES / name}; is the disk full?")
+            to = out / NEW / split / IMAGES / name
+            if not cv2.imwrite(str(to), crop, [cv2.IMWRITE_JPEG_QUALITY, options.quality]):
+                raise BirdwatchError(f"cannot write {to}; is the disk full?")
             images, annotations = coco[split]["images"], coco[split]["annotations"]
             image_id = len(images) + 1
             images.append(
@@ -298,13 +412,22 @@ def _write_datasets(
                         "score": b.score,
                     }
                 )
+    (out / OLD).mkdir()
     for split in SPLITS:
         data = coco[split]
-        (out / split / ANNOTATIONS).write_text(json.dumps({**data, "categories": CATEGORIES}))
+        with (out / NEW / split / ANNOTATIONS).open("w") as coco_file:
+            coco_file.write(json.dumps({**data, "categories": CATEGORIES}))
+            coco_file.flush()
+            os.fsync(coco_file.fileno())  # on disk before the split is swapped in: the next run reads it whole
+        if (out / split).exists():
+            (out / split).rename(out / OLD / split)  # cuts of frames since removed, or of another night
+        (out / NEW / split).rename(out / split)
         with_bird = {a["image_id"] for a in data["annotations"] if a["category_id"] == 1}
         result.images[split] = len(data["images"])
         result.birds[split] = sum(1 for a in data["annotations"] if a["category_id"] == 1)
         result.negatives[split] = len(data["images"]) - len(with_bird)
+    for folder in (NEW, OLD):
+        shutil.rmtree(out / folder)
 
 
 def _share_inside(box: tuple[float, float, float, float], cut: Box) -> float:

@@ -18,7 +18,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,9 +28,7 @@ from urllib.error import HTTPError
 from urllib.request import Request
 from urllib.request import urlopen
 
-import paho.mqtt.client as mqtt
 import torch
-from paho.mqtt.enums import CallbackAPIVersion
 
 from birdwatch.backends import EXTRA
 from birdwatch.backends import Backend
@@ -41,27 +38,25 @@ from birdwatch.capture.reader import CameraStatus
 from birdwatch.capture.reader import source_kind
 from birdwatch.classify.engine import WorkerPlan
 from birdwatch.classify.models import class_names_of
-from birdwatch.classify.models import pending_download
+from birdwatch.classify.models import classifier_weights
 from birdwatch.classify.models import resolve_device
-from birdwatch.classify.models import weights_file
 from birdwatch.config import CameraConfig
 from birdwatch.config import Config
 from birdwatch.config import load_config
 from birdwatch.config.rules import is_loopback
 from birdwatch.decide.visits import check_species_lists
+from birdwatch.deliver.broker import BrokerProbe
+from birdwatch.deliver.broker import tls_failure_hint
 from birdwatch.deliver.discovery import node_id
-from birdwatch.deliver.mqtt import configure_tls
-from birdwatch.deliver.mqtt import tls_failure_hint
 from birdwatch.errors import BirdwatchError
-from birdwatch.locate.teacher import pending_teacher_download
 from birdwatch.locate.teacher import teacher_weights
 from birdwatch.precision import Precision
 from birdwatch.redact import redact_text
 from birdwatch.redact import redact_url
 from birdwatch.types import Frame
+from birdwatch.weights import WeightsSource
 
 BROKER_TIMEOUT_S = 10.0
-RETAINED_QUIET_S = 1.0  # retained messages arrive together after the subscription; then a quiet second
 URL_TIMEOUT_S = 10.0
 INSTALLED_UNITS = ("/etc/systemd/system/birdwatch.service", "/lib/systemd/system/birdwatch.service")
 MB = 1e6
@@ -136,10 +131,10 @@ def diagnose(
 def check_weights(config: Config) -> Finding:
     model = config.model
     try:
-        url = pending_download(model)
+        url = WeightsSource.of_model(model).pending()
         if url is not None:
             return _weights_to_fetch(url, model.models_dir if not model.file else str(Path(model.file).parent))
-        path, _, name = weights_file(model)  # also checks the SHA-256 (published, or model.sha256)
+        path, _, name = classifier_weights(model)  # also checks the SHA-256 (published, or model.sha256)
         species = class_names_of(path)
         check_species_lists(config.events, species, name)
     except BirdwatchError as exc:
@@ -155,7 +150,7 @@ def check_teacher(config: Config) -> Finding:
     """The teacher's weights: here with the right SHA-256, or reachable for the first start to fetch."""
     teacher, model = config.teacher, config.model
     try:
-        url = pending_teacher_download(teacher, model)
+        url = WeightsSource.of_teacher(teacher, model).pending()
         if url is not None:
             folder = model.models_dir if not teacher.file else str(Path(teacher.file).parent)
             return replace(_weights_to_fetch(url, folder), what="teacher")
@@ -284,55 +279,6 @@ def _sample(reader: CameraReader, sampler: _Sampler, timeout: float, seconds: fl
 # ---- broker and Home Assistant --------------------------------------------------------------------
 
 
-class _Probe:
-    """A short-lived MQTT v5 client: v5 because its PUBACK says whether the broker's ACL let a publish in
-    (a 3.1.1 broker acknowledges a refused publish as if it were taken)."""
-
-    def __init__(self, config: Config, password: str | None) -> None:
-        cfg = config.mqtt
-        self.connack = threading.Event()
-        self.puback = threading.Event()
-        self.subscribed = threading.Event()
-        self.connect_reason: mqtt.ReasonCode | None = None
-        self.publish_reason: mqtt.ReasonCode | None = None
-        self.retained: list[str] = []
-        self.last_message = time.monotonic()
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"birdwatch-doctor-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5
-        )
-        if cfg.username:
-            client.username_pw_set(cfg.username, password)
-        configure_tls(client, cfg.tls)
-        client.on_connect = self._on_connect
-        client.on_publish = self._on_publish
-        client.on_subscribe = self._on_subscribe
-        client.on_message = self._on_message
-        self.client = client
-
-    def _on_connect(self, _c: mqtt.Client, _u: object, _f: object, reason: mqtt.ReasonCode, _p: object) -> None:
-        self.connect_reason = reason
-        self.connack.set()
-
-    def _on_publish(self, _c: mqtt.Client, _u: object, _mid: int, reason: mqtt.ReasonCode, _p: object) -> None:
-        self.publish_reason = reason
-        self.puback.set()
-
-    def _on_subscribe(self, *_args: object) -> None:
-        self.last_message = time.monotonic()
-        self.subscribed.set()
-
-    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-        if msg.retain:  # only what is kept on the broker says who uses the prefix; no payload is parsed
-            self.retained.append(msg.topic)
-        self.last_message = time.monotonic()
-
-    def wait_retained(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        self.subscribed.wait(timeout)
-        while time.monotonic() < deadline and time.monotonic() - self.last_message < RETAINED_QUIET_S:
-            time.sleep(0.05)
-
-
 def check_broker(config: Config, password: str | None) -> Iterator[Finding]:
     cfg = config.mqtt
     if not cfg.host:
@@ -340,7 +286,7 @@ def check_broker(config: Config, password: str | None) -> Iterator[Finding]:
         return
     where = f"{cfg.host}:{cfg.port}" + (" (TLS)" if cfg.tls is not None else "")
     try:
-        probe = _Probe(config, password)
+        probe = BrokerProbe(config.mqtt, password)
     except BirdwatchError as exc:  # a TLS file that does not load
         yield Finding(Verdict.FAIL, "broker", str(exc))
         return
@@ -351,7 +297,7 @@ def check_broker(config: Config, password: str | None) -> Iterator[Finding]:
         probe.client.disconnect()
 
 
-def _connected(probe: _Probe, config: Config, where: str) -> Iterator[Finding]:
+def _connected(probe: BrokerProbe, config: Config, where: str) -> Iterator[Finding]:
     cfg = config.mqtt
     failure = _connect(probe, cfg.host or "", cfg.port)
     if failure is not None:
@@ -377,7 +323,7 @@ def _connected(probe: _Probe, config: Config, where: str) -> Iterator[Finding]:
     yield _discovery_seen(probe, config)
 
 
-def _connect(probe: _Probe, host: str, port: int) -> tuple[str, str] | None:
+def _connect(probe: BrokerProbe, host: str, port: int) -> tuple[str, str] | None:
     """None once connected; else (what happened, what to do)."""
     try:
         probe.client.connect(host, port, keepalive=30)
@@ -395,7 +341,7 @@ def _connect(probe: _Probe, host: str, port: int) -> tuple[str, str] | None:
     return None
 
 
-def _discovery_seen(probe: _Probe, config: Config) -> Finding:
+def _discovery_seen(probe: BrokerProbe, config: Config) -> Finding:
     ha = config.homeassistant
     if not ha.discovery:
         return Finding(Verdict.SKIP, "home assistant", "homeassistant.discovery is off")

@@ -23,9 +23,9 @@ from birdwatch.config import Config
 from birdwatch.decide.snapshots import SnapshotWriter
 from birdwatch.decide.visits import Told
 from birdwatch.decide.visits import Visits
-from birdwatch.deliver.mqtt import EventSink
-from birdwatch.deliver.store import EventStore
-from birdwatch.deliver.store import Outbox
+from birdwatch.deliver.history import EventStore
+from birdwatch.deliver.outbox import Outbox
+from birdwatch.deliver.sink import EventSink
 from birdwatch.types import Detections
 from birdwatch.types import Frame
 from birdwatch.types import VisitEvent
