@@ -2,12 +2,14 @@
 training), synthetic bird datasets, one trained head.
 
 Training is the slow part, so each is trained once per session and shared: the stand-ins by the head, the
-backends' parity and the learning flow; the head (at most two minutes of CPU) by the training test, the CLI
-evaluation and the pipeline test.
+backends' parity and the learning flow; the head (about 75 s of CPU) by the training test, the CLI evaluation
+and the pipeline test. Both train for a fixed number of steps, seeds fixed, never for a time: a busy machine
+takes longer and learns the same.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +32,9 @@ from tests.support.standins import train_stand_ins
 from tests.support.teacher import untrained_teacher
 
 # Longer side of the training images (and of the synthetic stills): the scale the test backbone was
-# fine-tuned at, and small enough for ten-odd epochs in two minutes on two cores.
+# fine-tuned at, and small enough for a few epochs a minute on two cores.
 TRAIN_SIZE = 128
-TRAIN_LIMIT_S = 75.0  # the brief: at most two minutes of CPU training (less keeps the suite within its budget)
+TRAIN_EPOCHS = 10  # held-out mAP@.5 0.58 here (8: 0.55-0.56, 12: 0.61; bar 0.5), about 105 s on two idle cores
 STAND_IN_STEPS = 600  # three minutes on two cores (500 teach the head too little); the bench trains longer
 SYNTHETIC = {"train": (600, 1), "val": (150, 2)}  # images, seed; seeds differ from the backbone's own data
 
@@ -48,7 +50,9 @@ class TrainedHead:
 @pytest.fixture(scope="session")
 def stand_ins(models_dir: Path) -> StandIns:
     """The bird-aware classifier and the teacher that knows birds from cats and leaves (tests/support/standins.py)."""
-    return train_stand_ins(models_dir, species_names(DANUBE["classes"]), DANUBE["size"], steps=STAND_IN_STEPS)
+    return train_stand_ins(
+        models_dir, species_names(DANUBE["classes"]), DANUBE["size"], steps=STAND_IN_STEPS, time_limit_s=math.inf
+    )
 
 
 @pytest.fixture(scope="session")
@@ -84,7 +88,7 @@ def trained_head(
     synthetic_birds: dict[str, Path],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> TrainedHead:
-    """The shipped training (frozen backbone) for at most two minutes; no per-epoch validation."""
+    """The shipped training (frozen backbone) for TRAIN_EPOCHS; no per-epoch validation."""
     out = tmp_path_factory.mktemp("head")
     started = time.monotonic()
     result = train(
@@ -92,12 +96,11 @@ def trained_head(
         TrainOptions(
             data=synthetic_birds["train"],
             out=out,
-            epochs=30,  # the time limit ends it; the learning rate anneals to the limit
+            epochs=TRAIN_EPOCHS,  # the learning rate anneals to the last step
             batch_size=8,
             size=TRAIN_SIZE,
             workers=0,
             amp="bf16" if cpu_has_bf16() else "off",
-            time_limit_s=TRAIN_LIMIT_S,
             progress=False,
         ),
     )

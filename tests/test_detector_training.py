@@ -23,18 +23,18 @@ from birdwatch.tools.detector.train import TrainOptions
 from birdwatch.tools.detector.train import train
 from birdwatch.tools.synthetic import EASY_STILLS
 from birdwatch.tools.synthetic import write_coco_dataset
-from tests.fixtures_detector import TRAIN_LIMIT_S
+from tests.fixtures_detector import TRAIN_EPOCHS
 from tests.fixtures_detector import TRAIN_SIZE
 from tests.fixtures_detector import TrainedHead
 
 
 @pytest.mark.timeout(1500)
-def test_two_minutes_of_cpu_training_finds_held_out_synthetic_birds(
+def test_a_few_epochs_of_cpu_training_find_held_out_synthetic_birds(
     trained_head: TrainedHead, bird_classifier: Classifier
 ) -> None:
     result = trained_head.result
-    trained_s = sum(row["train_s"] for row in result.history)
-    assert trained_s <= TRAIN_LIMIT_S + 15, f"trained {trained_s:.0f} s"  # stops within a batch of the limit
+    trained_s = sum(row["train_s"] for row in result.history)  # reported, not judged: the epochs are what counts
+    assert len(result.history) == TRAIN_EPOCHS and not result.stopped_early
     assert all(not p.requires_grad for p in bird_classifier.net.parameters())
     head, info = load_head(result.head, bird_classifier)
     assert info.trained["images"] == 600 and info.input_size == TRAIN_SIZE

@@ -15,10 +15,14 @@ head does against the teacher on a clip with distractors is measured by bench/te
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
+import tracemalloc
+from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -29,6 +33,7 @@ from birdwatch.capture.recorder import INDEX
 from birdwatch.capture.recorder import Recorded
 from birdwatch.capture.recorder import Recorder
 from birdwatch.capture.recorder import read_index
+from birdwatch.cli import main
 from birdwatch.config import DetectorConfig
 from birdwatch.config import ModelConfig
 from birdwatch.config import MotionConfig
@@ -36,6 +41,7 @@ from birdwatch.config import TeacherConfig
 from birdwatch.errors import BirdwatchError
 from birdwatch.locate.motion import MotionDetector
 from birdwatch.locate.teacher import load_teacher
+from birdwatch.tools import learn as learn_module
 from birdwatch.tools.detector.evaluate import STAT_NAMES
 from birdwatch.tools.detector.evaluate import EvalResult
 from birdwatch.tools.detector.label import LabelOptions
@@ -44,13 +50,19 @@ from birdwatch.tools.detector.label import Sure
 from birdwatch.tools.detector.label import TeacherBox
 from birdwatch.tools.detector.label import _write_datasets
 from birdwatch.tools.detector.label import label
+from birdwatch.tools.learn import COST_FRAMES
+from birdwatch.tools.learn import KEEP_RUNS
+from birdwatch.tools.learn import LearnOptions
 from birdwatch.tools.learn import _adopt
 from birdwatch.tools.learn import _verdict
+from birdwatch.tools.learn import costs
+from birdwatch.tools.learn import prune_runs
 from birdwatch.tools.synthetic import Scene
 from birdwatch.tools.synthetic import feeder_with_distractors
 from birdwatch.tools.synthetic import write_video
 from birdwatch.types import Detections
 from birdwatch.types import Frame
+from birdwatch.types import Source
 
 T0 = time.mktime((2026, 6, 1, 12, 0, 0, 0, 0, -1))  # local noon
 
@@ -196,15 +208,19 @@ def test_record_then_label_makes_resumable_coco_cuts_and_a_contact_sheet(
         .replace("score_threshold: 0.02", "score_threshold: 0.4")
     )
     head = tmp_path / "heads" / "feeder-head.pt"
+    marker = tmp_path / "run" / "adopted"
+    marker.parent.mkdir()
+    marker.write_text("a head adopted by an earlier run\n")
     result = subprocess.run(
         [sys.executable, "-m", "birdwatch", "learn", "--config", str(config), "--work", str(tmp_path / "learn"),
-         "--head", str(head), "--no-progress"],
+         "--head", str(head), "--adopted-marker", str(marker), "--no-progress"],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].endswith("record more footage with birds first")
     assert not head.exists()
+    assert not marker.exists(), "an earlier run's marker goes at the start: this run adopted nothing"
 
 
 # ---- the whole flow, with a teacher that sees ---------------------------------------------------------
@@ -246,21 +262,25 @@ def test_learn_adopts_a_head_that_learnt_the_teachers_birds_and_refuses_a_weaker
         )
     )
     work, head = tmp_path / "learn", tmp_path / "heads" / "feeder-head.pt"
+    marker = tmp_path / "run" / "birdwatch-learn" / "adopted"  # as the nightly unit tells it: not in --work
 
     def learn(epochs: int) -> dict:
         # A briefly trained teacher scores much of a textured background a little below its threshold: with the
         # floor at the label score nothing is set aside, and its sure boxes are the labels. Epochs, not minutes,
-        # end the training (the time limit is far off), so a slow machine learns the same head.
+        # end the training (the time limit is far beyond the process's timeout), so a slow machine learns the
+        # same head.
         birdwatch(
             "learn", "--config", str(config), "--work", str(work), "--head", str(head), "--epochs", str(epochs),
-            "--train-minutes", "10", "--uncertain-floor", "0.4", "--no-progress", timeout=800,
+            "--train-minutes", "600", "--uncertain-floor", "0.4", "--adopted-marker", str(marker), "--no-progress",
+            timeout=800,
         )  # fmt: skip
         return json.loads((work / "learn.json").read_text())
 
     first = learn(12)
     labels = first["labels"]
     assert labels["birds"]["train"] >= 60 and labels["birds"]["val"] >= 15, labels
-    assert first["adopted"] and head.is_file() and (work / "adopted").read_text().strip() == str(head)
+    assert first["adopted"] and head.is_file() and marker.read_text().strip() == str(head)
+    assert not (work / "adopted").exists(), "the marker is where learn was told, only there"
     assert first["new"]["mAP50"] >= 0.4, f"held-out mAP@.5 {first['new']['mAP50']:.2f} against the teacher's labels"
     assert first["cost_ms_per_frame"]["head"] > 0 and first["cost_ms_per_frame"]["teacher"] > 0  # (same backbone here)
     adopted = head.read_bytes()
@@ -270,7 +290,7 @@ def test_learn_adopts_a_head_that_learnt_the_teachers_birds_and_refuses_a_weaker
     assert not second["adopted"] and "does not beat the head in use" in second["reason"], second["reason"]
     assert second["current"]["mAP50"] == first["new"]["mAP50"], "the head in use is judged on the same cuts"
     assert head.read_bytes() == adopted and not head.with_suffix(".previous.pt").exists()
-    assert not (work / "adopted").exists(), "nothing for the nightly unit to reload"
+    assert not marker.exists(), "nothing for the nightly unit to reload"
     assert len((work / "history.jsonl").read_text().splitlines()) == 2
 
 
@@ -329,3 +349,93 @@ def test_a_new_head_is_adopted_only_when_it_beats_the_one_in_use_which_is_kept_b
     assert target.read_bytes() == b"second head"
     assert target.with_suffix(".previous.pt").read_bytes() == b"first head"
     assert sorted(p.name for p in target.parent.iterdir()) == ["feeder-head.previous.pt", "feeder-head.pt"]
+
+
+# ---- what a night may keep: memory and disk -------------------------------------------------------------
+
+
+def hd_recording(root: Path, n: int, width: int = 1280, height: int = 720) -> None:
+    """A recording of n 720p frames as `birdwatch record` leaves it (index lines and JPEGs), made in a blink:
+    one plain scene, small on disk but full size decoded, linked n times. Every tenth frame has no motion."""
+    (root / "frames").mkdir(parents=True)
+    image = np.full((height, width, 3), 120, np.uint8)
+    cv2.rectangle(image, (500, 300), (620, 380), (40, 90, 160), -1)
+    first = root / "frames" / "0.jpg"
+    assert cv2.imwrite(str(first), image)
+    with (root / INDEX).open("w") as index:
+        for i in range(n):
+            if i:
+                os.link(first, root / "frames" / f"{i}.jpg")
+            motion = [] if i % 10 == 9 else [[480.0, 280.0, 640.0, 400.0]]
+            row = Recorded(f"frames/{i}.jpg", "feeder", T0 + i, motion, first.stat().st_size, [0, 0, 0, 0], "0")
+            index.write(json.dumps(row.to_json()) + "\n")
+
+
+class CountingTeacher:
+    def __init__(self) -> None:
+        self.frames = 0
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        self.frames += len(images)
+        return [Detections.empty(Source.TEACHER) for _ in images]
+
+
+def test_timing_the_head_against_the_teacher_decodes_only_the_frames_it_times_however_long_the_recording(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recording = tmp_path / "recording"
+    hd_recording(recording, 1000)
+    # The networks are not what is measured here: a head that finds nothing, and a teacher that counts.
+    head = SimpleNamespace(
+        head=SimpleNamespace(nms_thresh=0.5),
+        detect=lambda crops, max_size: [Detections.empty(Source.DETECTOR) for _ in crops],
+    )
+    monkeypatch.setattr(learn_module, "_detector", lambda *_: head)
+    teacher = CountingTeacher()
+    config = SimpleNamespace(detector=DetectorConfig(region_size=128))
+    tracemalloc.start()  # numpy's buffers, OpenCV's decoded frames among them, are traced
+    try:
+        timed = costs(config, None, tmp_path / "head.pt", teacher, recording)  # type: ignore[arg-type]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert timed["head"] >= 0 and teacher.frames == COST_FRAMES + 1, "the frames timed, and one to warm up"
+    frame_mb = 1280 * 720 * 3 / 1e6
+    # All 1000 decoded would be 2.8 GB (a week at 720p: tens of GB, against the unit's MemoryMax=6G).
+    assert peak / 1e6 < 2 * COST_FRAMES * frame_mb, f"peak {peak / 1e6:.0f} MB while timing {COST_FRAMES} frames"
+
+
+def test_old_training_runs_go_night_after_night_but_the_adopted_heads_run_stays(tmp_path: Path) -> None:
+    work = tmp_path / "learn"
+    (work / "runs" / "notes").mkdir(parents=True)  # not a run: not ours to remove
+    adopted_on = {2, 5}
+    for night in range(12):
+        run = work / "runs" / f"202606{night + 1:02d}-013000"
+        run.mkdir()
+        (run / "head.pt").write_bytes(b"x" * 1000)
+        report = {"candidate": str(run / "head.pt"), "adopted": night in adopted_on}
+        with (work / "history.jsonl").open("a") as history:
+            history.write(json.dumps(report) + "\n")
+        prune_runs(work)
+        kept = sorted(p.name for p in (work / "runs").iterdir())
+        last_adopted = max((n for n in adopted_on if n <= night), default=None)
+        expected = {f"202606{n + 1:02d}-013000" for n in range(max(0, night + 1 - KEEP_RUNS), night + 1)}
+        if last_adopted is not None:
+            expected.add(f"202606{last_adopted + 1:02d}-013000")
+        assert kept == sorted(expected | {"notes"}), f"night {night}"
+    assert len(kept) == KEEP_RUNS + 2, "the last few, the adopted head's (night 5, not 2) and the notes"
+
+
+def test_learn_is_told_where_to_leave_the_adopted_marker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "birdwatch.yaml"
+    config.write_text(yaml.safe_dump({"cameras": [{"name": "feeder", "url": "rtsp://127.0.0.1:9/feeder"}]}))
+    told: list[LearnOptions] = []
+
+    def learnt(_config: object, options: LearnOptions) -> None:
+        told.append(options)
+        raise BirdwatchError("stop here")
+
+    monkeypatch.setattr(learn_module, "learn", learnt)
+    marker = tmp_path / "run" / "adopted"
+    assert main(["learn", "--config", str(config), "--adopted-marker", str(marker), "--no-progress"]) == 2
+    assert told[0].adopted_marker == marker

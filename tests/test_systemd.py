@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import socket
 import struct
@@ -226,3 +227,33 @@ def test_the_nightly_learn_units_pass_systemd_analyze_verify(tmp_path: Path) -> 
     )
     ours = [line for line in (result.stdout + result.stderr).splitlines() if "birdwatch-learn" in line]
     assert result.returncode == 0 and not ours, result.stdout + result.stderr
+
+
+def unit_settings(path: Path) -> dict[str, list[str]]:
+    """A unit's settings, each key's values in order (the units here have no continued lines)."""
+    settings: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        if "=" in line and not line.startswith(("#", ";", "[")):
+            key, value = line.split("=", 1)
+            settings.setdefault(key.strip(), []).append(value.strip())
+    return settings
+
+
+def test_the_learn_unit_reloads_on_the_marker_that_its_learn_is_told_to_write() -> None:
+    from birdwatch.cli import build_parser
+
+    settings = unit_settings(REPO / "systemd" / "birdwatch-learn.service")
+    (exec_start,) = settings["ExecStart"]
+    binary, *args = shlex.split(exec_start)
+    assert Path(binary).name == "birdwatch"
+    told = build_parser().parse_args(args)  # what `birdwatch learn` makes of the unit's command line
+    assert told.func.__name__ == "cmd_learn" and told.adopted_marker, "ExecStart names the marker"
+    (exec_post,) = settings["ExecStartPost"]
+    shell, flag, script = shlex.split(exec_post.removeprefix("+"))
+    assert (shell, flag) == ("/bin/sh", "-c")
+    tested = re.fullmatch(r"if \[ -e (\S+) \]; then systemctl try-reload-or-restart birdwatch\.service; fi", script)
+    assert tested, script
+    assert tested[1] == told.adopted_marker, "the reload tests the very file learn writes"
+    # Not under model.models_dir or --work: systemd makes this folder for the run, writable by its user.
+    (runtime,) = settings["RuntimeDirectory"]
+    assert Path(told.adopted_marker).parent == Path("/run") / runtime

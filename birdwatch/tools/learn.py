@@ -7,6 +7,9 @@ evaluate (pycocotools mAP on the held-out cuts, for the new head and for the one
 one's cost per frame against the teacher's) -> adopt (the new head replaces the one in use, the old one
 kept beside it as `.previous.pt`, only when its held-out mAP@.5 is higher).
 
+Each night's training run is a folder of `<work>/runs/`; the last `KEEP_RUNS` stay, and the one whose head
+was adopted last, so that the disk does not fill a run a night.
+
 The teacher's own mAP on these labels is 1 by construction (they are its boxes), so the head's mAP@.5
 is also its share of the teacher's. Run it at night (the README's systemd timer) and `systemctl reload
 birdwatch` afterwards: the service loads the adopted head at a reload.
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -55,8 +59,10 @@ from birdwatch.types import Source
 log = logging.getLogger(__name__)
 
 HEAD_NAME = "feeder-head.pt"  # where an adopted head goes when the config names none
-ADOPTED = "adopted"  # in the work folder after a run that adopted a head (systemd/birdwatch-learn.service)
+ADOPTED = "adopted"  # the marker's default place, in the work folder (`--adopted-marker`)
 COST_FRAMES = 8  # recorded frames each localiser is timed on
+KEEP_RUNS = 3  # training runs kept besides the adopted head's (each is a head, its last state and a curve)
+RUN_NAME = re.compile(r"\d{8}-\d{6}")  # a run folder's name, the time it started: sorts as it ran
 
 
 @dataclass
@@ -70,6 +76,9 @@ class LearnOptions:
     uncertain_floor: float | None = None  # as `detector label --uncertain-floor`; None: teacher.score_threshold
     adopt: bool = True
     head: Path | None = None  # where the adopted head goes; default: detector.file, or <models_dir>/feeder-head.pt
+    # Written (the adopted head's path) only when a head was adopted, removed at the start: what the nightly
+    # unit reloads the service for (systemd/birdwatch-learn.service). Default: <work>/adopted.
+    adopted_marker: Path | None = None
     progress: bool = True
 
 
@@ -100,6 +109,11 @@ class LearnResult:
 
 
 def learn(config: Config, options: LearnOptions) -> LearnResult:
+    marker = (options.adopted_marker or options.work / ADOPTED).expanduser()
+    try:
+        marker.unlink(missing_ok=True)  # first: a run that stops half-way has adopted nothing
+    except OSError as exc:
+        raise BirdwatchError(f"adopted marker: cannot remove {marker} ({exc.strerror})") from None
     recording = options.recording or Path(config.record.dir)
     if options.record_minutes:
         config.record.dir = str(recording)
@@ -155,11 +169,10 @@ def learn(config: Config, options: LearnOptions) -> LearnResult:
     (options.work / "learn.json").write_text(json.dumps(report, indent=1))
     with (options.work / "history.jsonl").open("a") as history:
         history.write(json.dumps(report) + "\n")
-    marker = options.work / ADOPTED
-    marker.unlink(missing_ok=True)
     if adopted:
         _adopt(trained.head, target)
-        marker.write_text(str(target) + "\n")  # what the nightly unit reloads the service for
+        _mark(marker, target)
+    prune_runs(options.work)
     return result
 
 
@@ -206,6 +219,60 @@ def _adopt(candidate: Path, target: Path) -> None:
     log.info("adopted %s as %s", candidate, target)
 
 
+def _mark(marker: Path, target: Path) -> None:
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(str(target) + "\n")
+    except OSError as exc:
+        raise BirdwatchError(
+            f"adopted {target}, but cannot write the marker {marker} ({exc.strerror}); reload birdwatch by hand"
+        ) from None
+
+
+def _adopted_run(work: Path) -> Path | None:
+    """The run folder of the head adopted last, from the history (a line a night, read as it goes)."""
+    run = None
+    path = work / "history.jsonl"
+    if not path.is_file():
+        return None
+    with path.open() as lines:
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short: that night's report only
+                continue
+            if row.get("adopted") and row.get("candidate"):
+                run = Path(row["candidate"]).parent
+    return run
+
+
+def prune_runs(work: Path, keep: int = KEEP_RUNS) -> list[Path]:
+    """Remove all but the last `keep` run folders of `<work>/runs`, and the adopted head's run, which stays
+    (its head is the one in use, or, if copying it in place failed, the one to copy by hand). Returns those
+    removed. Folders not named as runs are not ours to touch; one that will not go is only logged."""
+    runs = work / "runs"
+    if not runs.is_dir():
+        return []
+    found = sorted(p for p in runs.iterdir() if p.is_dir() and RUN_NAME.fullmatch(p.name))
+    adopted = _adopted_run(work)
+    spare = set(found[-keep:] if keep > 0 else [])
+    if adopted is not None:
+        spare.add(runs / adopted.name)
+    removed = []
+    for run in found:
+        if run in spare:
+            continue
+        try:
+            shutil.rmtree(run)
+        except OSError as exc:
+            log.warning("could not remove the old training run %s: %s", run, exc)
+            continue
+        removed.append(run)
+    if removed:
+        log.info("removed %d old training runs from %s", len(removed), runs)
+    return removed
+
+
 def costs(
     config: Config, classifier: Classifier, head_file: Path, teacher: Teacher, recording: Path
 ) -> dict[str, float]:
@@ -213,8 +280,9 @@ def costs(
     the teacher as `localiser: teacher` runs it (on the whole frame), on the same frames."""
     import cv2
 
-    read = [(r, cv2.imread(str(recording / r.file), cv2.IMREAD_COLOR)) for r in read_index(recording) if r.motion]
-    kept = [(r, image) for r, image in read[-COST_FRAMES:] if image is not None]
+    # The index first, then only the frames timed: a week's recording decoded whole is tens of GB.
+    timed = [r for r in read_index(recording) if r.motion][-COST_FRAMES:]
+    kept = [(r, image) for r in timed if (image := cv2.imread(str(recording / r.file), cv2.IMREAD_COLOR)) is not None]
     if not kept:
         return {}
     frames, images = [r for r, _ in kept], [image for _, image in kept]

@@ -128,15 +128,16 @@ def cmd_label(args: argparse.Namespace) -> int:
     from birdwatch.tools.detector.label import label
 
     logging.getLogger("birdwatch").setLevel(logging.INFO)
-    config = load_config(args.config)
-    recording = Path(args.recording or config.record.dir)
-    teacher = load_teacher(config.teacher, config.model, resolve_device(args.device or config.model.device))
+    # The options first: a wrong one is one line at once, not after the teacher has loaded.
     options = LabelOptions(
         uncertain_floor=args.uncertain_floor,
         batch_size=args.batch_size,
         whole_frames=args.whole_frames,
         progress=sys.stderr.isatty() and not args.no_progress,
     )
+    config = load_config(args.config)
+    recording = Path(args.recording or config.record.dir)
+    teacher = load_teacher(config.teacher, config.model, resolve_device(args.device or config.model.device))
     result = label(teacher, recording, Path(args.out), config.detector, options)
     print(
         f"{result.frames} frames labelled by {teacher.name} ({result.labelled_now} now); "
@@ -167,6 +168,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
         uncertain_floor=args.uncertain_floor,
         adopt=not args.no_adopt,
         head=Path(args.head) if args.head else None,
+        adopted_marker=Path(args.adopted_marker) if args.adopted_marker else None,
         progress=sys.stderr.isatty() and not args.no_progress,
     )
     result = learn(config, options)
@@ -275,7 +277,7 @@ def add_parser(subparsers: Any) -> None:
     lab.add_argument(
         "--out", required=True, help="folder for train/, val/, uncertain/, teacher.jsonl, contact-sheet.png"
     )
-    lab.add_argument("--batch-size", type=int, default=4)
+    lab.add_argument("--batch-size", type=int, default=4, help="frames the teacher labels at once (default 4)")
     _add_uncertain_floor(lab)
     lab.add_argument(
         "--whole-frames", action="store_true", help="label whole frames (for localiser: detector), not motion regions"
@@ -330,5 +332,10 @@ def add_learn_parser(subparsers: Any) -> None:
     )
     _add_uncertain_floor(learn)
     learn.add_argument("--no-adopt", action="store_true", help="train and judge, but leave the head in use")
+    learn.add_argument(
+        "--adopted-marker",
+        help="a file written only when a head was adopted (removed at the start), for a unit to reload the "
+        "service on (default: <work>/adopted)",
+    )
     learn.add_argument("--no-progress", action="store_true")
     learn.set_defaults(func=cmd_learn)
