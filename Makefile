@@ -35,6 +35,7 @@ doctor: $(VENV)/.installed
 
 test: system-packages $(VENV)/.installed
 	$(BIN)/ruff check birdwatch tests bench
+	$(BIN)/mypy birdwatch
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # What the tests start for real (mosquitto, the GStreamer RTSP server, ...): installed when this user
@@ -44,6 +45,7 @@ system-packages:
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check birdwatch tests bench
+	$(BIN)/mypy birdwatch
 	$(BIN)/ruff format --check birdwatch tests bench
 
 bench: $(VENV)/.installed

@@ -89,7 +89,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     config.mqtt.password_value()  # a missing password file or variable is a config error too
     from birdwatch.classify.models import class_names_of
     from birdwatch.classify.models import classifier_weights
-    from birdwatch.decide.visits import check_species_lists
+    from birdwatch.decide.species import check_species_lists
     from birdwatch.weights import WeightsSource
 
     # What only the weights can tell, read as `run` would but without building the network:
@@ -278,9 +278,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from birdwatch.tools.bench import MODELS
     from birdwatch.tools.bench import BenchOptions
     from birdwatch.tools.bench import main as bench_main
+    from birdwatch.tools.specs import MODELS
 
     logging.getLogger("birdwatch").setLevel(logging.INFO)  # progress; main() set up WARNING for the rest
     models = list(MODELS) if args.model == "all" else [args.model]
@@ -303,7 +303,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def _models_dir(args: argparse.Namespace) -> str:
     if args.models_dir:
-        return args.models_dir
+        return str(args.models_dir)
     if getattr(args, "config", None):
         from birdwatch.config import load_config
 

@@ -80,4 +80,5 @@ def inter_over_min(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
     area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
     area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
-    return inter / np.maximum(np.minimum(area_a[:, None], area_b[None, :]), 1e-6)
+    overlap: np.ndarray = inter / np.maximum(np.minimum(area_a[:, None], area_b[None, :]), 1e-6)
+    return overlap

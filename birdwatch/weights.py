@@ -16,6 +16,7 @@ internet).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import socket
 import sys
@@ -182,7 +183,7 @@ def pretrained_metadata(name: str, task: str | None = CLASSIFIER, *, key: str = 
             f"{key}: {name!r} is not a birder pretrained model; `birdwatch models list` shows them, "
             f"or set {file_key} to a local birder .pt file"
         )
-    meta: dict[str, Any] = registry.get_pretrained_metadata(name)
+    meta: dict[str, Any] = dict(registry.get_pretrained_metadata(name))
     if task is not None and meta["task"] != task:
         wanted = "a classifier" if task == CLASSIFIER else "a detector"
         raise ModelError(f"{key}: {name!r} is a {meta['task']} model, not {wanted}")
@@ -190,9 +191,10 @@ def pretrained_metadata(name: str, task: str | None = CLASSIFIER, *, key: str = 
 
 
 def pretrained_names(task: str) -> list[str]:
+    from birder.model_registry import Task
     from birder.model_registry import registry
 
-    return list(registry.list_pretrained_models(task=task))
+    return list(registry.list_pretrained_models(task=Task(task)))
 
 
 def pretrained_path(name: str, models_dir: str | Path) -> Path:
@@ -209,9 +211,26 @@ def pretrained_url(name: str, mirror: str | None = None) -> str:
 
 
 def sha256_matches(path: Path, expected: str) -> bool:
-    from birder.common import cli as birder_cli
+    return file_sha256(path) == expected.lower()
 
-    return bool(birder_cli.calc_sha256(path) == expected.lower())
+
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a weights file, remembered per path, size and mtime: a start hashes each file several times
+    (its check, the export cache's key, a head's classifier), and a 148 MB file takes a second to hash."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        _SHA_CACHE[key] = sha256_of(path)
+    return _SHA_CACHE[key]
+
+
+def sha256_of(path: Path) -> str:
+    """SHA-256 of a file read now, never remembered: for a file that must be checked as it is on disk."""
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def pull(

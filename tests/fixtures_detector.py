@@ -2,9 +2,9 @@
 training), synthetic bird datasets, one trained head.
 
 Training is the slow part, so each is trained once per session and shared: the stand-ins by the head, the
-backends' parity and the learning flow; the head (about 75 s of CPU) by the training test, the CLI evaluation
-and the pipeline test. Both train for a fixed number of steps, seeds fixed, never for a time: a busy machine
-takes longer and learns the same.
+backends' parity and the learning flow; the head (TRAIN_EPOCHS, under two minutes of CPU) by the training test,
+the CLI evaluation and the pipeline test. Both train for a fixed number of steps, seeds fixed, never for a time:
+a busy machine takes longer and learns the same.
 """
 
 from __future__ import annotations

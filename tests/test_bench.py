@@ -49,7 +49,7 @@ def test_bench_json_has_every_figure(tmp_path: Path) -> None:
     assert pl["frames_read"] > 0 and pl["frames_dropped"] >= 0
     assert pl["latency_ms"]["read_to_event"]["p50"] is not None
     assert pl["latency_ms"]["read_to_event"]["p95"] >= pl["latency_ms"]["read_to_event"]["p50"]
-    assert set(pl["stages"]) == {"detect", "classify"}
+    assert set(pl["stages"]) == {"locate", "classify"}
     # The backend table: every backend installed for the CPU, measured in this run, with ratios to torch.
     assert set(r["backends"]) == {"torch", "onnxruntime", "openvino"}
     for row in r["backends"].values():

@@ -280,12 +280,13 @@ def test_delivery_that_cannot_go_on_by_itself_withholds_the_watchdog(
     """Every stage alive and busy, but nothing can reach the broker again until a restart: the pings
     stop once that has lasted SINK_PROBLEM_S, so systemd restarts the service."""
     from birdwatch.config import parse_config
+    from birdwatch.runtime import health as health_module
     from birdwatch.runtime import pipeline as pipeline_module
 
     path, systemd = notify
     monkeypatch.setenv("NOTIFY_SOCKET", path)
     monkeypatch.setenv("WATCHDOG_USEC", "400000")
-    monkeypatch.setattr(pipeline_module, "SINK_PROBLEM_S", 1.0)
+    monkeypatch.setattr(health_module, "SINK_PROBLEM_S", 1.0)
     config = parse_config(yaml.safe_dump(looping_config(clip, danube_weights, ["a"])))
     config.store.path = str(clip.parent / "sink.db")
     config.snapshots.dir = str(clip.parent / "snapshots")

@@ -154,3 +154,15 @@ def test_the_command_line_answers_before_torch_is_imported() -> None:
     probe = "import sys; from birdwatch.cli import build_parser; build_parser(); print(sorted({'torch', 'birder', 'cv2'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+MAX_LINES = 450  # a module past this holds two things; split it by what they are
+
+
+def test_every_runtime_module_is_small_enough_to_read_whole() -> None:
+    long = {
+        str(p.relative_to(PACKAGE.parent)): n
+        for p in runtime_modules()
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
+    assert long == {}, f"over {MAX_LINES} lines: {long}"

@@ -46,7 +46,7 @@ def snapshot(**overrides: Any) -> dict[str, Any]:
         "ms_per_batch": 250.0,
         "batches": 10,
         "infer_s": 2.5,
-        "queues": {"localise": 1, "classify": 2},
+        "queues": {"locate": 1, "classify": 2},
         "events_pending": 3,
         "mqtt_connected": True,
     }  # fmt: skip
@@ -198,7 +198,7 @@ def test_stats_payload_gives_rates_over_the_interval_and_totals() -> None:
         "frames_dropped": 20, "reconnects": 1,
     }  # fmt: skip
     assert first["inference_ms"] == 250.0 and first["crops_per_s"] == 4.0
-    assert first["queues"] == {"localise": 1, "classify": 2}
+    assert first["queues"] == {"locate": 1, "classify": 2}
     assert (first["events_published"], first["events_pending"], first["mqtt"]) == (7, 3, "up")
 
     later = snapshot(elapsed_s=20.0, crops=60, batches=12, infer_s=3.5)

@@ -169,7 +169,7 @@ def test_file_sources_drain_and_end(tmp_path: Path, danube_weights: Path) -> Non
     assert run_for(pipeline, seconds=50) == 0
     snap = pipeline.counters()
     assert snap["cameras"]["once"]["state"] == "finished"
-    assert snap["stages"]["classify"]["queue_depth"] == 0 and snap["stages"]["detect"]["queue_depth"] == 0
+    assert snap["stages"]["classify"]["queue_depth"] == 0 and snap["stages"]["locate"]["queue_depth"] == 0
     assert sink.events
 
 

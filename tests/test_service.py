@@ -141,13 +141,13 @@ def test_a_hung_stage_withholds_the_watchdog(
 ) -> None:
     from birdwatch.classify.models import load_classifier
     from birdwatch.config import parse_config
-    from birdwatch.runtime import pipeline as pipeline_module
+    from birdwatch.runtime import health as health_module
     from birdwatch.runtime.pipeline import Pipeline
 
     path, listener = notify_socket
     monkeypatch.setenv("NOTIFY_SOCKET", path)
     monkeypatch.setenv("WATCHDOG_USEC", "400000")
-    monkeypatch.setattr(pipeline_module, "STAGE_HUNG_S", 2.0)
+    monkeypatch.setattr(health_module, "STAGE_HUNG_S", 2.0)
     config = parse_config(yaml.safe_dump(looping_config(clip, danube_weights, ["a"])))
     config.store.path = str(clip.parent / "hung.db")  # in this process: keep its state out of the cwd
     config.snapshots.dir = str(clip.parent / "snapshots")

@@ -11,9 +11,9 @@ import pytest
 
 from birdwatch.config import EventsConfig
 from birdwatch.config import TrackingConfig
+from birdwatch.decide.species import check_species_lists
 from birdwatch.decide.visits import Told
 from birdwatch.decide.visits import Visits
-from birdwatch.decide.visits import check_species_lists
 from birdwatch.errors import ConfigError
 from birdwatch.types import Detections
 from birdwatch.types import Frame

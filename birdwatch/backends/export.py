@@ -26,6 +26,8 @@ import torch
 
 from birdwatch import __version__
 from birdwatch.backends import Graph
+from birdwatch.weights import file_sha256
+from birdwatch.weights import sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +90,7 @@ def cached(path: Path, key: dict[str, Any], make: Callable[[Path], None], *, wha
     started = time.monotonic()
     try:
         make(tmp)
-        digest = _hash(tmp)
+        digest = sha256_of(tmp)
         _fsync(tmp)
         os.replace(tmp, path)
     finally:
@@ -131,7 +133,7 @@ def stale(path: Path, key: dict[str, Any]) -> str | None:
         return "without a readable manifest"
     if json.loads(json.dumps(key, default=str)) != manifest.get("key"):
         return "for other weights or versions"
-    if _hash(path) != manifest.get("sha256"):  # never the remembered hash: the file itself is checked
+    if sha256_of(path) != manifest.get("sha256"):  # never the remembered hash: the file itself is checked
         return "damaged (its SHA-256 does not match its manifest)"
     return None
 
@@ -166,26 +168,6 @@ def _quiet_exporter() -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
-
-
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, remembered per path, size and mtime (weights files are hashed at every start)."""
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        _SHA_CACHE[key] = _hash(path)
-    return _SHA_CACHE[key]
-
-
-def _hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -73,7 +73,7 @@ class TensorRtRunner:
     def __call__(self, batch: torch.Tensor) -> list[torch.Tensor]:
         x = batch.to(self.device, torch.float32).contiguous()
         if len(x) > self._max_batch:  # beyond the engine's profile: in parts
-            parts = [self(part) for part in x.split(self._max_batch)]
+            parts = [self(part) for part in torch.split(x, self._max_batch)]
             return [torch.cat(outs) for outs in zip(*parts, strict=True)]
         with self._lock:
             return self._run(x)

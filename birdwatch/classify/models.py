@@ -10,6 +10,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from birder.common import fs_ops
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 class Classifier:
     """A loaded birder classifier and what it needs to be fed."""
 
-    net: torch.nn.Module
+    net: Any  # a birder nn.Module: classify, embed and detection_features are its own
     network: str  # birder network, e.g. "hgnet_v2_b2"
     name: str  # what events call the model: the pretrained name or the file's stem
     class_names: list[str]  # index -> species

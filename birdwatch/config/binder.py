@@ -52,12 +52,13 @@ def parse_yaml(text: str, source: str) -> Any:
 def bind(cls: type[T], data: Any, source: str) -> T:
     """An instance of the dataclass `cls` from parsed YAML, every value checked against its field."""
     try:
-        return _build(cls, data, "")
+        built: T = _build(cls, data, "")
+        return built
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
 
 
-class _Loader(yaml.SafeLoader):
+class _Loader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML ships no stubs
     """yaml.SafeLoader whose bad scalars fail as YAML errors with a position. PyYAML's own constructors
     raise ValueError, IndexError or AttributeError for values its resolver accepted or a tag forced
     (`!!float ''`, a timestamp with a +02:09:20 offset)."""
@@ -189,7 +190,7 @@ def expand_path(value: Any) -> Any:
     return value
 
 
-def _check_value(f: dataclasses.Field, value: Any, path: str) -> None:
+def _check_value(f: dataclasses.Field[Any], value: Any, path: str) -> None:
     if value is None:
         return
     lo, hi = f.metadata.get("min"), f.metadata.get("max")

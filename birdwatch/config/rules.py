@@ -58,26 +58,15 @@ def localiser_has_detector_file(config: Config) -> None:
         )
 
 
-def model_url_goes_with_file_and_sha256(config: Config) -> None:
-    """model.url fetches model.file on first start, which needs model.sha256 to check it against."""
-    model = config.model
-    if model.url and not model.file:
-        raise ConfigError("model.url: set model.file too (where the fetched weights are kept)")
-    if model.url and not model.sha256:
-        raise ConfigError("model.url: set model.sha256 too, so that a wrong or partial download is refused")
-    if model.sha256 and not model.file:
-        raise ConfigError("model.sha256: the hash of model.file; set model.file, or remove model.sha256")
-
-
-def teacher_url_goes_with_file_and_sha256(config: Config) -> None:
-    """teacher.url fetches teacher.file on first start, checked against teacher.sha256."""
-    teacher = config.teacher
-    if teacher.url and not teacher.file:
-        raise ConfigError("teacher.url: set teacher.file too (where the fetched weights are kept)")
-    if teacher.url and not teacher.sha256:
-        raise ConfigError("teacher.url: set teacher.sha256 too, so that a wrong or partial download is refused")
-    if teacher.sha256 and not teacher.file:
-        raise ConfigError("teacher.sha256: the hash of teacher.file; set teacher.file, or remove teacher.sha256")
+def url_goes_with_file_and_sha256(config: Config) -> None:
+    """model.url and teacher.url fetch their section's `file` on first start, checked against its `sha256`."""
+    for key, section in (("model", config.model), ("teacher", config.teacher)):
+        if section.url and not section.file:
+            raise ConfigError(f"{key}.url: set {key}.file too (where the fetched weights are kept)")
+        if section.url and not section.sha256:
+            raise ConfigError(f"{key}.url: set {key}.sha256 too, so that a wrong or partial download is refused")
+        if section.sha256 and not section.file:
+            raise ConfigError(f"{key}.sha256: the hash of {key}.file; set {key}.file, or remove {key}.sha256")
 
 
 def teacher_file_exists(config: Config) -> None:
@@ -214,8 +203,7 @@ RULES: tuple[Callable[[Config], None], ...] = (
     camera_names_unique,
     reconnect_max_not_below_initial,
     localiser_has_detector_file,
-    model_url_goes_with_file_and_sha256,
-    teacher_url_goes_with_file_and_sha256,
+    url_goes_with_file_and_sha256,
     teacher_file_exists,
     teacher_passes_within_track_timeout,
     model_device_available,

@@ -1,46 +1,42 @@
-"""Visits: a confirmed track is a bird's visit; its species is voted over every crop, and it speaks
-in a few events (`new`, `update`, `end`) instead of one per frame.
+"""Visits: a confirmed track is a bird's visit; its species is voted over every crop, and it speaks in a few events
+(`new`, `update`, `end`) instead of one per frame.
 
-The vote adds each frame's top-k probabilities per species; the winner is the species with the
-largest sum, and its score is that sum over the visit's frames (the mean probability, counting a
-frame that did not have it in its top-k as 0). So three confident crops outvote five unsure ones,
-and one odd frame cannot rename a visit. Two crops of one frame on one track (a blob split at a
-wing) are one look at the bird: each species counts its better one, so a score never exceeds 1.
+The vote adds each frame's top-k probabilities per species; the winner is the species with the largest sum, and its
+score is that sum over the visit's frames (the mean probability, counting a frame that did not have it in its top-k
+as 0). So three confident crops outvote five unsure ones, and one odd frame cannot rename a visit. Two crops of one
+frame on one track (a blob split at a wing) are one look at the bird: each species counts its better one, so a
+score never exceeds 1.
 
-A visit is *told* (`new`) once it is confirmed and its winner is allowed and scores at least
-`events.min_score`, unless a visit of the same species on the same camera ended less than
-`cooldown_s` ago: then it stays quiet for its whole life (it still shows as "bird present").
-Once told, a visit is named by the best allowed species of its vote; it sends `update` when that
-species changes or its score moves by `update_min_score_change` (at most every
+A visit is *told* (`new`) once it is confirmed and its winner is allowed and scores at least `events.min_score`,
+unless a visit of the same species on the same camera ended less than `cooldown_s` ago: then it stays quiet for its
+whole life (it still shows as "bird present"). Once told, a visit is named by the best allowed species of its vote;
+it sends `update` when that species changes or its score moves by `update_min_score_change` (at most every
 `update_min_interval_s`), or every `heartbeat_s`, and `end` when its track times out.
 
-A second track that would tell the species of a visit still open on the same camera is the same
-bird, found again after a hop faster than the tracker follows: it joins that visit (one `new`, one
-count in "visits today"), which ends when its last track does.
+A second track that would tell the species of a visit still open on the same camera is the same bird, found again
+after a hop faster than the tracker follows: it joins that visit (one `new`, one count in "visits today"), which
+ends when its last track does.
 
-A track that the localiser calls something other than a bird (a teacher's cat) in at least half of
-the frames it judged, or whose bird score is below `events.min_bird_score`, is no visit (until more
-frames make it a bird), whatever the classifier says. The bird score, the localiser's mean over the
-visit's frames (a frame it called something else counts 0), travels in every event (`bird_score`;
-none for motion regions, which cannot tell, and which the bar therefore never holds back).
+A track that the localiser calls something other than a bird (a teacher's cat) in at least half of the frames it
+judged, or whose bird score is below `events.min_bird_score`, is no visit (until more frames make it a bird),
+whatever the classifier says. The bird score, the localiser's mean over the visit's frames (a frame it called
+something else counts 0), travels in every event (`bird_score`; none for motion regions, which cannot tell, and
+which the bar therefore never holds back).
 
-A visit keeps one whole frame: the one its picture comes from (the best crop of the species it is
-named by). Frames are megabytes; a visit of a bird on a jittering feeder sees hundreds.
+A visit keeps one whole frame: the one its picture comes from (the best crop of the species it is named by). Frames
+are megabytes; a visit of a bird on a jittering feeder sees hundreds.
 
-Time, for ending visits between frames (`tick`), is each camera's own: the newest frame decided,
-moved on by the clock since. Frames wait in the classify queue before they come here; judged
-against the clock, a visit would end while its frames are still on their way.
-"""
+Time, for ending visits between frames (`tick`), is each camera's own: the newest frame decided, moved on by the
+clock since. Frames wait in the classify queue before they come here; judged against the clock, a visit would end
+while its frames are still on their way."""
 
 from __future__ import annotations
 
-import difflib
 import logging
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
-from collections.abc import Iterable
 from dataclasses import dataclass
 from dataclasses import field
 
@@ -48,9 +44,9 @@ import numpy as np
 
 from birdwatch.config import EventsConfig
 from birdwatch.config import TrackingConfig
+from birdwatch.decide.species import SpeciesFilter
 from birdwatch.decide.tracking import Track
 from birdwatch.decide.tracking import Tracker
-from birdwatch.errors import ConfigError
 from birdwatch.types import Box
 from birdwatch.types import CameraState
 from birdwatch.types import Detections
@@ -63,9 +59,7 @@ from birdwatch.types import local_day
 
 log = logging.getLogger(__name__)
 
-
-# Beyond this the classify queue is not behind but stuck: visits end by the clock again.
-_MAX_LAG_S = 120.0
+_MAX_LAG_S = 120.0  # beyond this the classify queue is not behind but stuck: visits end by the clock again
 
 
 @dataclass
@@ -81,8 +75,7 @@ class _Picture:
 
 @dataclass(frozen=True)
 class Told:
-    """An event the visits decided to tell, with the picture it should carry when it has a better one
-    than the visit's last (the full frame of the best crop; `event.box` is where the bird is in it)."""
+    """An event to tell, with the picture it carries when better than the visit's last (the best crop's frame)."""
 
     event: VisitEvent
     picture: np.ndarray | None = None
@@ -184,28 +177,6 @@ class Visit:
         held = self.picture
         if held is None or held.species != lead or score > held.score:
             self.picture = _Picture(lead, score, frame.seq, box, frame.image)
-
-
-class SpeciesFilter:
-    """events.allow / events.block: which species may be told."""
-
-    def __init__(self, allow: Iterable[str], block: Iterable[str]) -> None:
-        self.allow = frozenset(allow)
-        self.block = frozenset(block)
-
-    def __call__(self, name: str) -> bool:
-        return (not self.allow or name in self.allow) and name not in self.block
-
-
-def check_species_lists(cfg: EventsConfig, class_names: Iterable[str], model: str) -> None:
-    """Every name in events.allow/block must be one of the model's species (a typo would silently never match)."""
-    known = set(class_names)
-    for key in ("allow", "block"):
-        for i, name in enumerate(getattr(cfg, key)):
-            if name not in known:
-                close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
-                hint = f"did you mean {close[0]!r}?" if close else "species names are as the model spells them"
-                raise ConfigError(f"events.{key}[{i}]: {name!r} is not a species of model {model}; {hint}")
 
 
 class Visits:

@@ -1,5 +1,16 @@
 """Talking to an MQTT broker, for the sink (mqtt.py) and for `birdwatch doctor`'s one-shot probe: the
 topics, TLS on a paho client, the client id, the warning for a password sent in the clear.
+
+Topics under `<prefix>` (mqtt.topic_prefix):
+
+| topic | payload | retained |
+| --- | --- | --- |
+| `<prefix>/status` | `online` / `offline` (also the last will) | yes |
+| `<prefix>/<camera>/event` | visit event JSON (`new`, `update`, `end`) | no |
+| `<prefix>/<camera>/snapshot` | the visit's best crop, raw JPEG bytes (QoS 0, current value) | yes |
+| `<prefix>/<camera>/state` | camera state JSON for Home Assistant (QoS 0, current value) | yes |
+| `<prefix>/stats` | periodic counters JSON (QoS 0) | no |
+| `<discovery_prefix>/<component>/<node>/<object>/config` | Home Assistant discovery | yes |
 """
 
 from __future__ import annotations
@@ -13,6 +24,7 @@ import uuid
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
 
 from birdwatch.config import MqttConfig
 from birdwatch.config import MqttTlsConfig
@@ -103,8 +115,8 @@ class BrokerProbe:
         self.connack = threading.Event()
         self.puback = threading.Event()
         self.subscribed = threading.Event()
-        self.connect_reason: mqtt.ReasonCode | None = None
-        self.publish_reason: mqtt.ReasonCode | None = None
+        self.connect_reason: ReasonCode | None = None
+        self.publish_reason: ReasonCode | None = None
         self.retained: list[str] = []
         self.last_message = time.monotonic()
         client = mqtt.Client(
@@ -119,11 +131,11 @@ class BrokerProbe:
         client.on_message = self._on_message
         self.client = client
 
-    def _on_connect(self, _c: mqtt.Client, _u: object, _f: object, reason: mqtt.ReasonCode, _p: object) -> None:
+    def _on_connect(self, _c: mqtt.Client, _u: object, _f: object, reason: ReasonCode, _p: object) -> None:
         self.connect_reason = reason
         self.connack.set()
 
-    def _on_publish(self, _c: mqtt.Client, _u: object, _mid: int, reason: mqtt.ReasonCode, _p: object) -> None:
+    def _on_publish(self, _c: mqtt.Client, _u: object, _mid: int, reason: ReasonCode, _p: object) -> None:
         self.publish_reason = reason
         self.puback.set()
 

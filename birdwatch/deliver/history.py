@@ -72,7 +72,8 @@ class StoredEvent:
 
     @property
     def data(self) -> dict[str, Any]:
-        return json.loads(self.payload)
+        data: dict[str, Any] = json.loads(self.payload)
+        return data
 
 
 class EventStore:
@@ -235,7 +236,7 @@ def event_from_payload(p: dict[str, Any]) -> VisitEvent:
         first_seen=p["first_seen"],
         last_seen=p["last_seen"],
         frames=p["frames"],
-        box=tuple(p["box"]),  # type: ignore[arg-type]
+        box=(p["box"][0], p["box"][1], p["box"][2], p["box"][3]),
         model=p["model"],
         end_reason=EndReason(p["end_reason"]) if p.get("end_reason") else None,
         snapshot=p.get("snapshot"),

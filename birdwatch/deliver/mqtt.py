@@ -1,19 +1,8 @@
-"""MQTT: the sink that delivers events to a broker. deliver/ is the only room that talks to paho: this
-module, and broker.py (topics, TLS, client ids, and the one-shot probe `birdwatch doctor` uses).
+"""MQTT: the sink that delivers events to a broker. deliver/ is the only room that talks to paho: this module, and
+broker.py (the topics, TLS, client ids, and the one-shot probe `birdwatch doctor` uses).
 
-Topics under `<prefix>` (mqtt.topic_prefix):
-
-| topic | payload | retained |
-| --- | --- | --- |
-| `<prefix>/status` | `online` / `offline` (also the last will) | yes |
-| `<prefix>/<camera>/event` | visit event JSON (`new`, `update`, `end`) | no |
-| `<prefix>/<camera>/snapshot` | the visit's best crop, raw JPEG bytes (QoS 0, current value) | yes |
-| `<prefix>/<camera>/state` | camera state JSON for Home Assistant (QoS 0, current value) | yes |
-| `<prefix>/stats` | periodic counters JSON (QoS 0) | no |
-| `<discovery_prefix>/<component>/<node>/<object>/config` | Home Assistant discovery | yes |
-
-TLS per `mqtt.tls`. paho's network thread reconnects by itself (connect_async + loop_start). What
-keeps a box nobody watches delivering:
+TLS per `mqtt.tls`. paho's network thread reconnects by itself (connect_async + loop_start). What keeps a box
+nobody watches delivering:
 
 - Events (mqtt.qos, 1: at least once) are handed to paho at most EVENT_WINDOW unacknowledged at a
   time; the rest wait in the outbox (outbox.py, SQLite), so a long outage costs no memory. paho keeps
@@ -27,10 +16,9 @@ keeps a box nobody watches delivering:
   (the outbox's database work) and restarts a network loop that ended anyway (`online` and
   `problem` show it meanwhile).
 
-Home Assistant keeps an entity as long as its retained discovery config exists, so on every connect
-the sink reads the retained configs back and clears (empty retained payload) those that name this
-instance's availability topic but belong to a camera no longer in the config.
-"""
+Home Assistant keeps an entity as long as its retained discovery config exists, so on every connect the sink reads
+the retained configs back and clears (empty retained payload) those that name this instance's availability topic
+but belong to a camera no longer in the config."""
 
 from __future__ import annotations
 
@@ -339,6 +327,7 @@ class MqttSink:
             self.client.loop_start()
 
     def _connect_async(self) -> None:
+        assert self.cfg.host  # a sink without a host is the log sink
         try:
             self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
         except (OSError, ValueError) as exc:

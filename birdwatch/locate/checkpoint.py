@@ -21,13 +21,13 @@ import torch
 from birder.net.detection.base import DetectionBaseNet
 
 from birdwatch import __version__
-from birdwatch.backends.export import file_sha256
 from birdwatch.classify.models import Classifier
 from birdwatch.errors import ModelError
 from birdwatch.locate.head import DEFAULT_FPN_WIDTH
 from birdwatch.locate.head import HEAD_NETWORK
 from birdwatch.locate.head import build_head
 from birdwatch.precision import Dtype
+from birdwatch.weights import file_sha256
 
 log = logging.getLogger(__name__)
 

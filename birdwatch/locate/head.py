@@ -19,9 +19,11 @@ bf16 cannot hold pixel coordinates of a large frame (its step at 1024 is 8 pixel
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
+from birder.data.transforms.classification import RGBType
 from birder.model_registry import registry
 from birder.net.detection.base import DetectionBaseNet
 from torch import nn
@@ -46,17 +48,19 @@ PAD_MULTIPLE = 32  # the backbones' largest stride: canvases are padded to a mul
 class SharedBackbone(nn.Module):
     """A classifier network presented to a birder detection net as its backbone, without handing it over."""
 
+    net: Any  # a birder classifier: its detection_features and stage facts are its own, not nn.Module's
+
     def __init__(self, net: nn.Module, precision: Dtype | str = Dtype.FP32) -> None:
         super().__init__()
         if not callable(getattr(net, "detection_features", None)) or not hasattr(net, "return_channels"):
             raise ModelError(f"{type(net).__name__} has no detection_features: it cannot carry a detection head")
         object.__setattr__(self, "net", net)  # not registered: no parameters, buffers or train() pass through
-        self.input_channels = net.input_channels
-        self.return_channels = list(net.return_channels)
-        self.return_stages = list(net.return_stages)
-        self.max_stride = net.max_stride
-        self.stem_stride = getattr(net, "stem_stride", None)
-        self.size = net.size
+        self.input_channels: int = self.net.input_channels
+        self.return_channels: list[int] = list(self.net.return_channels)
+        self.return_stages: list[str] = list(self.net.return_stages)
+        self.max_stride: int = self.net.max_stride
+        self.stem_stride: int | None = getattr(net, "stem_stride", None)
+        self.size: tuple[int, int] = self.net.size
         self.precision = Dtype(precision)  # autocast of the backbone's forward pass
         # Only the tests' preparation of an untrained backbone sets this; heads always train on a frozen one.
         self.trainable = False
@@ -98,8 +102,9 @@ def build_head(
     if fpn_width % 32:
         raise ModelError(f"fpn_width {fpn_width}: must be a multiple of 32 (the head uses GroupNorm with 32 groups)")
     freeze(net)
-    head = registry.detection_net_factory(
-        HEAD_NETWORK, num_classes, SharedBackbone(net, precision), config={"fpn_width": fpn_width}
+    backbone: Any = SharedBackbone(net, precision)  # a DetectorBackbone in all but its class: see above
+    head: DetectionBaseNet = registry.detection_net_factory(
+        HEAD_NETWORK, num_classes, backbone, config={"fpn_width": fpn_width}
     )
     return head
 
@@ -118,6 +123,8 @@ class HeadOutputs(nn.Module):
     """
 
     OUTPUTS = ("cls_logits", "bbox_regression", "bbox_ctrness")
+
+    head: Any  # birder's FCOS; its forward_net is its own
 
     def __init__(self, head: DetectionBaseNet) -> None:
         super().__init__()
@@ -139,7 +146,7 @@ class BirdDetector:
         self,
         head: DetectionBaseNet,
         *,
-        rgb_stats: dict[str, Sequence[float]],
+        rgb_stats: RGBType,
         device: torch.device,
         max_size: int,
         score_threshold: float = 0.4,
@@ -149,7 +156,7 @@ class BirdDetector:
         runner: Runner | None = None,
         canvas: int | None = None,
     ) -> None:
-        self.head = head.to(device).eval()
+        self.head: Any = head.to(device).eval()  # birder's FCOS: its anchors and post-processing are its own
         self.runner = runner if runner is not None and runner.backend is not Backend.TORCH else None
         self.backend = self.runner.backend if self.runner else Backend.TORCH  # for logs and `models export`
         self.runs_in = self.runner.precision if self.runner else str(shared_backbone(head).precision)
@@ -221,11 +228,12 @@ class BirdDetector:
         anchors = head.anchor_generator(images, placeholders)
         per_level = [h * w for h, w in levels]
         split = {
-            name: list(out.to(self.device).split(per_level, dim=1))
+            name: list(torch.split(out.to(self.device), per_level, dim=1))
             for name, out in zip(HeadOutputs.OUTPUTS, outputs, strict=True)
         }
-        split_anchors = [list(a.split(per_level)) for a in anchors]
-        return head.postprocess_detections(split, split_anchors, images.image_sizes)
+        split_anchors = [list(torch.split(a, per_level)) for a in anchors]
+        found: list[dict[str, torch.Tensor]] = head.postprocess_detections(split, split_anchors, images.image_sizes)
+        return found
 
     def levels(self) -> list[tuple[int, int]]:
         """(h, w) of each FPN level on the canvas, found once by running the torch network on an empty canvas."""

@@ -137,6 +137,24 @@ def detector_graph(head: DetectionBaseNet, classifier: Classifier, head_file: Pa
     )
 
 
+class MotionLocaliser:
+    """`localiser: motion`: the motion regions themselves (padded squares around what moved, per camera)."""
+
+    needs_motion = True
+
+    def __init__(self) -> None:
+        self.frames_detected = 0
+
+    def __call__(self, frames: Sequence[Frame], motion: Sequence[Detections] | None = None) -> list[Detections]:
+        if motion is None:
+            raise ValueError("MotionLocaliser needs the motion regions of every frame")
+        self.frames_detected += sum(1 for moved in motion if len(moved))
+        return list(motion)
+
+    def runs(self) -> list[Part]:
+        return []  # no network: the classifier alone
+
+
 class DetectorLocaliser:
     """The head on whole frames, all cameras in one batch."""
 
@@ -299,11 +317,11 @@ def build_teacher_localiser(config: Config, classifier: Classifier) -> TeacherLo
     return TeacherLocaliser(teacher, gate=gate, max_fps=max_fps, track_timeout_s=config.tracking.timeout_s)
 
 
-def build_localiser(config: Config, classifier: Classifier, options: RunOptions | None = None) -> Localiser | None:
-    """What `Pipeline.localise` calls for `localiser: detector | detector+motion | teacher`; None for motion
-    only. The head runs on `engine.backend`, as the classifier does; the teacher on torch."""
+def build_localiser(config: Config, classifier: Classifier, options: RunOptions | None = None) -> Localiser:
+    """What the locate stage runs for `localiser: motion | detector | detector+motion | teacher`. The head runs
+    on `engine.backend`, as the classifier does; the teacher on torch."""
     if config.localiser == "motion":
-        return None
+        return MotionLocaliser()
     if config.localiser == "teacher":
         return build_teacher_localiser(config, classifier)
     cfg = config.detector

@@ -29,24 +29,20 @@ OnMotion = Callable[[Sequence[Frame], Sequence[Detections]], None]
 
 class Locator:
     def __init__(
-        self, cameras: Sequence[CameraConfig], localiser: Localiser | None, on_motion: OnMotion | None = None
+        self, cameras: Sequence[CameraConfig], localiser: Localiser, on_motion: OnMotion | None = None
     ) -> None:
-        self.localiser = localiser  # None: motion regions only
+        self.localiser = localiser
         self.on_motion = on_motion  # also told what moved in every frame (the recorder)
         self.motion = {cam.name: MotionDetector(cam.motion) for cam in cameras}
         self.padding = {cam.name: cam.motion.padding for cam in cameras}
 
     def __call__(self, frames: Sequence[Frame]) -> list[Detections]:
         """One Detections per frame, in order; frames of several cameras share the head's batch."""
-        wants_motion = self.localiser is None or self.localiser.needs_motion
         moving = None
-        if wants_motion or self.on_motion is not None:
+        if self.localiser.needs_motion or self.on_motion is not None:
             moving = [self.motion[frame.camera](frame.image) for frame in frames]
             if self.on_motion is not None:
                 self.on_motion(frames, moving)
-        if self.localiser is None:
-            assert moving is not None
-            return moving
         return self.localiser(frames, moving if self.localiser.needs_motion else None)
 
     def crop_boxes(self, frame: Frame, found: Detections) -> list[Box]:

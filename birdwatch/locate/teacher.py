@@ -20,10 +20,12 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from birder.common import fs_ops
+from birder.data.transforms.classification import RGBType
 from birder.model_registry import Task
 from birder.model_registry import registry
 from torchvision.ops import nms
@@ -136,12 +138,12 @@ class Teacher:
 
     def __init__(
         self,
-        net: torch.nn.Module,
+        net: Any,  # a birder detection net (or its TorchScript)
         weights: TeacherWeights,
         class_names: list[str],
         cfg: TeacherConfig,
         *,
-        rgb_stats: dict[str, Sequence[float]],
+        rgb_stats: RGBType,
         size: tuple[int, int],
         device: torch.device,
         precision: Precision,
@@ -192,8 +194,8 @@ class Teacher:
         # One thing, one verdict: a detector may box a cat as a cat and, less sure, as a bird too.
         kept = np.flatnonzero(keep)
         if len(kept) > 1:
-            boxes = result["boxes"].float()[torch.from_numpy(kept)]
-            survivors = nms(boxes.cpu(), torch.from_numpy(scores[kept]), ONE_THING_IOU).numpy()
+            candidates = result["boxes"].float()[torch.from_numpy(kept)]
+            survivors = nms(candidates.cpu(), torch.from_numpy(scores[kept]), ONE_THING_IOU).numpy()
             keep = np.zeros_like(keep)
             keep[kept[survivors]] = True
         height, width = shape

@@ -25,8 +25,8 @@ from birdwatch.classify.models import load_classifier
 from birdwatch.config import Config
 from birdwatch.decide.decider import Decider
 from birdwatch.decide.snapshots import SnapshotWriter
+from birdwatch.decide.species import check_species_lists
 from birdwatch.decide.visits import Visits
-from birdwatch.decide.visits import check_species_lists
 from birdwatch.deliver.history import EventStore
 from birdwatch.deliver.mqtt import MqttSink
 from birdwatch.deliver.outbox import Outbox
@@ -127,8 +127,7 @@ def prepare_backends(config: Config) -> list[Part]:
         runner = open_runner(classifier_graph(classifier), config.engine.backend, cache_dir, options)
         made = [Part("classifier", runner.backend.value, runner.precision)]
         localiser = build_localiser(config, classifier, replace(options, callers=1))
-        if localiser is not None:
-            made += localiser.runs()
+        made += localiser.runs()
         wanted = config.engine.backend
         exported = [part for part in made if part.name != "teacher"]  # the teacher runs on torch by design
         fell_back = [part.name for part in exported if wanted not in ("auto", part.backend)]

@@ -310,7 +310,7 @@ class StatsReport:
             was = prev["cameras"].get(name, {})
 
             def rate(key: str, cam: Mapping[str, Any] = cam, was: Mapping[str, Any] = was) -> float:
-                return round((cam.get(key, 0) - was.get(key, 0)) / span, 2)
+                return round(float(cam.get(key, 0) - was.get(key, 0)) / span, 2)
 
             cameras[name] = {
                 "state": cam.get("state"),

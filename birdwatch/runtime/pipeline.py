@@ -1,19 +1,18 @@
 """The stage threads and their supervision: cameras -> locate -> classify -> decide -> deliver.
 
-    readers ──► detect queue (1 frame per camera: newest wins) ──► locate thread
+    readers ──► locate queue (1 frame per camera: newest wins) ──► locate thread
             ──► classify queue (a few frames per camera, oldest dropped) ──► classify workers (1..N)
             ──► decide queue (batches in the order they were formed, each a future) ──► decide thread:
                 tracks, visits, snapshots, outbox (SQLite, then MQTT), camera states
 
-Several classify workers run whole batches side by side (on a CPU, one per core: see
-engine.WorkerPlan) and only classify. One decide thread takes their results in the order the
-batches left the classify queue and alone owns everything after: tracking needs each camera's
-frames in order, and a camera's events must reach the outbox in the order they happened.
+Several classify workers run whole batches side by side (on a CPU, one per core: see engine.WorkerPlan) and only
+classify. One decide thread takes their results in the order the batches left the classify queue and alone owns
+everything after: tracking needs each camera's frames in order, and a camera's events must reach the outbox in the
+order they happened.
 
-Capture never waits for the model: both batch queues drop the oldest frame of a camera when full,
-and count it. Both take round-robin across cameras so none starves. The main thread only
-supervises: stats, the end of file sources, a stage that keeps failing or hangs.
-"""
+Capture never waits for the model: both batch queues drop the oldest frame of a camera when full, and count it.
+Both take round-robin across cameras so none starves. The main thread only supervises: stats, the end of file
+sources, a stage that keeps failing or hangs."""
 
 from __future__ import annotations
 
@@ -22,6 +21,7 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -38,6 +38,7 @@ from birdwatch.runtime import systemd
 from birdwatch.runtime.batching import Batcher
 from birdwatch.runtime.build import Parts
 from birdwatch.runtime.build import build
+from birdwatch.runtime.health import Health
 from birdwatch.runtime.metrics import StatsReport
 from birdwatch.runtime.metrics import summary_line
 from birdwatch.runtime.stages import Batch
@@ -57,8 +58,6 @@ from birdwatch.types import VisitEvent
 
 log = logging.getLogger(__name__)
 
-STAGE_HUNG_S = 30.0  # a stage thread silent this long is hung: the systemd watchdog ping is withheld
-SINK_PROBLEM_S = 60.0  # the sink's delivery thread or network loop gone this long: the ping is withheld too
 FLUSH_S = 5.0  # at stop, wait at most this long for the broker to acknowledge what is still in flight
 # All of stop() before the sink's own `offline` (up to 3 s) fits in this, inside the unit's
 # TimeoutStopSec=15, however many cameras are stalled: they are asked to stop together, and a read
@@ -77,14 +76,14 @@ class Pipeline:
         self.parts: Parts | None = None
         self.feeds: list[Feed] = []
         self.stats = RunStats()
-        self.stages = {"detect": StageStats(), "classify": StageStats()}
+        self.stages = {"locate": StageStats(), "classify": StageStats()}
         self._guards = {
-            "detect": Guard("detect", self.stages["detect"]),
+            "locate": Guard("locate", self.stages["locate"]),
             "classify": Guard("classify", self.stages["classify"]),
             "decide": Guard("decide", self.stages["classify"]),  # its failures count as the classify stage's
         }
         engine_cfg = config.engine
-        self.detect_queue: Batcher[Frame] = Batcher(
+        self.locate_queue: Batcher[Frame] = Batcher(
             max_batch=len(config.cameras), max_wait_s=engine_cfg.max_wait_ms / 1000, capacity_per_key=1
         )
         self.classify_queue: Batcher[ClassifyJob] = Batcher(
@@ -103,13 +102,8 @@ class Pipeline:
         self._locate_thread: threading.Thread | None = None
         self._classify_threads: list[threading.Thread] = []
         self._decide_thread: threading.Thread | None = None
-        # Each stage thread stamps this (by thread name) on every pass, work or idle, so a thread
-        # stuck inside a model call shows up as a stale stamp and the watchdog ping stops.
-        self._heartbeat: dict[str, float] = {}
-        self._watchdog = systemd.Watchdog()
-        self._hung_reported = False
-        self._sink_problem_since: float | None = None
-        self._sink_problem_reported = False
+        self._health = Health()  # a stage thread stuck in a model call leaves its heartbeat stale: no ping
+        self._heartbeat = self._health.heartbeat  # stamped by each stage thread on every pass, work or idle
         self._stats_report = StatsReport()
         self._rates = FeedRates()
         self.status_note = ""  # put before the summary in systemd's STATUS=, e.g. why a reload failed
@@ -134,7 +128,7 @@ class Pipeline:
         return self.parts.sink
 
     @property
-    def localiser(self) -> Localiser | None:
+    def localiser(self) -> Localiser | None:  # None before start
         return self.parts.locator.localiser if self.parts else None
 
     @property
@@ -166,9 +160,9 @@ class Pipeline:
         parts.sink.start()
         secrets = self.config.secrets()
         self.feeds = [
-            Feed(cam, CameraReader(cam, self.detect_queue.inlet(cam.name), secrets)) for cam in self.config.cameras
+            Feed(cam, CameraReader(cam, self.locate_queue.inlet(cam.name), secrets)) for cam in self.config.cameras
         ]
-        self._locate_thread = threading.Thread(target=self._locate_loop, name="detect", daemon=True)
+        self._locate_thread = threading.Thread(target=self._locate_loop, name="locate", daemon=True)
         self._classify_threads = [
             threading.Thread(target=self._classify_loop, name=f"classify-{i}", daemon=True)
             for i in range(parts.plan.workers)
@@ -202,7 +196,7 @@ class Pipeline:
                 log.error("stopping: %s", fatal)
                 return 1
             if self.feeds and all(feed.reader.done for feed in self.feeds):
-                self.detect_queue.close()  # the stages drain what is queued, then end
+                self.locate_queue.close()  # the stages drain what is queued, then end
                 if not any(t.is_alive() for t in self._threads):
                     log.info("every source has ended")
                     return 0 if any(feed.reader.stats.status == "finished" for feed in self.feeds) else 1
@@ -211,57 +205,12 @@ class Pipeline:
         return 0
 
     def _dead_stage(self) -> str | None:
-        """Why a stage thread has ended while it should run (an exception it did not catch), or None.
-        Once the sources have ended and the queue is closed, the stages end by design."""
-        if self.detect_queue.closed:
-            return None
-        dead = next((t for t in self._threads if not t.is_alive()), None)
-        if dead is None:
-            return None
-        return f"the {dead.name.partition('-')[0]} stage (thread {dead.name}) has died"
+        # Once the sources have ended and the queue is closed, the stages end by design.
+        return None if self.locate_queue.closed else self._health.dead_stage(self._threads)
 
     def _beat(self) -> None:
-        """Ping systemd's watchdog only while every stage thread is alive and making progress: a dead
-        thread makes no progress either, though it never goes stale."""
-        now = time.monotonic()
-        if self._dead_stage():
-            return  # run() stops on it; until then, no ping
-        if self._delivery_stuck(now):
-            return
-        stale = [
-            (thread.name, now - self._heartbeat[thread.name])
-            for thread in self._threads
-            if thread.is_alive() and now - self._heartbeat[thread.name] > STAGE_HUNG_S
-        ]
-        if not stale:
-            self._hung_reported = False
-            self._watchdog.beat(now)
-        elif not self._hung_reported:
-            self._hung_reported = True
-            name, silent = stale[0]
-            log.error(
-                "the %s stage (thread %s) has made no progress for %.0f s; withholding the watchdog so systemd "
-                "restarts us",
-                name.partition("-")[0],
-                name,
-                silent,
-            )
-
-    def _delivery_stuck(self, now: float) -> bool:
-        """True once the sink has said for SINK_PROBLEM_S that delivery cannot go on by itself (its
-        thread or network loop ended and did not come back): then systemd's restart is the cure."""
         problem = getattr(self.parts.sink, "problem", None) if self.parts is not None else None
-        if problem is None:
-            self._sink_problem_since = None
-            return False
-        if self._sink_problem_since is None:
-            self._sink_problem_since = now
-        if now - self._sink_problem_since < SINK_PROBLEM_S:
-            return False
-        if not self._sink_problem_reported:
-            self._sink_problem_reported = True
-            log.error("%s for %.0f s; withholding the watchdog so systemd restarts us", problem, SINK_PROBLEM_S)
-        return True
+        self._health.beat(self._threads, dead=self._dead_stage(), sink_problem=problem)
 
     def stop(self, timeout: float = 8.0) -> bool:
         """Stop capture, drain the queued work through the stages (the decide thread ends the visits of
@@ -278,7 +227,7 @@ class Pipeline:
         deadline = began + timeout
         for feed in self.feeds:  # every camera at once: stalled ones do not add up
             feed.reader.request_stop()
-        self.detect_queue.close()  # a reader's last frame may still come: the stages take what is queued
+        self.locate_queue.close()  # a reader's last frame may still come: the stages take what is queued
         feeding = [t for t in self._threads if t is not self._decide_thread and t.ident is not None]
         for thread in feeding:
             thread.join(max(0.1, deadline - time.monotonic()))
@@ -313,16 +262,16 @@ class Pipeline:
     def _locate_loop(self) -> None:
         try:
             while True:
-                frames = self.detect_queue.get_batch(timeout=0.5)
-                self._heartbeat["detect"] = time.monotonic()
+                frames = self.locate_queue.get_batch(timeout=0.5)
+                self._heartbeat["locate"] = time.monotonic()
                 if not frames:
-                    if self.detect_queue.closed and self.detect_queue.depth() == 0:
+                    if self.locate_queue.closed and self.locate_queue.depth() == 0:
                         return
                     continue
                 started = time.monotonic()
-                found = self._guards["detect"].call(frames, self.localise, frames)
+                found = self._guards["locate"].call(frames, self.locate, frames)
                 done = time.monotonic()
-                self.stages["detect"].record(len(frames), started, done, [started - f.mono for f in frames])
+                self.stages["locate"].record(len(frames), started, done, [started - f.mono for f in frames])
                 for frame, boxes in zip(frames, found or [], strict=False):
                     if len(boxes):
                         self.classify_queue.put(frame.camera, ClassifyJob(frame, boxes, done))
@@ -435,7 +384,7 @@ class Pipeline:
     def process(self, frames: list[Frame]) -> list[VisitEvent]:
         """Every stage for some frames, in order (tests, benchmarks): locate and classify in the calling
         thread, decide on the decide thread, which owns the visits. Returns the events told."""
-        found = self.localise(frames)
+        found = self.locate(frames)
         now = time.monotonic()
         batch = Batch([ClassifyJob(frame, boxes, now) for frame, boxes in zip(frames, found, strict=True)])
         batch.run(self.classify)
@@ -444,7 +393,7 @@ class Pipeline:
         self._to_decide.put(batch)
         return batch.decided.result(timeout=PROCESS_TIMEOUT_S)
 
-    def localise(self, frames: list[Frame]) -> list[Detections]:
+    def locate(self, frames: list[Frame]) -> list[Detections]:
         """Where to look in each frame: motion regions, detector boxes, or detector boxes where motion is."""
         assert self.parts is not None
         out = self.parts.locator(frames)
@@ -478,9 +427,8 @@ class Pipeline:
 
     def counters(self) -> dict[str, object]:
         """Counters for logs, the benchmark and metrics."""
-        parts = self.parts
-        queues = {"detect": self.detect_queue, "classify": self.classify_queue}
-        outbox, decider = (parts.outbox, parts.decider) if parts else (None, None)
+        queues: dict[str, Batcher[Any]] = {"locate": self.locate_queue, "classify": self.classify_queue}
+        outbox, decider = (self.parts.outbox, self.parts.decider) if self.parts else (None, None)
         return counters(self.stats, self.stages, queues, self.feeds, outbox, decider)
 
     def status_line(self, snap: dict[str, object] | None = None) -> str:

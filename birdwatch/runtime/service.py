@@ -46,7 +46,7 @@ def check_before_start(
     asked for during a fetch raises FetchStopped."""
     from birdwatch.classify.models import class_names_of
     from birdwatch.classify.models import classifier_weights
-    from birdwatch.decide.visits import check_species_lists
+    from birdwatch.decide.species import check_species_lists
 
     config.mqtt.password_value()
     for source in weights_to_fetch(config):
@@ -57,6 +57,11 @@ def check_before_start(
         from birdwatch.locate.teacher import teacher_weights
 
         teacher_weights(config.teacher, config.model)
+
+
+def _feed_watchdog(_done: int) -> None:
+    """While a reload's weights download, the service is busy, not hung."""
+    systemd.watchdog()
 
 
 def _extend_start(config: Config) -> WhileFetching:
@@ -107,26 +112,28 @@ class Service:
         except FetchStopped as exc:
             log.info("%s", exc)
             return 0
-        pipeline: Pipeline | None = Pipeline(self.config)
-        self.pipeline = pipeline
+        running = Pipeline(self.config)
+        pipeline: Pipeline | None = running
+        self.pipeline = running
         code = EXIT_RESTART
         try:
-            pipeline.start()
+            running.start()
             self._start_metrics()
-            systemd.ready(pipeline.status_line())
+            systemd.ready(running.status_line())
             while True:
-                code = pipeline.run(self._wake)
+                code = running.run(self._wake)
                 # Cleared before the flags are read: a signal from here on sets _wake again, so the
                 # next pipeline's run() returns at once instead of waiting on a request already made.
                 self._wake.clear()
                 if self.stop_requested.is_set() or not self.reload_requested.is_set():
                     return code
                 with systemd.keepalive(RELOAD_MAX_S):
-                    pipeline = self._reload(pipeline)
+                    pipeline = self._reload(running)
                 if pipeline is None:
                     code = EXIT_RESTART
                     return code
-                systemd.ready(pipeline.status_line())
+                running = pipeline
+                systemd.ready(running.status_line())
         finally:
             self._stop_metrics()
             if pipeline is not None:
@@ -141,7 +148,7 @@ class Service:
         self.reload_requested.clear()
         try:
             new = load_config(self.config_path)
-            check_before_start(new, while_fetching=lambda _done: systemd.watchdog(), stop=self.stop_requested)
+            check_before_start(new, while_fetching=_feed_watchdog, stop=self.stop_requested)
             if self.stop_requested.is_set():  # SIGTERM during the checks (a download, say): stop, do not switch
                 return running
             self._switch_metrics(new.metrics)  # a taken port fails here, with the old pipeline still up

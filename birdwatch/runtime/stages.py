@@ -31,7 +31,7 @@ MAX_CONSECUTIVE_FAILURES = 5  # a stage that fails this often in a row is broken
 class ClassifyJob:
     frame: Frame
     found: Detections
-    queued: float  # monotonic, when the detect stage handed it on
+    queued: float  # monotonic, when the locate stage handed it on
 
 
 @dataclass

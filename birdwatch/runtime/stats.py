@@ -12,6 +12,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
 from typing import TYPE_CHECKING
@@ -71,7 +72,7 @@ class StageStats:
         self.batch_s.append(done - started)
         self.wait_s.extend(waits)
 
-    def view(self, queue: Batcher, elapsed: float) -> dict[str, object]:
+    def view(self, queue: Batcher[Any], elapsed: float) -> dict[str, object]:
         return {
             "queue_depth": queue.depth(),
             "dropped": sum(queue.dropped.values()),
@@ -105,7 +106,7 @@ def percentiles_ms(samples: deque[float]) -> dict[str, float | None]:
     return {"p50": round(1000 * float(p50), 1), "p95": round(1000 * float(p95), 1)}
 
 
-def feed_view(feed: Feed, detect_queue: Batcher, classify_queue: Batcher) -> dict[str, object]:
+def feed_view(feed: Feed, locate_queue: Batcher[Any], classify_queue: Batcher[Any]) -> dict[str, object]:
     st = feed.reader.stats
     name = feed.name
     return {
@@ -113,10 +114,10 @@ def feed_view(feed: Feed, detect_queue: Batcher, classify_queue: Batcher) -> dic
         "frames_read": st.frames_read,
         "frames_processed": feed.processed,
         "frames_classified": feed.classified,
-        "frames_dropped": detect_queue.dropped.get(name, 0) + classify_queue.dropped.get(name, 0),
+        "frames_dropped": locate_queue.dropped.get(name, 0) + classify_queue.dropped.get(name, 0),
         "reconnects": st.reconnects,
         "regions": feed.regions,
-        "queue_depth": detect_queue.depth(name) + classify_queue.depth(name),
+        "queue_depth": locate_queue.depth(name) + classify_queue.depth(name),
         "last_error": st.last_error,
     }
 
@@ -164,7 +165,7 @@ def new_event_read_times(events: list[VisitEvent], frames: list[Frame]) -> list[
 def counters(
     stats: RunStats,
     stages: dict[str, StageStats],
-    queues: dict[str, Batcher],
+    queues: Mapping[str, Batcher[Any]],
     feeds: Iterable[Feed],
     outbox: Outbox | None,
     decider: Decider | None = None,
@@ -177,7 +178,7 @@ def counters(
     connected = getattr(outbox.publisher, "connected", None) if outbox is not None else None
     snap = {
         "elapsed_s": round(elapsed, 2),
-        "cameras": {feed.name: feed_view(feed, queues["detect"], queues["classify"]) for feed in feeds},
+        "cameras": {feed.name: feed_view(feed, queues["locate"], queues["classify"]) for feed in feeds},
         "stages": views,
         "queues": {name: view["queue_depth"] for name, view in views.items()},
         "batches": classify.batches,
@@ -186,7 +187,9 @@ def counters(
         "events_published": outbox.sent if outbox is not None else stats.events,
         "events_pending": store.count_pending() if store is not None and not store.closed else None,
         # `online`, not the event alone: it also asks whether paho's network loop still runs.
-        "mqtt_connected": bool(outbox.publisher.online) if isinstance(connected, threading.Event) else None,
+        "mqtt_connected": (
+            bool(outbox.publisher.online) if outbox is not None and isinstance(connected, threading.Event) else None
+        ),
         "crops": stats.crops,
         "crops_per_s": round(stats.crops / elapsed, 2),
         "events": stats.events,

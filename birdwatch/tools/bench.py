@@ -280,7 +280,7 @@ def pipeline_run(weights: Path, opts: BenchOptions, workdir: Path, backend: Back
             file=str(weights), device=opts.device, batch_size=opts.batch_size, models_dir=str(workdir / "models")
         ),
         engine=EngineConfig(
-            backend=backend.value,  # type: ignore[arg-type]
+            backend=backend.value,
             precision=opts.precision,  # type: ignore[arg-type]
             channels_last=opts.channels_last,
         ),

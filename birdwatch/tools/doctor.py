@@ -44,7 +44,7 @@ from birdwatch.config import CameraConfig
 from birdwatch.config import Config
 from birdwatch.config import load_config
 from birdwatch.config.rules import is_loopback
-from birdwatch.decide.visits import check_species_lists
+from birdwatch.decide.species import check_species_lists
 from birdwatch.deliver.broker import BrokerProbe
 from birdwatch.deliver.broker import tls_failure_hint
 from birdwatch.deliver.discovery import node_id

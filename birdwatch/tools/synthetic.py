@@ -199,7 +199,8 @@ def _background(
     cv2.rectangle(img, (fx - fw // 2, fy), (fx + fw // 2, fy + fh), (150, 170, 175), -1)
     cv2.fillPoly(img, [np.array([(fx - fw, fy), (fx + fw, fy), (fx, fy - fw // 2)], np.int32)], (40, 60, 120))
     cv2.line(img, (fx - fw, fy + fh - 3), (fx + fw, fy + fh - 3), (60, 60, 60), max(1, s // 100))
-    return img
+    drawn: np.ndarray = img
+    return drawn
 
 
 # ---- varied looks: shapes, colours, poses, backgrounds and clutter, for the detector -----------
@@ -207,7 +208,8 @@ def _background(
 
 def _hsv_colour(rng: np.random.Generator, s: tuple[int, int] = (0, 255), v: tuple[int, int] = (30, 240)) -> np.ndarray:
     hsv = np.array([[[rng.integers(0, 180), rng.integers(*s), rng.integers(*v)]]], np.uint8)
-    return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0].astype(np.int64)
+    bgr: np.ndarray = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0].astype(np.int64)
+    return bgr
 
 
 def _varied_bird_sprites(length: int, rng: np.random.Generator) -> tuple[_Sprite, _Sprite]:
@@ -540,7 +542,7 @@ def render_labelled_still(
         if len(xs) >= 12:  # a few stray pixels are not a bird anyone could box
             labelled.append(((int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1), name))
     # Camera: exposure, focus and sensor noise.
-    out = img.astype(np.float32) * rng.uniform(0.7, 1.2) + rng.uniform(-25, 25)
+    out: np.ndarray = img.astype(np.float32) * rng.uniform(0.7, 1.2) + rng.uniform(-25, 25)
     if rng.random() < 0.3:
         out = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.5, 1.5))
     sigma = rng.uniform(*noise_sigma)
@@ -568,7 +570,8 @@ def write_coco_dataset(
     directory = Path(directory)
     (directory / "images").mkdir(parents=True, exist_ok=True)
     classes = ["bird", *OTHER_CLASSES] if still_kwargs.get("others", (0, 0))[1] > 0 else ["bird"]
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for i in range(n_images):
         img, labelled = render_labelled_still(width, height, seed * 1_000_003 + i, **still_kwargs)
         name = f"{i:06d}.jpg"
@@ -717,10 +720,10 @@ class Scene:
         margin = 2 * length
         if name == "cat":
             y = rng.uniform(0.7, 0.85) * h
-            start, end = (-margin, y), (w + margin, y)
+            start, end = (float(-margin), y), (float(w + margin), y)
         else:
             x = rng.uniform(0.2, 0.8) * w
-            start, end = (x, -margin), (x + rng.uniform(-0.3, 0.3) * w, h + margin)
+            start, end = (x, float(-margin)), (x + rng.uniform(-0.3, 0.3) * w, float(h + margin))
         middle = ((start[0] + end[0]) / 2, (start[1] + end[1]) / 2)
         return _Flight((sprite, sprite), a, (a + b) // 2, (a + b) // 2, b, start, middle, end, 0.0, 1)
 

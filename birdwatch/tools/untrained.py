@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from birder.common import fs_ops
@@ -36,8 +37,9 @@ def save_untrained(
             probe = torch.rand(4, 3, *size)
             logits = net(probe)
             scale = 4.0 / float((logits - logits.mean(dim=1, keepdim=True)).std().clamp_min(1e-12))
-            net.classifier.weight.mul_(scale)
-            net.classifier.bias.zero_()
+            head: Any = net.classifier  # birder's final linear layer
+            head.weight.mul_(scale)
+            head.bias.zero_()
     return save_network(net, path, class_names, size)
 
 

@@ -101,7 +101,8 @@ class BirdBoxes:
         records = []
         for img in coco.loadImgs(sorted(coco.getImgIds())):
             anns = coco.loadAnns(coco.getAnnIds(imgIds=[img["id"]], catIds=self.category_ids, iscrowd=None))
-            boxes, crowd = [], []
+            boxes: list[tuple[float, float, float, float]] = []
+            crowd: list[tuple[float, float, float, float]] = []
             for ann in anns:
                 x, y, w, h = (float(v) for v in ann["bbox"])
                 x1, y1 = max(0.0, x), max(0.0, y)
@@ -144,7 +145,8 @@ class BirdBoxes:
 
     def ground_truth(self) -> COCO:
         """A COCO object with one category, bird (id 1), for pycocotools' COCOeval."""
-        images, annotations = [], []
+        images: list[dict[str, Any]] = []
+        annotations: list[dict[str, Any]] = []
         for r in self.records:
             images.append({"id": r.id, "file_name": r.file_name, "width": r.width, "height": r.height})
             for crowd, boxes in ((0, r.boxes), (1, r.crowd)):
@@ -189,7 +191,7 @@ def _bird_categories(coco: COCO, names: Sequence[str] | None, source: Path) -> l
 # ---- feeding the model -----------------------------------------------------------------------
 
 
-class DetectionDataset(torch.utils.data.Dataset):
+class DetectionDataset(torch.utils.data.Dataset[tuple[torch.Tensor, dict[str, torch.Tensor]]]):
     """(3xHxW uint8 RGB tensor, boxes) resized so the longer side is `size`, augmented when training."""
 
     def __init__(self, boxes: BirdBoxes, size: int, *, train: bool, fill: Sequence[float] = (124, 116, 104)) -> None:

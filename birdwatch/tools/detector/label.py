@@ -27,7 +27,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -57,6 +56,7 @@ from birdwatch.tools.detector.data import IMAGES
 from birdwatch.types import Box
 from birdwatch.types import Detections
 from birdwatch.types import Source
+from birdwatch.weights import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -146,11 +146,14 @@ def label(
 ) -> LabelResult:
     """Run the teacher over the recording (resuming), then write the datasets and the contact sheet."""
     options = options or LabelOptions()
-    if options.uncertain_floor is None:  # a label score set below the threshold lowers the floor with it
-        options = replace(options, uncertain_floor=min(teacher.score_threshold, teacher.label_score))
-    if not 0 < options.uncertain_floor <= min(teacher.label_score, teacher.score_threshold):
+    # A label score set below the threshold lowers the default floor with it.
+    floor = options.uncertain_floor
+    if floor is None:
+        floor = min(teacher.score_threshold, teacher.label_score)
+    options = replace(options, uncertain_floor=floor)
+    if not 0 < floor <= min(teacher.label_score, teacher.score_threshold):
         raise BirdwatchError(
-            f"uncertain floor {options.uncertain_floor:g}: must be above 0 and at most teacher.label_score "
+            f"uncertain floor {floor:g}: must be above 0 and at most teacher.label_score "
             f"({teacher.label_score:g}) and teacher.score_threshold ({teacher.score_threshold:g}); bird boxes scored "
             "between the floor and the label score are set aside, other animals count from the threshold"
         )
@@ -158,7 +161,7 @@ def label(
     if not frames:
         raise BirdwatchError(f"{recording}: no recorded frames; record some with `birdwatch record` first")
     claim(out)
-    header = verdict_key(teacher, options.uncertain_floor)
+    header = verdict_key(teacher, floor)
     labels = _read_lines(out / TEACHER_LINES, header, {f.file for f in frames})
     todo = [f for f in frames if f.file not in labels]
     _run_teacher(teacher, recording, todo, out / TEACHER_LINES, labels, options)
@@ -241,12 +244,10 @@ def verdict_key(teacher: Teacher, floor: float) -> dict[str, Any]:
     weights by their file's own SHA-256 (new weights under an old name), how they are built, which classes
     count as birds and which as other animals, the input size, the precision. The label score and the
     threshold are applied to the recorded boxes afterwards, and the device changes scores by rounding only."""
-    with teacher.weights.path.open("rb") as weights:
-        sha256 = hashlib.file_digest(weights, "sha256").hexdigest()
     return {
         "teacher": teacher.name,
         "floor": floor,
-        "sha256": sha256,
+        "sha256": file_sha256(teacher.weights.path),
         "network": [teacher.weights.network, teacher.weights.backbone],
         "reparameterized": [teacher.weights.reparameterized, teacher.weights.backbone_reparameterized],
         "birds": sorted(teacher.label_name(c) for c in teacher.bird_labels),
@@ -274,7 +275,7 @@ def _read_lines(path: Path, header: dict[str, Any], present: set[str]) -> dict[s
         if not isinstance(row, dict):  # the line being written when the run stopped: that frame goes again
             continue
         count += 1
-        labels[row["file"]] = [TeacherBox(tuple(b[:4]), b[4], bool(b[5])) for b in row["boxes"]]  # type: ignore[arg-type]
+        labels[row["file"]] = [TeacherBox(tuple(b[:4]), b[4], bool(b[5])) for b in row["boxes"]]
     gone = labels.keys() - present
     if gone or count != len(labels) or count != len(lines) - 1:
         labels = {file: boxes for file, boxes in labels.items() if file in present}
@@ -319,7 +320,7 @@ def _run_teacher(
 def _teacher_boxes(found: Detections) -> list[TeacherBox]:
     birds = found.birds if found.birds is not None else np.zeros(len(found), np.float32)
     return [
-        TeacherBox(tuple(round(v, 1) for v in box), round(score, 4), bird > 0)  # type: ignore[arg-type]
+        TeacherBox(tuple(round(v, 1) for v in box), round(score, 4), bird > 0)
         for box, score, bird in zip(found.boxes.tolist(), found.scores.tolist(), birds.tolist(), strict=True)
     ]
 
