@@ -50,7 +50,7 @@ def check_before_start(
 
     config.mqtt.password_value()
     for source in weights_to_fetch(config):
-        source.ensure(while_fetching=while_fetching, stop=stop, progress=False)
+        source.ensure(while_fetching=while_fetching, stop=stop)
     path, _, model_name = classifier_weights(config.model)
     check_species_lists(config.events, class_names_of(path), model_name)
     if config.localiser == "teacher":
