@@ -360,10 +360,14 @@ def prune_partials(dst: Path, *, older_than_s: float = STALE_PARTIAL_S) -> list[
     removed = []
     now = time.time()
     for part in _partials(dst):
-        with contextlib.suppress(FileNotFoundError):
+        try:
             if now - part.stat().st_mtime >= older_than_s:
                 part.unlink()
                 removed.append(part)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:  # another user's (a killed `sudo models pull`): never a reason not to start
+            log.warning("cannot remove %s, left by an interrupted fetch (%s); remove it by hand", part, exc.strerror)
     if removed:
         log.info("removed %d partial download(s) of %s left by an interrupted fetch", len(removed), dst.name)
     return removed

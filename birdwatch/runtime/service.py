@@ -152,6 +152,9 @@ class Service:
             if self.stop_requested.is_set():  # SIGTERM during the checks (a download, say): stop, do not switch
                 return running
             self._switch_metrics(new.metrics)  # a taken port fails here, with the old pipeline still up
+        except FetchStopped as exc:  # SIGTERM during a reload's download: no failure, the service stops
+            log.info("%s", exc)
+            return running
         except Exception as exc:  # a BirdwatchError says what to fix; anything else must not end the service
             why = str(exc) if isinstance(exc, BirdwatchError) else f"{type(exc).__name__}: {exc}"
             log.error("config reload failed, keeping the running config: %s", why)
