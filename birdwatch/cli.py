@@ -182,9 +182,7 @@ def _pull_what_a_start_fetches(args: argparse.Namespace) -> int:
         config.model.mirror = args.mirror
     config.model = dataclasses.replace(config.model, download="auto")  # asked for by hand: fetch, whatever a start may
     for source in weights_to_fetch(config):
-        if args.force and (not source.file or source.url):
-            source.path.unlink(missing_ok=True)  # fetched again below
-        source.ensure(progress=sys.stderr.isatty())
+        source.ensure(progress=sys.stderr.isatty(), force=args.force)  # forced: replaced once the new one checks
         print(f"{source.label}: {source.checked()}")
     return 0
 

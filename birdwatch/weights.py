@@ -6,24 +6,30 @@ A part's weights are a birder pretrained name, kept in `model.models_dir` as `<n
 own file name and format) and checked against birder's published SHA-256, or a file of one's own,
 fetched from its `url` when it is missing and checked against its `sha256`.
 
-Fetching uses birder's downloader: a temporary `<file>.<uuid>.partial` beside the target, checked,
-then moved into place. A fetch that is interrupted (Ctrl-C, a stop) removes its partial file on the
-way out; one killed outright leaves it, so a fetch first removes partial files nobody writes to
-any more. `model.mirror` serves the pretrained files from elsewhere (a NAS for a box without
-internet).
+Fetching uses birder's downloader, into a partial file beside the target (`<file>.<token>.partial`)
+that the fetch holds a lock on (`<file>.<token>.lock`, `flock`) for as long as it downloads; checked,
+then moved over the target in one step, so a failed fetch leaves the target as it was (`models pull
+--force` replaces a file only with a checked download). A fetch that is interrupted (Ctrl-C, a stop)
+removes its partial file on the way out; one killed outright leaves it, and its lock free: every
+fetch and every start first removes the partial files whose lock nobody holds, however recent, and
+never one a fetch still holds. `model.mirror` serves the pretrained files from elsewhere (a NAS for
+a box without internet).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import logging
+import os
 import socket
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
-from collections.abc import Set
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,15 +48,12 @@ log = logging.getLogger(__name__)
 DOWNLOAD_TIMEOUT_S = 60.0
 PROGRESS_EVERY_S = 10.0
 STOP_POLL_S = 0.25  # how soon an asked-for stop ends a fetch
-# A partial file untouched this long belongs to no live fetch (a live one writes at least every
-# DOWNLOAD_TIMEOUT_S or fails): a leftover of a killed one.
-STALE_PARTIAL_S = 2 * DOWNLOAD_TIMEOUT_S
 
 CLASSIFIER = "image_classification"  # birder's Task values, without importing birder for them
 DETECTOR = "object_detection"
 
-# Called every PROGRESS_EVERY_S while a download runs, with the bytes fetched so far.
-WhileFetching = Callable[[int], None]
+# Called every PROGRESS_EVERY_S while a download runs, with the file being fetched and the bytes fetched so far.
+WhileFetching = Callable[[Path, int], None]
 
 
 class FetchStopped(ModelError):
@@ -100,15 +103,16 @@ class WeightsSource:
         """birder's metadata of the pretrained name (networks, size, SHA-256); its task checked."""
         return pretrained_metadata(self.name, self.task, key=f"{self.key}.name")
 
-    def pending(self) -> str | None:
-        """The URL a start fetches the weights from, or None when they are here (or will not be
-        fetched: `model.download: never`, or a file without a url)."""
+    def pending(self, *, again: bool = False) -> str | None:
+        """The URL a start fetches the weights from, or None when they are here (unless `again`: `models pull
+        --force`) or will not be fetched (`model.download: never`, or a file without a url)."""
         if self.download == "never":
             return None
+        wanted = again or not self.path.is_file()
         if self.file:
-            return self.url if self.url and self.sha256 and not self.path.is_file() else None
+            return self.url if self.url and self.sha256 and wanted else None
         self.metadata()  # an unknown name is an error, not a download
-        return None if self.path.is_file() else pretrained_url(self.name, self.mirror)
+        return pretrained_url(self.name, self.mirror) if wanted else None
 
     def ensure(
         self,
@@ -116,10 +120,12 @@ class WeightsSource:
         while_fetching: WhileFetching | None = None,
         stop: threading.Event | None = None,
         progress: bool | None = None,
+        force: bool = False,
     ) -> None:
-        """Fetch the weights when they are missing and may be fetched; `checked` reports a missing file."""
+        """Fetch the weights when they are missing (or, `force`, present) and may be fetched; `checked` reports a
+        missing file."""
         prune_partials(self.path)  # at every start: what a killed fetch left
-        url = self.pending()
+        url = self.pending(again=force)
         if url is None:
             return
         log.info("fetching %s from %s", self.path, redact_url(url))
@@ -127,6 +133,7 @@ class WeightsSource:
             url,
             self.path,
             self.expected_sha256(),
+            replace=force,
             progress=sys.stderr.isatty() if progress is None else progress,
             while_fetching=while_fetching,
             stop=stop,
@@ -246,11 +253,10 @@ def pull(
     published SHA-256."""
     meta = pretrained_metadata(name, task=None)
     dst = pretrained_path(name, models_dir)
-    if force and dst.exists():
-        dst.unlink()
     pt = meta["formats"]["pt"]
     log.info("fetching %s (%.0f MB) into %s", name, pt["file_size"], dst)
-    fetch(pretrained_url(name, mirror), dst, pt["sha256"], progress=progress, while_fetching=while_fetching)
+    url = pretrained_url(name, mirror)
+    fetch(url, dst, pt["sha256"], replace=force, progress=progress, while_fetching=while_fetching)
     return dst
 
 
@@ -259,21 +265,25 @@ def fetch(
     dst: Path,
     sha256: str | None,
     *,
+    replace: bool = False,
     progress: bool = True,
     while_fetching: WhileFetching | None = None,
     stop: threading.Event | None = None,
 ) -> None:
-    """Download `url` to `dst` with birder's downloader, which writes a temporary file, checks its
-    SHA-256 and moves it into place only when it matches: a failed fetch leaves nothing behind."""
+    """Download `url` to `dst`: birder's downloader writes this fetch's partial file and checks its SHA-256, then
+    it is moved over `dst` in one step. A failed or stopped fetch leaves nothing of its own behind, and `dst` as
+    it was. An existing `dst` is kept when it matches (refused when not), unless `replace`."""
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ModelError(f"cannot create {dst.parent} ({exc.strerror}); check its owner and mode") from None
     prune_partials(dst)
+    if dst.exists() and not replace:
+        if sha256 is None or sha256_matches(dst, sha256):
+            return
+        raise ModelError(f"{dst} exists but does not match its SHA-256; run with --force to replace it")
     try:
         _download_in_background(url, dst, sha256, progress, while_fetching, stop)
-    except FileExistsError:
-        raise ModelError(f"{dst} exists but does not match its SHA-256; run with --force to replace it") from None
     except RuntimeError as exc:
         if "invalid hash" not in str(exc):  # birder's words for a SHA-256 mismatch
             raise
@@ -305,73 +315,133 @@ def _download_in_background(
     """birder's download_file, in a thread, so that the caller can report progress (to the log, to
     systemd, whose start timeout a large download could outlast) and give up on a stop meanwhile.
 
-    birder's loop cannot be cancelled: on any way out before it ends (Ctrl-C, a stop, an error here) its
-    partial file is removed at once; the thread, a daemon, writes on into the unlinked file, and its
-    final move fails into the void."""
+    birder's loop cannot be cancelled: on any way out before it ends (Ctrl-C, a stop, an error here) this
+    fetch's partial files are removed at once and its lock let go; the thread, a daemon, writes on into
+    the unlinked file, and neither its own move nor the one into `dst` happens."""
     from birder.common import cli as birder_cli
 
     failure: list[BaseException] = []
     finished = threading.Event()  # not Thread.is_alive(): a join interrupted by Ctrl-C marks the thread stopped
-    others = set(_partials(dst))  # another fetch's (a `models pull` beside a start): neither counted nor removed
+    abandoned = threading.Event()  # the caller gave up: what the thread still downloads is not kept
 
-    def work() -> None:
+    with _fetch_lock(dst) as partial:
+
+        def work() -> None:
+            try:
+                # Into this fetch's partial (birder writes `<partial>.<uuid>.partial` and moves it there once
+                # checked), then over `dst` in one step: an old file stays until a checked one replaces it.
+                birder_cli.download_file(url, partial, sha256, progress_bar=progress)
+                if abandoned.is_set():
+                    partial.unlink(missing_ok=True)
+                else:
+                    os.replace(partial, dst)
+            except BaseException as exc:  # re-raised in the caller's thread
+                failure.append(exc)
+            finally:
+                finished.set()
+
+        previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # only sockets opened without their own timeout: urlopen's
         try:
-            birder_cli.download_file(url, dst, sha256, progress_bar=progress)
-        except BaseException as exc:  # re-raised in the caller's thread
-            failure.append(exc)
+            threading.Thread(target=work, name="fetch-weights", daemon=True).start()
+            next_report = time.monotonic() + PROGRESS_EVERY_S
+            while not finished.wait(STOP_POLL_S):
+                if stop is not None and stop.is_set():
+                    raise FetchStopped(f"fetching {dst.name} stopped before it finished; nothing was kept")
+                if time.monotonic() >= next_report:
+                    next_report += PROGRESS_EVERY_S
+                    done = partial_bytes(partial)
+                    if not progress:  # no bar (a service, a pipe): the log tells how far it got
+                        log.info("fetching %s: %.1f MB so far", dst.name, done / 1e6)
+                    if while_fetching:
+                        while_fetching(dst, done)
         finally:
-            finished.set()
-
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # only sockets opened without their own timeout: urlopen's
-    try:
-        threading.Thread(target=work, name="fetch-weights", daemon=True).start()
-        next_report = time.monotonic() + PROGRESS_EVERY_S
-        while not finished.wait(STOP_POLL_S):
-            if stop is not None and stop.is_set():
-                raise FetchStopped(f"fetching {dst.name} stopped before it finished; nothing was kept")
-            if time.monotonic() >= next_report:
-                next_report += PROGRESS_EVERY_S
-                done = partial_bytes(dst, others)
-                if not progress:  # no bar (a service, a pipe): the log tells how far it got
-                    log.info("fetching %s: %.1f MB so far", dst.name, done / 1e6)
-                if while_fetching:
-                    while_fetching(done)
-    finally:
-        socket.setdefaulttimeout(previous)
-        if not finished.is_set():
-            for part in set(_partials(dst)) - others:
-                part.unlink(missing_ok=True)
+            socket.setdefaulttimeout(previous)
+            if not finished.is_set():
+                abandoned.set()
+                for part in _files_of(partial):
+                    part.unlink(missing_ok=True)
     if failure:
         raise failure[0]
 
 
-def partial_bytes(dst: Path, others: Set[Path] = frozenset()) -> int:
-    """Bytes fetched so far: birder downloads into `<dst>.<uuid>.partial` next to `dst`."""
+@contextlib.contextmanager
+def _fetch_lock(dst: Path) -> Iterator[Path]:
+    """This fetch's lock on `<dst>.<token>.lock`, held (flock) until the block ends; yields the partial file
+    `<dst>.<token>.partial` to download into. prune_partials tells a live fetch's partial by the lock held."""
+    while True:
+        token = uuid.uuid4().hex
+        lock = _lock_path(dst, token)
+        fd = os.open(lock, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # waits out a prune that found it free a moment ago, and removed it
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break
+        os.close(fd)
+    try:
+        yield dst.with_name(f"{dst.name}.{token}.partial")
+    finally:
+        lock.unlink(missing_ok=True)  # while held: no prune can take it for a killed fetch's
+        os.close(fd)
+
+
+def _lock_path(dst: Path, token: str) -> Path:
+    return dst.with_name(f"{dst.name}.{token}.lock")
+
+
+def partial_bytes(partial: Path) -> int:
+    """Bytes a fetch has downloaded so far into `partial` (birder writes `<partial>.<uuid>.partial` beside it)."""
     done = 0
-    for part in set(_partials(dst)) - others:
+    for part in _files_of(partial):
         with contextlib.suppress(FileNotFoundError):  # moved into place (or removed) since the glob
             done += part.stat().st_size
     return done
 
 
-def prune_partials(dst: Path, *, older_than_s: float = STALE_PARTIAL_S) -> list[Path]:
-    """Remove the partial files of `dst` that no fetch writes to any more (a fetch killed outright)."""
+def _files_of(partial: Path) -> list[Path]:
+    """One fetch's partial files: `partial`, once birder has moved its download there, and birder's own."""
+    return [partial, *partial.parent.glob(f"{partial.name}.*.partial")]
+
+
+def prune_partials(dst: Path) -> list[Path]:
+    """Remove the partial files of `dst` whose fetch no longer holds its lock (one killed outright, however
+    recently), and their lock files; never those of a fetch still running, in this process or another."""
     removed = []
-    now = time.time()
-    for part in _partials(dst):
+    for token, parts in _fetches(dst).items():
         try:
-            if now - part.stat().st_mtime >= older_than_s:
-                part.unlink()
-                removed.append(part)
-        except FileNotFoundError:
-            continue
+            if _remove_if_free(_lock_path(dst, token), parts):
+                removed += parts
         except OSError as exc:  # another user's (a killed `sudo models pull`): never a reason not to start
-            log.warning("cannot remove %s, left by an interrupted fetch (%s); remove it by hand", part, exc.strerror)
+            where = parts[0] if parts else _lock_path(dst, token)
+            log.warning("cannot remove %s, left by an interrupted fetch (%s); remove it by hand", where, exc.strerror)
     if removed:
         log.info("removed %d partial download(s) of %s left by an interrupted fetch", len(removed), dst.name)
     return removed
 
 
-def _partials(dst: Path) -> list[Path]:
-    return list(dst.parent.glob(f"{dst.name}.*.partial")) if dst.parent.is_dir() else []
+def _remove_if_free(lock: Path, parts: list[Path]) -> bool:
+    """Remove one fetch's partial files, then its lock file, unless the fetch holds the lock. A partial without a
+    lock file is an older birdwatch's: a fetch takes its lock before it writes."""
+    with contextlib.ExitStack() as held:
+        with contextlib.suppress(FileNotFoundError):
+            fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+            held.callback(os.close, fd)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # a fetch still downloading
+        for part in [*parts, lock]:  # the lock last, while held: a fetch taking it waits, then finds it gone
+            part.unlink(missing_ok=True)
+    return True
+
+
+def _fetches(dst: Path) -> dict[str, list[Path]]:
+    """The partial files beside `dst` by the fetch that wrote them (its token); a lock file alone is a fetch too."""
+    if not dst.parent.is_dir():
+        return {}
+    found: dict[str, list[Path]] = {}
+    for lock in dst.parent.glob(f"{dst.name}.*.lock"):
+        found.setdefault(lock.name[len(dst.name) + 1 : -len(".lock")], [])
+    for part in dst.parent.glob(f"{dst.name}.*.partial"):
+        found.setdefault(part.name[len(dst.name) + 1 :].split(".", 1)[0], []).append(part)
+    return {token: sorted(parts) for token, parts in found.items() if token and "." not in token}

@@ -188,6 +188,40 @@ def test_an_empty_out_a_new_one_and_labels_own_from_before_the_mark_are_labelled
     assert (empty / ".birdwatch-label").is_file()
 
 
+@pytest.mark.parametrize("marked", [True, False], ids=["marked", "before-the-mark"])
+def test_labels_whose_cuts_a_run_cut_short_left_without_their_coco_file_are_labels_own_and_written_again(
+    marked: bool, teacher_weights: Path, tmp_path: Path
+) -> None:
+    """An older label wrote its cuts straight into the split folders and their annotations.json last: stopped in
+    between, it left cuts no COCO file lists. Named as label names them, they are label's; a person's file is not."""
+    recording, out = tmp_path / "recording", tmp_path / "labels"
+    record(recording, 0, 3)
+    teacher = teacher_of(teacher_weights)
+    label(teacher, recording, out, DetectorConfig(), OPTIONS)
+    for split in ("train", "val", "uncertain"):
+        (out / split / "annotations.json").unlink()
+    if not marked:
+        (out / ".birdwatch-label").unlink()
+    left = sorted(p.name for p in out.glob("*/images/*.jpg"))
+    assert left, "cuts without their COCO file"
+
+    again = label(teacher, recording, out, DetectorConfig(), OPTIONS)
+
+    assert again.labelled_now == 0, "the teacher's lines resumed"
+    listed = [i["file_name"] for s in ("train", "val", "uncertain") for i in coco_of(out / s)["images"]]
+    assert sorted(listed) == left and (out / ".birdwatch-label").is_file()
+    for split in ("train", "val", "uncertain"):
+        (out / split / "annotations.json").unlink()
+    (out / "train" / "images" / "mine.jpg").write_bytes(b"kept by a person")
+    with pytest.raises(BirdwatchError, match=r"holds files birdwatch did not write \(train/images/mine.jpg\)"):
+        label(teacher, recording, out, DetectorConfig(), OPTIONS)
+    assert (out / "train" / "images" / "mine.jpg").read_bytes() == b"kept by a person"
+
+
+def coco_of(split: Path) -> dict[str, list[dict[str, object]]]:
+    return json.loads((split / "annotations.json").read_text())
+
+
 # ---- 7a, 7c: the index and the teacher's lines stay the size of the recording ------------------------------
 
 

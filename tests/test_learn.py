@@ -135,6 +135,48 @@ def test_a_recording_carries_on_across_runs_and_a_cut_short_index_line_is_skippe
     assert len(read_index(tmp_path)) == 2, "the line after the cut one is a line of its own"
 
 
+@pytest.mark.timeout(120)
+def test_a_second_recorder_on_a_folder_in_use_is_refused_in_one_line_and_the_first_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    """Two recorders on one folder would lose index lines: one's rewrite of the index (a rename over it) drops
+    what the other appended meanwhile. So the folder is one recorder's while it runs."""
+    recording = tmp_path / "recording"
+    first = Recorder(recording, every_s=0.0)
+    images = [np.random.default_rng(i).integers(0, 255, (120, 160, 3), np.uint8) for i in range(4)]
+    first.offer(frame(1, images[0]), moved((0, 0, 100, 100)))
+    config = tmp_path / "birdwatch.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "cameras": [{"name": "yard", "url": "rtsp://127.0.0.1:9/yard"}],  # never opened: refused before
+                "model": {"device": "cpu"},
+                "record": {"dir": str(recording)},
+            }
+        )
+    )
+
+    second = subprocess.run(
+        [sys.executable, "-m", "birdwatch", "record", "--config", str(config), "--minutes", "0.05"],
+        capture_output=True, text=True, timeout=90, check=False,
+    )  # fmt: skip
+    with pytest.raises(BirdwatchError) as in_process:  # a pipeline's recorder, the same
+        Recorder(recording, every_s=0.0)
+
+    assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr
+    said = second.stderr.strip().splitlines()
+    assert len(said) == 1 and said[0].startswith(f"birdwatch: error: record.dir: {recording} is in use: "), said
+    assert f"birdwatch pid {os.getpid()} records into it" in said[0] and "stop that one first" in said[0]
+    assert "\n" not in str(in_process.value) and f"{recording} is in use" in str(in_process.value)
+    for i in (2, 3):
+        first.offer(frame(i, images[i - 1]), moved((0, 0, 100, 100)))
+    first.close()
+    assert [r.file.rsplit("-", 1)[1] for r in read_index(recording)] == ["1.jpg", "2.jpg", "3.jpg"], "nothing lost"
+    again = Recorder(recording, every_s=0.0)  # once the first has closed, the folder is free again
+    assert len(again.frames) == 3
+    again.close()
+
+
 # ---- record -> label -> learn, as processes ------------------------------------------------------------
 
 

@@ -14,11 +14,14 @@ Layout: `OUT/frames/<camera>/<YYYYMMDD>/<HHMMSS>-<seq>.jpg`, and `OUT/index.json
 frame (file, camera, time, the motion boxes) and one per frame removed again; a later run, or the
 labeller, reads it back. When the lines of frames removed outnumber the frames still there (by more
 than `COMPACT_SLACK`), the index is rewritten with only those, so that a recording thinning to its
-budget for months keeps an index the size of what it holds.
+budget for months keeps an index the size of what it holds. One recorder writes a folder at a time: it holds
+a lock on `OUT/.record.lock` while it runs (a second one's rewrite of the index, a rename over it, would drop
+the lines the first appends meanwhile), and a second recorder on the same folder is refused.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -49,10 +52,15 @@ from birdwatch.types import Frame
 log = logging.getLogger(__name__)
 
 INDEX = "index.jsonl"
+LOCK = ".record.lock"  # held by the recorder writing the folder, for as long as it runs
 FRAMES = "frames"
 # The index is rewritten once its lines pass twice the frames kept plus this: a rewrite per that many lines.
 COMPACT_SLACK = 64
 HASH_SIDE = 16  # dHash of 16x16: 256 bits, fine enough that a bird arriving changes it
+
+
+class RecordingInUse(BirdwatchError):
+    """Another recorder (another `birdwatch record`, or `run` with record.enabled) writes the folder."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +122,27 @@ def replace_lines(path: Path, lines: Iterable[str]) -> None:
         os.close(folder)
 
 
+def hold_recording(root: Path) -> TextIO:
+    """The recording folder's lock, held until the returned file is closed; RecordingInUse when another recorder,
+    in this process or another, holds it. The file keeps the holder's pid, for the message."""
+    lock = (root / LOCK).open("a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip()
+        lock.close()
+        by = f"birdwatch pid {holder}" if holder.isdigit() else "another birdwatch"
+        raise RecordingInUse(
+            f"record.dir: {root} is in use: {by} records into it (`birdwatch record`, or `run` with record.enabled); "
+            "stop that one first, or give this one another folder (record.dir, or `record --out`)"
+        ) from None
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
 def read_index(root: Path) -> list[Recorded]:
     """The frames a recording holds, oldest first (lines for removed frames cancel their frame)."""
     return _scan_index(root)[0]
@@ -169,10 +198,17 @@ class Recorder:
         self.quality = quality
         try:
             root.mkdir(parents=True, exist_ok=True)
+            self._lock = hold_recording(root)  # before the index is read: it is this recorder's to rewrite
+        except OSError as exc:
+            raise BirdwatchError(
+                f"record.dir: cannot write to {root} ({exc.strerror}); check its owner and mode"
+            ) from None
+        try:
             self.frames, self._lines = _scan_index(root)
             self._compact_if_due()
             self._index = append_lines(root / INDEX)
         except OSError as exc:
+            self._lock.close()
             raise BirdwatchError(
                 f"record.dir: cannot write to {root} ({exc.strerror}); check its owner and mode"
             ) from None
@@ -186,6 +222,7 @@ class Recorder:
 
     def close(self) -> None:
         self._index.close()
+        self._lock.close()  # the folder is free for the next recorder
 
     def offer_all(self, frames: Sequence[Frame], motion: Sequence[Detections]) -> None:
         """Offer each frame; a disk that refuses a write stops the recording (logged once), never the caller."""

@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import threading
+from pathlib import Path
 from types import FrameType
 
 from birdwatch.config import Config
@@ -59,19 +60,15 @@ def check_before_start(
         teacher_weights(config.teacher, config.model)
 
 
-def _feed_watchdog(_done: int) -> None:
+def _feed_watchdog(_path: Path, _done: int) -> None:
     """While a reload's weights download, the service is busy, not hung."""
     systemd.watchdog()
 
 
-def _extend_start(config: Config) -> WhileFetching:
-    """While first-start weights download, keep systemd from timing out the start (no watchdog before READY)."""
-    name = config.model.file or config.model.name
-
-    def report(done: int) -> None:
-        systemd.busy(f"fetching {name}: {done / 1e6:.0f} MB so far", seconds=3 * PROGRESS_EVERY_S)
-
-    return report
+def _extend_start(path: Path, done: int) -> None:
+    """While first-start weights download, keep systemd from timing out the start (no watchdog before READY),
+    and say which file comes: the classifier's, or the teacher's after it."""
+    systemd.busy(f"fetching {path}: {done / 1e6:.0f} MB so far", seconds=3 * PROGRESS_EVERY_S)
 
 
 class Service:
@@ -108,7 +105,7 @@ class Service:
         reload after which nothing would start; the first start raises BirdwatchError (exit 2) for what
         the user must fix."""
         try:  # weights a first start fetches, fetched here, where a stop can end the download
-            check_before_start(self.config, while_fetching=_extend_start(self.config), stop=self.stop_requested)
+            check_before_start(self.config, while_fetching=_extend_start, stop=self.stop_requested)
         except FetchStopped as exc:
             log.info("%s", exc)
             return 0

@@ -21,7 +21,8 @@
    frame stays on its side from one night to the next. Annotations carry the teacher's score. The
    split folders are written afresh each run (beside them, then swapped in). So that this never deletes
    a dataset of someone's own, label marks an OUT it writes (`OUT/.birdwatch-label`) and refuses one that
-   holds anything it did not write.
+   holds anything it did not write. A split folder an older label left cut short (cuts written straight into
+   it, its COCO file not yet) holds only cuts named as label names them: label's own, written again.
 5. `OUT/contact-sheet.png`: the frames with the most to show, their boxes drawn, for a glance over.
 """
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import zlib
 from collections.abc import Iterator
@@ -43,6 +45,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from birdwatch.capture.recorder import FRAMES
 from birdwatch.capture.recorder import Recorded
 from birdwatch.capture.recorder import append_lines
 from birdwatch.capture.recorder import read_index
@@ -67,6 +70,8 @@ SPLITS = ("train", "val", "uncertain")
 MARKER = ".birdwatch-label"  # in an OUT that label writes: its split folders are label's to delete
 NEW, OLD = ".splits-new", ".splits-old"  # the split folders being written, and those they replace
 OWN = frozenset({TEACHER_LINES, CONTACT_SHEET, REPORT, MARKER, NEW, OLD, *SPLITS})
+# How `cut_name` names a cut: the recorder's frames/<camera>/<YYYYMMDD>/<HHMMSS>-<seq>.jpg, flattened, and its number.
+CUT_NAME = re.compile(rf"{FRAMES}_.+_\d{{8}}_\d{{6}}-\d+-\d+\.jpg")
 CATEGORIES = [
     {"id": 1, "name": "bird", "supercategory": "animal"},
     {"id": 2, "name": "not_bird", "supercategory": "thing"},
@@ -226,7 +231,13 @@ def _foreign_in_split(out: Path, split: str) -> list[str]:
     if images.is_dir():
         listed = data["images"] if ours else []
         written = {i.get("file_name") for i in listed if isinstance(i, dict) and "source" in i}
-        foreign += [f"{IMAGES}/{p.name}" for p in sorted(images.iterdir()) if p.name not in written]
+        # No COCO file yet: an older label, which wrote its cuts straight into the split, was cut short there.
+        cut_short = not (folder / ANNOTATIONS).exists()
+        foreign += [
+            f"{IMAGES}/{p.name}"
+            for p in sorted(images.iterdir())
+            if p.name not in written and not (cut_short and p.is_file() and CUT_NAME.fullmatch(p.name))
+        ]
     elif images.exists():
         foreign.append(IMAGES)
     return [f"{split}/{name}" for name in foreign]
@@ -381,7 +392,7 @@ def _write_datasets(
             inside = list(_inside(boxes, cut))
             uncertain = _unsure(inside, sure) or _cuts_a_bird(boxes, cut)
             split = "uncertain" if uncertain else side
-            name = f"{Path(frame.file).with_suffix('').as_posix().replace('/', '_')}-{k}.jpg"
+            name = cut_name(frame, k)
             crop = image[y1:y2, x1:x2]
             to = out / NEW / split / IMAGES / name
             if not cv2.imwrite(str(to), crop, [cv2.IMWRITE_JPEG_QUALITY, options.quality]):
@@ -429,6 +440,11 @@ def _write_datasets(
         result.negatives[split] = len(data["images"]) - len(with_bird)
     for folder in (NEW, OLD):
         shutil.rmtree(out / folder)
+
+
+def cut_name(frame: Recorded, k: int) -> str:
+    """The file name of a frame's `k`th cut (CUT_NAME tells label's own apart)."""
+    return f"{Path(frame.file).with_suffix('').as_posix().replace('/', '_')}-{k}.jpg"
 
 
 def _share_inside(box: tuple[float, float, float, float], cut: Box) -> float:
