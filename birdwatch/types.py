@@ -3,6 +3,7 @@ its fields take. Every room imports this module; it imports none of them."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Sequence
@@ -185,6 +186,10 @@ class VisitEvent:
             "end_reason": self.end_reason,
             "model": self.model,
         }
+
+    def to_json(self) -> str:
+        """The payload as published and stored."""
+        return json.dumps(self.to_payload(), separators=(",", ":"), ensure_ascii=False)
 
 
 @dataclass(frozen=True, slots=True)

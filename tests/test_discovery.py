@@ -19,6 +19,7 @@ from birdwatch.config import HomeAssistantConfig
 from birdwatch.config import MqttConfig
 from birdwatch.deliver.discovery import CameraTopics
 from birdwatch.deliver.discovery import camera_configs
+from birdwatch.deliver.discovery import instance_configs
 from birdwatch.deliver.discovery import node_id
 from birdwatch.deliver.mqtt import MqttSink
 from birdwatch.types import CameraState
@@ -52,7 +53,13 @@ DEVICE_KEYS = {
 }  # fmt: skip
 ORIGIN_KEYS = {"name", "sw_version", "support_url"}
 STATE_CLASSES = {"measurement", "total", "total_increasing"}
-BINARY_SENSOR_CLASSES = {"occupancy", "presence", "motion", "moving"}  # a few of HA's list; the ones that fit
+BINARY_SENSOR_CLASSES = {
+    "occupancy",
+    "presence",
+    "motion",
+    "moving",
+    "problem",
+}  # a few of HA's list; the ones that fit
 TOPIC = re.compile(r"^homeassistant/(sensor|binary_sensor|image)/([A-Za-z0-9_-]+)/([A-Za-z0-9_-]+)/config$")
 
 
@@ -139,7 +146,19 @@ def test_value_templates_read_the_state_payload() -> None:
     assert render(present["value_template"], json.dumps(gone.to_payload())) == present["payload_off"]
     assert render(present["value_template"], text) == present["payload_on"]
     species = next(p for t, p in configs(["feeder"]) if t.endswith("/species/config"))
-    assert render(species["value_template"], json.dumps(gone.to_payload())) == "None", "HA's word for unknown"
+    assert render(species["value_template"], json.dumps(gone.to_payload())) == "unknown", "not the text None"
+
+
+def test_the_history_problem_sensor_is_one_per_instance_and_reads_its_topic() -> None:
+    (topic, payload), *more = instance_configs(
+        history="birdwatch/history", availability="birdwatch/status", discovery_prefix="homeassistant", node="birdwatch"
+    )
+    assert not more and check_payload(topic, payload) == "binary_sensor"
+    assert payload["device_class"] == "problem" and payload["json_attributes_topic"] == "birdwatch/history"
+    assert payload["device"]["identifiers"] not in [p["device"]["identifiers"] for _, p in configs(["feeder"])]
+    refused = json.dumps({"problem": "ON", "reason": "the disk is read-only"})
+    assert render(payload["value_template"], refused) == payload["payload_on"]
+    assert render(payload["value_template"], json.dumps({"problem": "OFF", "reason": None})) == payload["payload_off"]
 
 
 def test_node_ids_are_safe_for_any_topic_prefix() -> None:
@@ -155,22 +174,26 @@ def test_configs_are_retained_on_the_broker_and_point_at_live_topics(
     sink = MqttSink(cfg, None, HomeAssistantConfig(discovery_prefix="hadisc"))
     sink.describe(["feeder"], "hgnet_v2_b2_danube-delta")
     sink.publish_state(CameraState("feeder", False, None, None, 0, "2026-11-24", None, None))
+    sink.publish_history(None)
     live = mqtt_collector("hatest/#")
     sink.start()
     try:
         assert sink.connected.wait(10)
         live.wait_for(lambda m: m.topic == "hatest/feeder/state", timeout=10)  # sent after the configs: all are in
         late = mqtt_collector("hadisc/#")  # Home Assistant starting later still finds them
-        got = late.wait_for(lambda m: m.topic.endswith("/config"), timeout=10, count=4)
+        got = late.wait_for(lambda m: m.topic.endswith("/config"), timeout=10, count=5)
         assert all(m.retain and m.qos == 1 for m in got)
         for m in got:
             payload = json.loads(m.payload)
             check_payload(m.topic.replace("hadisc/", "homeassistant/", 1), payload)
-            assert payload["device"]["model"] == "hgnet_v2_b2_danube-delta"
+            if "_feeder/" in m.topic:
+                assert payload["device"]["model"] == "hgnet_v2_b2_danube-delta"
         listened = {
             json.loads(m.payload).get(k) for m in got for k in ("state_topic", "image_topic", "availability_topic")
         }
-        assert listened - {None} == {"hatest/feeder/state", "hatest/feeder/snapshot", "hatest/status"}
+        assert listened - {None} == {"hatest/feeder/state", "hatest/feeder/snapshot", "hatest/status", "hatest/history"}
+        history = mqtt_collector("hatest/history").wait_for(lambda m: m.retain, timeout=10)
+        assert json.loads(history[-1].payload) == {"problem": "OFF", "reason": None}
         status = mqtt_collector("hatest/status").wait_for(lambda m: m.retain, timeout=10)
         state = mqtt_collector("hatest/feeder/state").wait_for(lambda m: m.retain, timeout=10)
         assert status[-1].payload == b"online" and json.loads(state[-1].payload)["present"] == "OFF"
@@ -212,9 +235,9 @@ def test_a_camera_removed_from_the_config_is_removed_from_home_assistant(
         cleared = watcher.wait_for(lambda m: m.payload == b"", timeout=10, count=4)
         assert len({m.topic for m in cleared}) == 4 and all("/hagone_shed/" in m.topic for m in cleared)
         late = mqtt_collector("gonedisc/#")
-        late.wait_for(lambda m: m.retain, timeout=10, count=6)
+        late.wait_for(lambda m: m.retain, timeout=10, count=7)
         time.sleep(0.3)  # anything retained beyond these would have come with them
         left = {m.topic.split("/")[2] for m in late.messages if m.retain}
-        assert left == {"hagone_feeder", "lamp", "other_shed"}
+        assert left == {"hagone", "hagone_feeder", "lamp", "other_shed"}, "the instance's own device stays"
     finally:
         after.stop()

@@ -144,7 +144,7 @@ def test_events_pending_at_exit_are_sent_by_the_next_start(
     mosquitto.stop()
     first = BirdwatchProcess(config, tmp_path).start()
     assert first.wait(150) == 0, first.log[-3000:]
-    assert "not acknowledged by the broker yet; they are kept and sent at the next start" in first.log
+    assert "not acknowledged by the broker yet; those in the history are sent at the next start" in first.log
     store = EventStore(tmp_path / "birdwatch.db", readonly=True)
     pending = [r.id for r in reversed(store.recent(limit=1000))]
     assert pending and store.count_pending() == len(pending), "nothing was sent: the broker was away"
@@ -265,7 +265,7 @@ def test_bad_input_stops_with_one_line(config: str, expected: str, tmp_path: Pat
             "events.block[0]: 'Test specis 042' is not a species of model hgnet_v2_b2_untrained-danube; "
             "did you mean 'Test species 042'?",
         ),
-        ({"store": {"path": "."}}, "store.path: cannot use . as birdwatch's event database"),
+        ({"store": {"path": "."}}, "store.path: . is a folder; name a file in it"),
     ],
 )
 def test_what_needs_the_model_or_the_disk_stops_with_one_line(

@@ -175,7 +175,7 @@ def test_a_reload_that_fails_a_check_of_the_weights_or_the_port_keeps_the_runnin
         bw.config_path.write_text(yaml.safe_dump({**good, "store": {"path": str(tmp_path)}}))
         bw.proc.send_signal(signal.SIGHUP)
         log = bw.wait_log("starting the previous config again", timeout=60)
-        assert "store.path: cannot use" in log.rsplit("the reloaded config does not start", 1)[1]
+        assert "is a folder; name a file in it" in log.rsplit("the reloaded config does not start", 1)[1]
         systemd.wait_for(
             lambda got: any(
                 m.get("READY") == "1" and m.get("STATUS", "").startswith("reload failed, running the previous config")

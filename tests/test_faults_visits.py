@@ -10,7 +10,6 @@ from __future__ import annotations
 import gc
 import json
 import re
-import sqlite3
 import types
 import uuid
 from collections.abc import Callable
@@ -36,14 +35,17 @@ from birdwatch.config import TrackingConfig
 from birdwatch.decide.decider import Decider
 from birdwatch.decide.visits import Visits
 from birdwatch.deliver.history import EventStore
+from birdwatch.deliver.history import HistoryUnavailable
 from birdwatch.deliver.mqtt import MqttSink
 from birdwatch.deliver.outbox import Outbox
 from birdwatch.geometry import square_around
 from birdwatch.runtime.pipeline import Pipeline
+from birdwatch.runtime.stats import delivery_counters
 from birdwatch.types import Detections
 from birdwatch.types import Frame
 from birdwatch.types import Source
 from birdwatch.types import SpeciesScore
+from tests.support.process import wait_until
 from tests.support.servers import MosquittoBroker
 from tests.support.servers import MqttCollector
 from tests.support.servers import Received
@@ -71,6 +73,7 @@ class Rig:
 
     decider: Decider
     store: EventStore
+    outbox: Outbox
     sink: MqttSink
     clock: list[float]
     seq: int = 0
@@ -114,7 +117,7 @@ def rig(mosquitto: MosquittoBroker, tmp_path: Path) -> Iterator[Rig]:
     sink.start()
     assert sink.connected.wait(10), "no CONNACK from mosquitto"
     try:
-        yield Rig(decider, store, sink, clock)
+        yield Rig(decider, store, outbox, sink, clock)
     finally:
         sink.stop()
         store.close()
@@ -128,35 +131,37 @@ def prefix_of(rig: Rig) -> str:
 
 
 @pytest.mark.timeout(60)
-def test_events_sqlite_refuses_are_kept_and_delivered_in_order_once_it_takes_them(
+def test_events_the_history_refuses_are_told_at_once_and_stored_once_it_takes_them(
     rig: Rig, mqtt_collector: Callable[..., MqttCollector], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Delivery never waits on the disk: told live, held in memory, stored with its delivery recorded."""
     collector = mqtt_collector(f"{prefix_of(rig)}/+/event")
     add = EventStore.add
     full = [True]
 
-    def disk_full(store: EventStore, event: Any) -> int:
+    def disk_full(store: EventStore, event: Any, sent_ts: float | None = None) -> int:
         if full[0]:
-            raise sqlite3.OperationalError("database or disk is full")
-        return add(store, event)
+            raise HistoryUnavailable("event history: the disk is full (database or disk is full)")
+        return add(store, event, sent_ts)
 
     monkeypatch.setattr(EventStore, "add", disk_full)
-    for _ in range(6):  # confirmed at the third frame: `new`, refused
+    for _ in range(6):  # confirmed at the third frame: `new`, refused by the history
         rig.frame((BIRD, BLUE_TIT))
     rig.wait(2)  # the bird left: `end`, refused too
-    from birdwatch.runtime.stats import decide_counters  # what the fix added: imported once it matters
-
-    assert decide_counters(rig.decider)["events_unsaved"] == 2
-    assert decide_counters(rig.decider)["event_save_failures"] >= 2
-    assert rig.store.count_pending() == 0 and collector.messages == []
-
-    full[0] = False  # space again: the next tick writes both, oldest first
-    rig.wait(0.25)
     got = collector.wait_for(count=2, timeout=10)
-    events = [json.loads(m.payload) for m in got]
-    assert [e["kind"] for e in events] == ["new", "end"]
-    assert events[0]["visit_id"] == events[1]["visit_id"]
-    assert decide_counters(rig.decider)["events_unsaved"] == 0 and decide_counters(rig.decider)["events_lost"] == 0
+    assert [json.loads(m.payload)["kind"] for m in got] == ["new", "end"], "told at once, in order"
+    counters = delivery_counters(rig.outbox)
+    assert counters["events_unsaved"] == 2 and counters["event_save_failures"] >= 2
+    assert rig.store.count_pending() == 0, "nothing in the history yet"
+
+    full[0] = False  # space again: the next tick stores both, oldest first, already delivered
+    wait_until(lambda: (rig.wait(0.25), rig.outbox.held)[1] == 0, timeout=10, what="the held events stored")
+    assert rig.outbox.flush(5), "every acknowledgement in"
+    stored = rig.store.recent(limit=10)
+    assert [r.kind for r in reversed(stored)] == ["new", "end"]
+    assert all(r.sent_ts is not None for r in stored), "stored with their delivery recorded"
+    assert len(collector.messages) == 2, "told once"
+    assert delivery_counters(rig.outbox)["events_lost"] == 0
 
 
 # -- 13: two crops of one frame --------------------------------------------------------------------

@@ -253,7 +253,8 @@ snapshots: {{dir: "{tmp_path / "snapshots"}"}}
         assert got[("birdwatch_camera_up", (("camera", "gate"),))] == 0
         for key, family, _ in FAULT_METRICS:  # served from the first scrape, 0 while nothing has gone wrong
             name = f"birdwatch_{key}" + ("_total" if family is CounterMetricFamily else "")
-            assert got[(name, ())] == 0 or key.startswith("frames_held"), name
+            healthy = 1 if key == "history_writable" else 0
+            assert got[(name, ())] == healthy or key.startswith("frames_held"), name
         code, _, body = get(server.url + "/healthz")
         assert code == 503 and json.loads(body)["cameras"] == {"clip": "up", "gate": "down"}
     finally:

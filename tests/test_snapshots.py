@@ -105,4 +105,6 @@ def test_a_file_where_the_directory_should_be_is_a_warning_not_a_crash(
     writer = SnapshotWriter(SnapshotsConfig(dir=str(tmp_path / "snaps")))
     with caplog.at_level(logging.WARNING):
         assert writer.save(event(), frame()) is None
-    assert "not written to" in caplog.text
+        assert writer.save(event(), frame()) is None
+    assert "snapshots cannot be written to" in caplog.text
+    assert len(caplog.records) == 1 and writer.failed == 2, "said once, counted every time"

@@ -4,8 +4,10 @@ broker outage; `birdwatch events` and `birdwatch stats` read the same file."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import random
 import sqlite3
 import subprocess
 import sys
@@ -18,6 +20,8 @@ import pytest
 from birdwatch.config import HomeAssistantConfig
 from birdwatch.config import MqttConfig
 from birdwatch.deliver.history import EventStore
+from birdwatch.deliver.history import HistoryUnavailable
+from birdwatch.deliver.history import StoreError
 from birdwatch.deliver.mqtt import MqttSink
 from birdwatch.deliver.outbox import Outbox
 from birdwatch.types import SpeciesScore
@@ -242,11 +246,68 @@ def test_retention_removes_old_delivered_events_but_never_pending_ones(tmp_path:
     assert {r.id for r in store.recent(limit=10)} == {old_pending.id, fresh.id}
 
 
-def test_a_file_that_is_not_a_database_is_one_clear_error(tmp_path: Path) -> None:
+def test_an_event_the_history_refuses_is_handed_from_memory_once_and_stored_as_delivered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "bw.db"
+    store = EventStore(db)
+    publisher = RecordingPublisher(db)
+    outbox = Outbox(store, publisher)
+    refuse = [True]
+    add = EventStore.add
+
+    def refusing(self: EventStore, e: VisitEvent, sent_ts: float | None = None) -> int:
+        if refuse[0]:
+            raise HistoryUnavailable("event history: the disk is full")
+        return add(self, e, sent_ts)
+
+    monkeypatch.setattr(EventStore, "add", refusing)
+    first, second = event(visit="a"), event(visit="b")
+    outbox.submit(first)
+    outbox.submit(second)
+    assert [h[0] for h in publisher.handed] == [first.id, second.id], "told at once, in order"
+    assert outbox.held == 2 and publisher.seen_on_disk == []
+    publisher.handed[0][1]()  # the broker acknowledges the first while the disk still refuses
+
+    refuse[0] = False
+    outbox.pump()
+    stored = rows(db, "SELECT id, sent_ts IS NOT NULL FROM events ORDER BY seq")
+    assert stored == [(first.id, 1), (second.id, 0)], "stored in order, the first as delivered"
+    assert outbox.pump() == 0 and len(publisher.handed) == 2, "and not handed again"
+    publisher.handed[1][1]()  # the second's acknowledgement comes after it was stored
+    assert store.count_pending() == 0 and outbox.held == 0 and outbox.dropped == 0
+
+
+def test_a_history_damaged_under_the_running_service_is_repaired_at_the_first_error(tmp_path: Path) -> None:
+    db = tmp_path / "bw.db"
+    store = EventStore(db)
+    for n in range(300):
+        store.add(event(visit=f"v{n}"), sent_ts=1.0)
+    with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as other:
+        other.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        with db.open("r+b") as f:  # a page of garbage where the service's own pages are
+            f.seek(4096 * 4)
+            f.write(random.Random(4).randbytes(4096))
+        other.execute("PRAGMA user_version=1")  # a write: the service's cached pages are read again
+    later = event(visit="later")
+    store.add(later)  # hits the damage: repaired, then written
+
+    [kept] = store.set_aside
+    assert kept.exists() and store.writable
+    assert rows(db, "PRAGMA integrity_check") == [("ok",)]
+    assert rows(db, "SELECT count(*) FROM events WHERE sent_ts IS NOT NULL") == [(300,)], "every event saved"
+    assert [e.id for e in store.pending()] == [later.id]
+
+
+def test_a_file_that_is_not_a_database_is_set_aside_and_a_fresh_history_takes_its_place(tmp_path: Path) -> None:
     bad = tmp_path / "bw.db"
     bad.write_text("hello")
-    with pytest.raises(Exception, match=r"store.path: cannot use .*bw.db as birdwatch's event database"):
-        EventStore(bad)
+    with pytest.raises(StoreError, match=r"cannot read .*bw.db as birdwatch's event history .*repairs it"):
+        EventStore(bad, readonly=True)  # `birdwatch events` leaves it alone
+    store = EventStore(bad)
+    assert store.writable and store.count_pending() == 0
+    [kept] = store.set_aside
+    assert kept.read_text() == "hello" and kept.name.startswith("bw.db.damaged-"), "kept, never deleted"
 
 
 def birdwatch(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

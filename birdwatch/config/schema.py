@@ -220,6 +220,9 @@ class StoreConfig:
         default="birdwatch.db", metadata=PATH
     )  # SQLite: outbox and event history; relative to the working directory
     retention_days: float = field(default=365.0, metadata=_range(1.0, 36500))  # delivered events older go
+    # While the history refuses writes (a full, read-only or failing disk), it is opened again this often;
+    # events are told live meanwhile and kept in memory.
+    retry_s: float = field(default=60.0, metadata=_range(0.5, 3600))
 
 
 @dataclass

@@ -48,6 +48,7 @@ class SnapshotWriter:
         self.written = 0
         self.removed = 0
         self.failed = 0
+        self._failing = False  # said so in the log already
 
     def save(self, event: VisitEvent, image: np.ndarray) -> Snapshot | None:
         """Write the crop (and the annotated frame) of `event`; None (logged) if the disk refuses."""
@@ -64,9 +65,18 @@ class SnapshotWriter:
                 label = f"{event.species} {event.score:.2f}"
                 _write_atomic(frame_path, encode_jpeg(annotate(image, event.box, label), self.cfg.quality))
         except OSError as exc:
-            self.failed += 1
-            log.warning("snapshot for visit %s not written to %s: %s", event.visit_id, folder, exc.strerror or exc)
+            self.failed += 1  # counted (snapshots_failed), said once per spell: a full card fails every visit
+            if not self._failing:
+                self._failing = True
+                log.warning(
+                    "snapshots cannot be written to %s (%s); visits are told without them until it works again",
+                    self.root,
+                    exc.strerror or exc,
+                )
             return None
+        if self._failing:
+            self._failing = False
+            log.info("snapshots are written to %s again", self.root)
         self.written += 1
         self.prune_if_due()
         return Snapshot(crop_path, frame_path, crop)

@@ -9,6 +9,7 @@ Topics under `<prefix>` (mqtt.topic_prefix):
 | `<prefix>/<camera>/event` | visit event JSON (`new`, `update`, `end`) | no |
 | `<prefix>/<camera>/snapshot` | the visit's best crop, raw JPEG bytes (QoS 0, current value) | yes |
 | `<prefix>/<camera>/state` | camera state JSON for Home Assistant (QoS 0, current value) | yes |
+| `<prefix>/history` | `{"problem": "ON"/"OFF", "reason": ...}`: history not writable (QoS 0, current value) | yes |
 | `<prefix>/stats` | periodic counters JSON (QoS 0) | no |
 | `<discovery_prefix>/<component>/<node>/<object>/config` | Home Assistant discovery | yes |
 """
@@ -53,6 +54,10 @@ class Topics:
 
     def state(self, camera: str) -> str:
         return f"{self.prefix}/{camera}/state"
+
+    @property
+    def history(self) -> str:
+        return f"{self.prefix}/history"
 
 
 def stats_topic(prefix: str) -> str:

@@ -1,4 +1,4 @@
-"""Home Assistant MQTT discovery: per camera one device with four entities.
+"""Home Assistant MQTT discovery: per camera one device with four entities, and one device for the instance.
 
 Config topics are `<discovery_prefix>/<component>/<node_id>/<object_id>/config`, published retained
 so Home Assistant finds them whenever it (re)starts. Keys are Home Assistant's documented MQTT
@@ -11,6 +11,10 @@ topic and grouped under one device per camera:
 | Bird present | binary_sensor (occupancy) | `value_json.present` (ON/OFF) |
 | Visits today | sensor (total_increasing) | `value_json.visits_today`, back to 0 at local midnight |
 | Last bird | image | the JPEG on `<prefix>/<camera>/snapshot` |
+| History not writable | binary_sensor (problem), instance device | `value_json.problem` of `<prefix>/history` |
+
+A value that is not there yet (no visit so far) renders as `unknown`: Home Assistant renders a null as the
+text "None", which a sensor would show.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from birdwatch import __version__
+from birdwatch.deliver.broker import Topics
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,33 @@ class CameraTopics:
 def node_id(topic_prefix: str, camera: str) -> str:
     """Stable and unique per birdwatch instance (its topic prefix) and camera; HA allows [a-zA-Z0-9_-]."""
     return re.sub(r"[^A-Za-z0-9_-]+", "_", topic_prefix).strip("_") + "_" + camera
+
+
+def discovery_configs(
+    topics: Topics, cameras: list[str], model: str, discovery_prefix: str, snapshots: bool
+) -> list[tuple[str, dict[str, Any]]]:
+    """Every config of an instance: each camera's entities, and the instance's own."""
+    out = []
+    for camera in cameras:
+        camera_topics = CameraTopics(
+            camera,
+            state=topics.state(camera),
+            snapshot=topics.snapshot(camera) if snapshots else None,
+            availability=topics.status,
+        )
+        node = node_id(topics.prefix, camera)
+        out += camera_configs(camera_topics, discovery_prefix=discovery_prefix, node=node, model=model)
+    return out + instance_configs(
+        history=topics.history,
+        availability=topics.status,
+        discovery_prefix=discovery_prefix,
+        node=instance_node(topics.prefix),
+    )
+
+
+def instance_node(topic_prefix: str) -> str:
+    """The instance's own device (no camera's: those end in `_<camera>`)."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", topic_prefix).strip("_") or "birdwatch"
 
 
 def config_topic(discovery_prefix: str, component: str, node: str, object_id: str) -> str:
@@ -50,6 +82,42 @@ def is_birdwatch_config(payload: object, availability: str) -> bool:
     )
 
 
+def _common(availability: str, device: dict[str, Any], qos: int) -> dict[str, Any]:
+    return {
+        "availability_topic": availability,
+        "payload_available": "online",
+        "payload_not_available": "offline",
+        "device": device,
+        "origin": {"name": "birdwatch", "sw_version": __version__},
+        "qos": qos,
+    }
+
+
+def instance_configs(
+    *, history: str, availability: str, discovery_prefix: str, node: str, qos: int = 1
+) -> list[tuple[str, dict[str, Any]]]:
+    """(config topic, payload) for the instance's own entities: whether its history takes writes."""
+    device = {
+        "identifiers": [node],
+        "name": f"birdwatch {node}",
+        "manufacturer": "birdwatch",
+        "sw_version": __version__,
+    }
+    payload = {
+        "name": "History not writable",
+        "state_topic": history,
+        "value_template": "{{ value_json.problem }}",
+        "payload_on": "ON",
+        "payload_off": "OFF",
+        "device_class": "problem",
+        "entity_category": "diagnostic",
+        "json_attributes_topic": history,  # `reason`: why, in words
+        "unique_id": f"{node}_history_problem",
+        **_common(availability, device, qos),
+    }
+    return [(config_topic(discovery_prefix, "binary_sensor", node, "history_problem"), payload)]
+
+
 def camera_configs(
     topics: CameraTopics, *, discovery_prefix: str, node: str, model: str, qos: int = 1
 ) -> list[tuple[str, dict[str, Any]]]:
@@ -61,14 +129,7 @@ def camera_configs(
         "model": model,
         "sw_version": __version__,
     }
-    common = {
-        "availability_topic": topics.availability,
-        "payload_available": "online",
-        "payload_not_available": "offline",
-        "device": device,
-        "origin": {"name": "birdwatch", "sw_version": __version__},
-        "qos": qos,
-    }
+    common = _common(topics.availability, device, qos)
     entities: list[tuple[str, str, dict[str, Any]]] = [
         (
             "sensor",
@@ -76,7 +137,7 @@ def camera_configs(
             {
                 "name": "Species",
                 "state_topic": topics.state,
-                "value_template": "{{ value_json.species }}",
+                "value_template": "{{ value_json.species if value_json.species is not none else 'unknown' }}",
                 "json_attributes_topic": topics.state,
                 "icon": "mdi:bird",
             },

@@ -5,6 +5,7 @@ sent when the broker acknowledges it (QoS 1 PUBACK). Rows still unsent at start-
 outage or a crash, go out first, in the order they were made. Delivered rows are the history that
 `birdwatch events` and `birdwatch stats` read, kept for `store.retention_days`.
 
+A history the disk damages, fills or makes read-only never stops the service: see EventStore.
 WAL mode lets the CLI read while the service writes. The connection is shared between the
 decide thread (writes) and the MQTT sink's delivery thread (acknowledgements; never paho's network
 thread), behind one lock.
@@ -18,11 +19,14 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from typing import TypeVar
 
+from birdwatch.deliver import repair
 from birdwatch.errors import BirdwatchError
 from birdwatch.types import EndReason
 from birdwatch.types import EventKind
@@ -60,6 +64,13 @@ class StoreError(BirdwatchError):
     """The SQLite file cannot be opened or is not birdwatch's."""
 
 
+class HistoryUnavailable(StoreError):
+    """The history refuses reads and writes now (a full, read-only or failing disk); tried again later."""
+
+
+T = TypeVar("T")
+
+
 @dataclass(frozen=True)
 class StoredEvent:
     seq: int
@@ -77,76 +88,201 @@ class StoredEvent:
 
 
 class EventStore:
-    def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
+    """The history file. Read-only (the CLI): it must open, else StoreError. Writable (the service): it heals
+    and waits out a disk that refuses, and never stops the service for it:
+
+    - A damaged file (at open, or a corruption error later) is moved aside and its readable events copied
+      into a fresh history (deliver/repair.py); one ERROR line says where it went and how many were saved.
+    - A disk that refuses (full, read-only, failing) makes every call raise HistoryUnavailable at once;
+      `problem` says why, and the file is opened again at most every `retry_s`.
+    """
+
+    def __init__(self, path: str | Path, *, readonly: bool = False, retry_s: float = 60.0) -> None:
         self.path = Path(path)
-        self._lock = threading.Lock()
+        self.readonly = readonly
+        self.retry_s = retry_s
+        self._lock = threading.RLock()
+        self._db: sqlite3.Connection | None = None
         self.closed = False
-        try:
-            if readonly:
-                if not self.path.is_file():
-                    raise StoreError(
-                        f"no event history at {self.path} (birdwatch run creates it; store.path in the config "
-                        "names it, relative to the directory birdwatch runs in)"
-                    )
-                uri = self.path.resolve().as_uri() + "?mode=ro"
-                self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
-            else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute("PRAGMA synchronous=FULL")  # written before published means on disk
-                self._db.executescript(_SCHEMA)
-                self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.execute("SELECT count(*) FROM events").fetchone()
-        except (sqlite3.Error, OSError) as exc:
-            raise StoreError(f"store.path: cannot use {self.path} as birdwatch's event database ({exc})") from None
+        self.problem: str | None = None  # why the history refuses writes now, or None
+        self._retry_at = 0.0  # monotonic: when to open it again
+        self.set_aside: list[Path] = []  # damaged files moved aside by this process
+        self._opened = False  # once: later opens never create the file
+        if readonly:
+            self._db = self._open_readonly()
+        elif self.path.is_dir():
+            raise StoreError(f"store.path: {self.path} is a folder; name a file in it, e.g. {self.path}/birdwatch.db")
+        else:
+            self._open()
+
+    @property
+    def writable(self) -> bool:
+        return self.problem is None
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            if self._db is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.close()
+                self._db = None
             self.closed = True
 
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _open_readonly(self) -> sqlite3.Connection:
+        if not self.path.is_file():
+            raise StoreError(
+                f"no event history at {self.path} (birdwatch run creates it; store.path in the config "
+                "names it, relative to the directory birdwatch runs in)"
+            )
+        try:
+            db = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True, check_same_thread=False)
+            db.execute("PRAGMA busy_timeout=5000")
+            db.execute("SELECT count(*) FROM events").fetchone()
+        except sqlite3.Error as exc:
+            hint = "; birdwatch run repairs it at its next start" if repair.is_damage(exc) else ""
+            raise StoreError(
+                f"store.path: cannot read {self.path} as birdwatch's event history ({exc}){hint}"
+            ) from None
+        return db
+
+    def _connect(self, create: bool = True) -> sqlite3.Connection:
+        """Open for writing. Only the first open (and a repair) may create the file: one that vanished later
+        is a disk unmounted under the service, and a new history beneath its mount point would hide events."""
+        if create:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        uri = self.path.absolute().as_uri() + ("?mode=rwc" if create else "?mode=rw")
+        db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA busy_timeout=5000")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")  # committed means on disk: a power cut keeps it
+            db.executescript(_SCHEMA)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            db.execute("SELECT count(*) FROM events").fetchone()
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _open(self, damaged: str | None = None) -> None:
+        """Open the file for writing, repairing it first if it is damaged; a disk that refuses leaves it
+        closed, with `problem` set. The problem clears at the first write that goes through."""
+        try:
+            damaged = damaged or repair.damage(self.path)
+            if damaged is not None:
+                self._db = self._repair(damaged)
+            else:
+                self._db = self._connect(create=not self._opened)
+        except (sqlite3.Error, OSError) as exc:
+            self._refused(exc)
+            return
+        self._opened = True
+
+    def _repair(self, damaged: str) -> sqlite3.Connection:
+        """Move the damaged file aside and copy its readable events into a fresh one."""
+        moved = repair.set_aside(self.path)
+        self.set_aside.append(moved)
+        db = self._connect()
+        saved = repair.recover(moved, db)
+        log.error(
+            "event history %s was damaged (%s): moved aside to %s, %d event(s) saved into a fresh history",
+            self.path,
+            damaged,
+            moved,
+            saved,
+        )
+        return db
+
+    def _refused(self, exc: BaseException) -> None:
+        first = self.problem is None
+        self.problem = repair.reason(exc)
+        self._retry_at = time.monotonic() + self.retry_s
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None
+        if first:
+            log.error(
+                "event history %s refuses writes: %s; events are told live and kept in memory until it takes them "
+                "(checked every %.0f s)",
+                self.path,
+                self.problem,
+                self.retry_s,
+            )
+
+    def _run(self, work: Callable[[sqlite3.Connection], T], write: bool = False) -> T:
+        """`work` on the connection, under the lock. Writable: a damaged file is repaired and `work` tried once
+        more; a refusing disk raises HistoryUnavailable (and is opened again after `retry_s`)."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            if self.closed:
+                raise StoreError(f"event history {self.path} is closed")
+            if self._db is None and time.monotonic() >= self._retry_at:
+                self._open()
+            if self._db is None:
+                raise HistoryUnavailable(f"event history {self.path}: {self.problem}")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                done = work(self._db)
+            except sqlite3.IntegrityError:
+                raise  # the caller's (an event stored already)
+            except (sqlite3.Error, OSError) as exc:
+                if self.readonly:
+                    raise
+                if not repair.is_damage(exc):
+                    self._refused(exc)
+                    raise HistoryUnavailable(f"event history {self.path}: {self.problem}") from None
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.close()
+                self._db = None
+                self._open(damaged=str(exc))
+                if self._db is None:
+                    raise HistoryUnavailable(f"event history {self.path}: {self.problem}") from None
+                try:
+                    done = work(self._db)  # on the fresh history
+                except (sqlite3.Error, OSError) as again:
+                    self._refused(again)
+                    raise HistoryUnavailable(f"event history {self.path}: {self.problem}") from None
+            if write and self.problem is not None:
+                log.warning("event history %s takes writes again", self.path)
+                self.problem = None
+            return done
 
     # -- outbox --
 
-    def add(self, event: VisitEvent) -> int:
-        """Commit the event as pending; returns its outbox sequence number."""
-        payload = json.dumps(event.to_payload(), separators=(",", ":"), ensure_ascii=False)
-        with self._tx() as db:
-            cur = db.execute(
-                "INSERT INTO events (id, kind, visit_id, camera, species, score, ts, day, payload, snapshot)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    event.id,
-                    event.kind,
-                    event.visit_id,
-                    event.camera,
-                    event.species,
-                    event.score,
-                    event.ts,
-                    local_day(event.first_seen),
-                    payload,
-                    event.snapshot,
-                ),
-            )
+    def add(self, event: VisitEvent, sent_ts: float | None = None) -> int:
+        """Commit the event (pending, or delivered already at `sent_ts`); returns its outbox sequence number."""
+        payload = event.to_json()
+        row = (
+            event.id,
+            event.kind,
+            event.visit_id,
+            event.camera,
+            event.species,
+            event.score,
+            event.ts,
+            local_day(event.first_seen),
+            payload,
+            event.snapshot,
+            sent_ts,
+        )
+
+        def insert(db: sqlite3.Connection) -> int:
+            with _transaction(db):
+                cur = db.execute(
+                    "INSERT INTO events (id, kind, visit_id, camera, species, score, ts, day, payload, snapshot,"
+                    " sent_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    row,
+                )
             return int(cur.lastrowid or 0)
 
+        return self._run(insert, write=True)
+
     def mark_sent(self, event_id: str, when: float | None = None) -> None:
-        with self._tx() as db:
-            db.execute(
-                "UPDATE events SET sent_ts = ? WHERE id = ? AND sent_ts IS NULL", (when or time.time(), event_id)
-            )
+        def update(db: sqlite3.Connection) -> None:
+            with _transaction(db):
+                db.execute(
+                    "UPDATE events SET sent_ts = ? WHERE id = ? AND sent_ts IS NULL", (when or time.time(), event_id)
+                )
+
+        self._run(update, write=True)
 
     def pending(self, after_seq: int = 0, limit: int = 1000) -> list[StoredEvent]:
         """Unsent events after `after_seq`, oldest first."""
@@ -157,8 +293,7 @@ class EventStore:
         )
 
     def count_pending(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT count(*) FROM events WHERE sent_ts IS NULL").fetchone()[0])
+        return int(self._one("SELECT count(*) FROM events WHERE sent_ts IS NULL", ())[0])
 
     # -- history --
 
@@ -183,20 +318,18 @@ class EventStore:
         first = _day_minus(today, days - 1)
         where, args = _filters(camera=camera)
         where = f"{where} {'AND' if where else 'WHERE'} day BETWEEN ? AND ?"
-        with self._lock:
-            rows = self._db.execute(
+        rows = self._run(
+            lambda db: db.execute(
                 "SELECT day, species, count(*) FROM events WHERE seq IN"
                 f" (SELECT max(seq) FROM events {where} GROUP BY visit_id)"
                 " GROUP BY day, species ORDER BY day DESC, count(*) DESC, species",
                 (*args, first, today),
             ).fetchall()
+        )
         return [(str(d), str(s), int(n)) for d, s, n in rows]
 
     def visits_on(self, camera: str, day: str) -> int:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT count(DISTINCT visit_id) FROM events WHERE camera = ? AND day = ?", (camera, day)
-            ).fetchone()
+        row = self._one("SELECT count(DISTINCT visit_id) FROM events WHERE camera = ? AND day = ?", (camera, day))
         return int(row[0])
 
     def last_event(self, camera: str) -> VisitEvent | None:
@@ -210,17 +343,35 @@ class EventStore:
     def prune(self, retention_days: float, now: float | None = None) -> int:
         """Delete delivered events older than the retention; unsent ones stay until they are delivered."""
         cutoff = (now or time.time()) - retention_days * 86400
-        with self._tx() as db:
-            cur = db.execute("DELETE FROM events WHERE sent_ts IS NOT NULL AND ts < ?", (cutoff,))
-            removed = cur.rowcount
+
+        def delete(db: sqlite3.Connection) -> int:
+            with _transaction(db):
+                return int(db.execute("DELETE FROM events WHERE sent_ts IS NOT NULL AND ts < ?", (cutoff,)).rowcount)
+
+        removed = self._run(delete, write=True)
         if removed:
             log.info("event history: removed %d event(s) older than %g days", removed, retention_days)
         return removed
 
     def _query(self, sql: str, args: tuple[Any, ...]) -> list[StoredEvent]:
-        with self._lock:
-            rows = self._db.execute(sql, args).fetchall()
+        rows = self._run(lambda db: db.execute(sql, args).fetchall())
         return [StoredEvent(*row) for row in rows]
+
+    def _one(self, sql: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        row: tuple[Any, ...] = self._run(lambda db: db.execute(sql, args).fetchone())
+        return row
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):  # a failed write may have rolled it back already
+            db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 def event_from_payload(p: dict[str, Any]) -> VisitEvent:

@@ -43,10 +43,8 @@ from birdwatch.deliver.broker import configure_tls
 from birdwatch.deliver.broker import stats_topic
 from birdwatch.deliver.broker import tls_failure_hint
 from birdwatch.deliver.broker import warn_plain_password
-from birdwatch.deliver.discovery import CameraTopics
-from birdwatch.deliver.discovery import camera_configs
+from birdwatch.deliver.discovery import discovery_configs
 from birdwatch.deliver.discovery import is_birdwatch_config
-from birdwatch.deliver.discovery import node_id
 from birdwatch.types import CameraState
 
 log = logging.getLogger(__name__)
@@ -146,22 +144,12 @@ class MqttSink:
         return f"{self.cfg.host}:{self.cfg.port}"
 
     def describe(self, cameras: list[str], model: str) -> None:
-        """Home Assistant discovery for these cameras, published (retained) on every connect."""
+        """Home Assistant discovery for these cameras and the instance, published (retained) on every connect."""
         if not self.homeassistant.discovery:
             return
-        for camera in cameras:
-            topics = CameraTopics(
-                camera,
-                state=self.topics.state(camera),
-                snapshot=self.topics.snapshot(camera) if self.snapshots else None,
-                availability=self.topics.status,
-            )
-            node = node_id(self.cfg.topic_prefix, camera)
-            for topic, payload in camera_configs(
-                topics, discovery_prefix=self.homeassistant.discovery_prefix, node=node, model=model
-            ):
-                with self._lock:
-                    self._configs[topic] = _json(payload)
+        configs = discovery_configs(self.topics, cameras, model, self.homeassistant.discovery_prefix, self.snapshots)
+        with self._lock:
+            self._configs.update((topic, _json(payload)) for topic, payload in configs)
 
     def start(self) -> None:
         with self._loop_lock:
@@ -192,6 +180,12 @@ class MqttSink:
     def publish_state(self, state: CameraState) -> None:
         with self._lock:
             self._set_latest(self.topics.state(state.camera), _json(state.to_payload()))
+
+    def publish_history(self, problem: str | None) -> None:
+        """Whether the history takes writes (Home Assistant's problem sensor); the current value, retained."""
+        payload = {"problem": "ON" if problem else "OFF", "reason": problem}
+        with self._lock:
+            self._set_latest(self.topics.history, _json(payload))
 
     def publish_stats(self, payload: str) -> None:
         """Periodic counters on `<prefix>/stats`: QoS 0 and not retained, a stale figure is worthless."""

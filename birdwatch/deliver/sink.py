@@ -24,6 +24,7 @@ class EventSink(Protocol):
         self, camera: str, payload: str, on_sent: Callable[[], None], snapshot: bytes | None = None
     ) -> bool: ...
     def publish_state(self, state: CameraState) -> None: ...
+    def publish_history(self, problem: str | None) -> None: ...  # why the history refuses writes, or None
     def publish_stats(self, payload: str) -> None: ...
     def stop(self, timeout: float = 3.0) -> None: ...
 
@@ -53,6 +54,9 @@ class LogSink:
 
     def publish_state(self, state: CameraState) -> None:
         pass
+
+    def publish_history(self, problem: str | None) -> None:
+        pass  # the history says it in the log
 
     def publish_stats(self, payload: str) -> None:
         pass

@@ -72,7 +72,7 @@ def build(config: Config, classifier: Classifier | None = None, sink: EventSink 
     threads_before = plan.apply()
     with contextlib.ExitStack() as undo:
         undo.callback(torch.set_num_threads, threads_before)
-        store = EventStore(config.store.path)
+        store = EventStore(config.store.path, retry_s=config.store.retry_s)
         undo.callback(store.close)
         options = run_options(config, classifier, plan)
         # A first start exports the networks and times the backends (a TensorRT build takes minutes on a

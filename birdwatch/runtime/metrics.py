@@ -132,9 +132,14 @@ class SnapshotCollector:
 
 # What months of unattended running meet and get over: (snapshot key, metric kind, help).
 FAULT_METRICS = (
-    ("events_unsaved", GaugeMetricFamily, "Told events SQLite has not taken yet (held in order and retried)."),
-    ("event_save_failures", CounterMetricFamily, "Event writes SQLite refused since start (each retried)."),
-    ("events_lost", CounterMetricFamily, "Told events given up on (the unsaved queue overflowed, or at stop)."),
+    ("history_writable", GaugeMetricFamily, "1 while the event history takes writes; 0 while it refuses them."),
+    (
+        "events_unsaved",
+        GaugeMetricFamily,
+        "Events the history has not taken yet (delivered meanwhile, held in memory).",
+    ),
+    ("event_save_failures", CounterMetricFamily, "Event writes the history refused since start (each retried)."),
+    ("events_lost", CounterMetricFamily, "Events the history never took (held beyond the cap, or at stop)."),
     ("events_unmarked", GaugeMetricFamily, "Events the broker acknowledged that SQLite has not marked sent yet."),
     ("event_mark_failures", CounterMetricFamily, "Marking an acknowledged event sent failed (retried)."),
     ("mqtt_callback_errors", CounterMetricFamily, "Exceptions caught in MQTT client callbacks."),
@@ -145,6 +150,7 @@ FAULT_METRICS = (
         CounterMetricFamily,
         "Confirmed tracks the localiser called not a bird, or below events.min_bird_score: no visit.",
     ),
+    ("snapshots_failed", CounterMetricFamily, "Snapshots the disk refused (the visit was told without them)."),
     ("frames_held", GaugeMetricFamily, "Whole frames the open visits keep for their snapshots."),
     ("frames_held_bytes", GaugeMetricFamily, "Bytes of the whole frames the open visits keep."),
 )

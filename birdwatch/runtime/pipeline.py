@@ -151,7 +151,7 @@ class Pipeline:
         names = [cam.name for cam in self.config.cameras]
         parts.sink.describe(names, parts.classifier.name)
         parts.decider.begin()
-        pending = parts.store.count_pending()
+        pending = parts.outbox.unsent()
         if pending:
             log.info("%d event(s) from before this start not yet delivered; sending them first", pending)
         # Hand the backlog over before the connection is made: paho sends what it queued offline only
@@ -241,10 +241,11 @@ class Pipeline:
         flush_s = min(FLUSH_S, max(0.0, began + STOP_BUDGET_S - time.monotonic())) if parts.sink.online else 0.0
         if not parts.outbox.flush(flush_s):
             log.warning(
-                "%d event(s) not acknowledged by the broker yet; they are kept and sent at the next start",
-                parts.store.count_pending(),
+                "%d event(s) not acknowledged by the broker yet; those in the history are sent at the next start",
+                parts.outbox.unsent(),
             )
         parts.sink.stop(min(SINK_STOP_S, max(0.5, began + STOP_BUDGET_S + SINK_STOP_S - time.monotonic())))
+        parts.outbox.close()  # after the sink's last acknowledgement
         # Most readers ended long ago; one blocked in FFmpeg is given what is left of READERS_STOP_S.
         readers_by = began + READERS_STOP_S
         clean = all([feed.reader.join(readers_by) for feed in self.feeds])

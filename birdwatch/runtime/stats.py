@@ -22,6 +22,7 @@ import numpy as np
 
 from birdwatch.capture.reader import CameraReader
 from birdwatch.config import CameraConfig
+from birdwatch.deliver.history import StoreError
 from birdwatch.deliver.outbox import Outbox
 from birdwatch.runtime.batching import Batcher
 from birdwatch.types import EventKind
@@ -174,7 +175,6 @@ def counters(
     elapsed = max(1e-9, time.monotonic() - stats.started)
     views = {name: stages[name].view(queue, elapsed) for name, queue in queues.items()}
     classify = stages["classify"]
-    store = outbox.store if outbox is not None else None
     connected = getattr(outbox.publisher, "connected", None) if outbox is not None else None
     snap = {
         "elapsed_s": round(elapsed, 2),
@@ -185,7 +185,7 @@ def counters(
         "infer_s": round(classify.busy_s, 3),
         # Acknowledged by the broker (or logged, without one), and still waiting in the outbox.
         "events_published": outbox.sent if outbox is not None else stats.events,
-        "events_pending": store.count_pending() if store is not None and not store.closed else None,
+        "events_pending": _pending(outbox),
         # `online`, not the event alone: it also asks whether paho's network loop still runs.
         "mqtt_connected": (
             bool(outbox.publisher.online) if outbox is not None and isinstance(connected, threading.Event) else None
@@ -206,11 +206,24 @@ def counters(
     return snap
 
 
+def _pending(outbox: Outbox | None) -> int | None:
+    if outbox is None or outbox.store.closed:
+        return None
+    try:
+        return outbox.store.count_pending()
+    except StoreError:  # the history refuses: history_writable says so
+        return None
+
+
 def delivery_counters(outbox: Outbox) -> dict[str, int]:
     """What delivery met and got over: acks SQLite could not record yet, paho callbacks that raised,
     network loops started again. A sink without them (the log sink, a test's) counts 0."""
     sink = outbox.publisher
     return {
+        "history_writable": int(outbox.store.writable),
+        "events_unsaved": outbox.held,  # told, waiting for the history to take them
+        "event_save_failures": outbox.store_failures,
+        "events_lost": outbox.dropped,
         "events_unmarked": outbox.unmarked,
         "event_mark_failures": outbox.mark_failures,
         "mqtt_callback_errors": int(getattr(sink, "callback_errors", 0)),
@@ -219,13 +232,11 @@ def delivery_counters(outbox: Outbox) -> dict[str, int]:
 
 
 def decide_counters(decider: Decider) -> dict[str, int]:
-    """The decide thread's own: events SQLite refused (held and retried), merged tracks, frames kept.
+    """The decide thread's own: merged tracks, frames kept, snapshots the disk refused.
     Read from other threads: plain ints and a length, each read once."""
     frames, frame_bytes = decider.visits.frames_held()
     return {
-        "events_unsaved": decider.unsaved,  # told, waiting for SQLite to take them
-        "event_save_failures": decider.save_failures,
-        "events_lost": decider.lost,
+        "snapshots_failed": decider.snapshots.failed if decider.snapshots is not None else 0,
         "visits_merged": decider.visits.merged,
         "tracks_not_birds": decider.visits.not_birds,
         "frames_held": frames,

@@ -45,9 +45,12 @@ from birdwatch.config import Config
 from birdwatch.config import load_config
 from birdwatch.config.rules import is_loopback
 from birdwatch.decide.species import check_species_lists
+from birdwatch.deliver import repair
 from birdwatch.deliver.broker import BrokerProbe
 from birdwatch.deliver.broker import tls_failure_hint
 from birdwatch.deliver.discovery import node_id
+from birdwatch.deliver.history import EventStore
+from birdwatch.deliver.history import StoreError
 from birdwatch.errors import BirdwatchError
 from birdwatch.locate.teacher import teacher_weights
 from birdwatch.precision import Precision
@@ -122,6 +125,7 @@ def diagnose(
         yield check_camera(camera, secrets, seconds, blocked)
     yield from check_broker(config, password)
     yield from check_folders(config)
+    yield check_history(config)
     yield from check_video_group(config, unit)
 
 
@@ -381,6 +385,31 @@ def check_folders(config: Config) -> Iterator[Finding]:
         folders.append(("record.dir", Path(config.record.dir), config.record.budget_mb))
     for key, folder, need_mb in folders:
         yield _check_folder(key, folder, need_mb, shown=str(store) if key == "store.path" else str(folder))
+
+
+def check_history(config: Config) -> Finding:
+    """The history file itself: a folder that takes writes says nothing about a file a power cut damaged."""
+    path = Path(config.store.path).expanduser()
+    if not path.exists():
+        return Finding(Verdict.OK, "history", f"{path}: not there yet (birdwatch run creates it)")
+    damaged = repair.damage(path)
+    if damaged is not None:
+        return Finding(
+            Verdict.FAIL,
+            "history",
+            f"{path} is damaged ({damaged})",
+            "restart birdwatch: it moves the file aside (kept as "
+            f"{path.name}.damaged-<time>) and copies the events it can still read into a fresh history",
+        )
+    try:
+        store = EventStore(path, readonly=True)
+    except StoreError as exc:
+        return Finding(Verdict.FAIL, "history", str(exc), "check its owner and permissions, and the disk (dmesg)")
+    try:
+        pending = store.count_pending()
+    finally:
+        store.close()
+    return Finding(Verdict.OK, "history", f"{path}: passes SQLite's quick_check; {pending} event(s) not yet delivered")
 
 
 def _check_folder(key: str, folder: Path, need_mb: float, shown: str) -> Finding:

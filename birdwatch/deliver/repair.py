@@ -1,0 +1,190 @@
+"""Repairing the history after a power cut: tell damage from a disk that only refuses writes, move a damaged
+file aside (never delete it), and copy the events that can still be read into a fresh history.
+
+Recovery uses SQLite's own (`sqlite3 <file> .recover`, the CLI's recovery extension, 3.29+) where the
+`sqlite3` program is installed, reading what it rebuilt; else it reads the damaged file row by row,
+stepping over rows that cannot be read. Either way only rows that are whole birdwatch events are kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import shutil
+import sqlite3
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+HEADER = b"SQLite format 3\x00"
+QUICK_CHECK_ERRORS = 10  # quick_check stops after this many: enough to know, bounded on a big file
+RECOVER_TIMEOUT_S = 300.0
+_DAMAGE = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
+COLUMNS = "seq, id, kind, visit_id, camera, species, score, ts, day, payload, snapshot, sent_ts"
+_TYPES: tuple[type | tuple[type, ...], ...] = (
+    int, str, str, str, str, str, float, float, str, str, (str, type(None)), (float, int, type(None)),
+)  # fmt: skip
+
+
+def is_damage(exc: BaseException) -> bool:
+    """SQLite says the file itself is damaged (not a full, locked or read-only disk)."""
+    name = getattr(exc, "sqlite_errorname", "")
+    return name in _DAMAGE or name.startswith("SQLITE_CORRUPT")
+
+
+def reason(exc: BaseException) -> str:
+    """A full, read-only or failing disk in words a user acts on."""
+    name = getattr(exc, "sqlite_errorname", "")
+    code = getattr(exc, "errno", None)
+    if name == "SQLITE_FULL" or code == errno.ENOSPC:
+        return f"the disk is full ({exc})"
+    if name.startswith("SQLITE_READONLY") or code == errno.EROFS:
+        return f"the disk is read-only ({exc})"
+    return str(exc) or type(exc).__name__
+
+
+def damage(path: Path) -> str | None:
+    """What is wrong with the history file, or None when it is sound, absent, or only unreadable now (a
+    disk that refuses is no damage: nothing is moved aside for it)."""
+    try:
+        with path.open("rb") as f:
+            header = f.read(len(HEADER))
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return None  # unreadable now: opening it says why
+    if not header:
+        return "the file is empty"
+    if header != HEADER:
+        return "the file is not an SQLite database"
+    try:
+        db = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+    except sqlite3.Error:
+        return None
+    try:
+        rows = db.execute(f"PRAGMA quick_check({QUICK_CHECK_ERRORS})").fetchall()
+    except sqlite3.DatabaseError as exc:
+        return str(exc) if is_damage(exc) else None
+    finally:
+        db.close()
+    found = [line for row in rows for line in str(row[0]).splitlines() if not line.startswith("***")]
+    return None if found == ["ok"] else "; ".join(found[:3]) or "quick_check failed"
+
+
+def set_aside(path: Path) -> Path:
+    """Move the file (and its WAL beside it) to `<name>.damaged-<local time>`; returns where it went."""
+    moved = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    n = 1
+    while moved.exists():
+        n += 1
+        moved = moved.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
+    for side in ("-wal", "-journal"):  # the WAL holds committed events too; -shm is rebuilt from it
+        extra = path.with_name(path.name + side)
+        if extra.exists():
+            extra.rename(moved.with_name(moved.name + side))
+    path.rename(moved)
+    with contextlib.suppress(OSError):
+        path.with_name(path.name + "-shm").unlink()
+    return moved
+
+
+def recover(damaged: Path, into: sqlite3.Connection) -> int:
+    """Copy the readable events of `damaged` into the (fresh) history `into`; returns how many."""
+    with tempfile.TemporaryDirectory(prefix="birdwatch-recover-") as tmp:
+        rebuilt = _sqlite_recover(damaged, Path(tmp) / "rebuilt.db")
+        source = rebuilt or damaged
+        try:
+            db = sqlite3.connect(source.resolve().as_uri() + "?mode=ro", uri=True)
+            # A file shorter than its header says (truncated) is refused whole without this.
+            db.execute("PRAGMA writable_schema=ON")
+        except sqlite3.Error:
+            return 0
+        try:
+            return _copy(_readable_rows(db), into)
+        finally:
+            db.close()
+
+
+def _sqlite_recover(damaged: Path, out: Path) -> Path | None:
+    """SQLite's recovery extension, through the CLI: a rebuilt database, or None where it is not installed
+    (or fails: the row-by-row copy reads the damaged file itself)."""
+    cli = shutil.which("sqlite3")
+    if cli is None:
+        return None
+    try:
+        sql = subprocess.run(
+            [cli, str(damaged), ".recover"], capture_output=True, timeout=RECOVER_TIMEOUT_S, check=True
+        ).stdout
+        subprocess.run([cli, str(out)], input=sql, capture_output=True, timeout=RECOVER_TIMEOUT_S, check=True)
+    except (OSError, subprocess.SubprocessError) as exc:
+        # Some builds lack what .recover needs (Debian 12's 3.40: "SQL logic error" on any file).
+        log.info("sqlite3 .recover could not read %s (%s); copying row by row instead", damaged, exc)
+        return None
+    return out
+
+
+def _readable_rows(db: sqlite3.Connection) -> Iterator[tuple[object, ...]]:
+    """Every row of `events` that can be read, in order. A scan that fails, or that a damaged page leads
+    back to rows already read, steps over the row after the last one read and goes on."""
+    last = _highest_seq(db)
+    seq = 0
+    while seq < last:
+        try:
+            for row in db.execute(f"SELECT {COLUMNS} FROM events WHERE seq > ? ORDER BY seq", (seq,)):
+                if not isinstance(row[0], int) or row[0] <= seq or row[0] > last:
+                    raise _Stray
+                seq = row[0]
+                yield row
+            return
+        except (sqlite3.DatabaseError, _Stray) as exc:
+            if "no such table" in str(exc):
+                return  # nothing of birdwatch's in it
+            seq += 1
+
+
+class _Stray(Exception):
+    """A row out of order: the scan went through a damaged page."""
+
+
+def _highest_seq(db: sqlite3.Connection) -> int:
+    for sql in ("SELECT max(seq) FROM events", "SELECT seq FROM sqlite_sequence WHERE name = 'events'"):
+        with contextlib.suppress(sqlite3.DatabaseError, TypeError):
+            value = db.execute(sql).fetchone()
+            if value and value[0] is not None:
+                return int(value[0])
+    return 100_000  # both unreadable: look that far (a year of a busy feeder)
+
+
+def _copy(rows: Iterator[tuple[object, ...]], into: sqlite3.Connection) -> int:
+    copied = 0
+    into.execute("BEGIN IMMEDIATE")
+    try:
+        for row in rows:
+            if _whole(row):
+                cur = into.execute(f"INSERT OR IGNORE INTO events ({COLUMNS}) VALUES ({', '.join('?' * 12)})", row)
+                copied += cur.rowcount
+        into.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            into.execute("ROLLBACK")
+        raise
+    return copied
+
+
+def _whole(row: tuple[object, ...]) -> bool:
+    """A row a damaged page left intact: the right types, and a payload that is its own event's JSON."""
+    if len(row) != len(_TYPES):
+        return False
+    if not all(isinstance(v, t) or (t is float and type(v) is int) for v, t in zip(row, _TYPES, strict=True)):
+        return False
+    try:
+        payload = json.loads(str(row[9]))
+    except ValueError:
+        return False
+    return isinstance(payload, dict) and payload.get("id") == row[1]
