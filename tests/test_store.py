@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import random
 import sqlite3
@@ -19,6 +20,7 @@ import pytest
 
 from birdwatch.config import HomeAssistantConfig
 from birdwatch.config import MqttConfig
+from birdwatch.deliver import repair
 from birdwatch.deliver.history import EventStore
 from birdwatch.deliver.history import HistoryUnavailable
 from birdwatch.deliver.history import StoreError
@@ -246,6 +248,25 @@ def test_retention_removes_old_delivered_events_but_never_pending_ones(tmp_path:
     assert {r.id for r in store.recent(limit=10)} == {old_pending.id, fresh.id}
 
 
+def refusing_history(
+    monkeypatch: pytest.MonkeyPatch, after_add: Callable[[VisitEvent], None] | None = None
+) -> list[bool]:
+    """EventStore.add refuses, as the history does on a full disk, while the returned flag is set."""
+    refuse = [True]
+    add = EventStore.add
+
+    def refusing(self: EventStore, e: VisitEvent, sent_ts: float | None = None) -> int:
+        if refuse[0]:
+            raise HistoryUnavailable("event history: the disk is full")
+        seq = add(self, e, sent_ts)
+        if after_add is not None:
+            after_add(e)
+        return seq
+
+    monkeypatch.setattr(EventStore, "add", refusing)
+    return refuse
+
+
 def test_an_event_the_history_refuses_is_handed_from_memory_once_and_stored_as_delivered(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -253,15 +274,7 @@ def test_an_event_the_history_refuses_is_handed_from_memory_once_and_stored_as_d
     store = EventStore(db)
     publisher = RecordingPublisher(db)
     outbox = Outbox(store, publisher)
-    refuse = [True]
-    add = EventStore.add
-
-    def refusing(self: EventStore, e: VisitEvent, sent_ts: float | None = None) -> int:
-        if refuse[0]:
-            raise HistoryUnavailable("event history: the disk is full")
-        return add(self, e, sent_ts)
-
-    monkeypatch.setattr(EventStore, "add", refusing)
+    refuse = refusing_history(monkeypatch)
     first, second = event(visit="a"), event(visit="b")
     outbox.submit(first)
     outbox.submit(second)
@@ -276,6 +289,69 @@ def test_an_event_the_history_refuses_is_handed_from_memory_once_and_stored_as_d
     assert outbox.pump() == 0 and len(publisher.handed) == 2, "and not handed again"
     publisher.handed[1][1]()  # the second's acknowledgement comes after it was stored
     assert store.count_pending() == 0 and outbox.held == 0 and outbox.dropped == 0
+
+
+def test_an_acknowledgement_that_comes_while_the_held_event_is_stored_does_not_send_it_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "bw.db"
+    store = EventStore(db)
+    publisher = RecordingPublisher(db)
+    outbox = Outbox(store, publisher)
+
+    def acked_as_it_is_written(e: VisitEvent) -> None:
+        [on_sent] = [ack for event_id, ack, _ in publisher.handed if event_id == e.id]
+        on_sent()  # the broker's acknowledgement arrives just as the row is written, still unsent
+
+    refuse = refusing_history(monkeypatch, after_add=acked_as_it_is_written)
+    held = [event(visit="a"), event(visit="b")]
+    for e in held:
+        outbox.submit(e)
+    refuse[0] = False
+    outbox.pump()
+    outbox.pump()
+    assert [h[0] for h in publisher.handed] == [e.id for e in held], "each handed once"
+    assert store.count_pending() == 0, "and marked sent"
+
+
+def test_a_repair_cut_short_by_a_full_disk_leaves_the_damaged_file_and_is_done_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "bw.db"
+    store = EventStore(db)
+    for n in range(30):
+        store.add(event(visit=f"v{n}"), sent_ts=1.0)
+    store.close()
+    db.write_bytes(b"#!/bin/sh\n" + db.read_bytes()[10:])  # no longer SQLite
+    damaged = db.read_bytes()
+    recover = repair.recover
+    full = [True]
+
+    def full_disk(source: Path, into: sqlite3.Connection) -> int:
+        if full[0]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return recover(source, into)
+
+    monkeypatch.setattr(repair, "recover", full_disk)
+    store = EventStore(db, retry_s=0.0)
+    assert store.problem and "repairing it failed" in store.problem and "the disk is full" in store.problem
+    assert db.read_bytes() == damaged and not list(tmp_path.glob("*.repairing*")), "left as it was"
+    full[0] = False
+    store.add(later := event(visit="later"))  # the next write repairs it, then goes through
+    assert store.writable and len(store.set_aside) == 1 and store.set_aside[0].read_bytes() == damaged
+    assert [e.id for e in store.pending()] == [later.id]
+    store.close()
+
+
+def test_a_repair_killed_between_its_renames_is_finished_at_the_next_start(tmp_path: Path) -> None:
+    db = tmp_path / "bw.db"
+    fresh = EventStore(repair.repairing_path(db))  # complete: renamed only once committed
+    fresh.add(e := event(), sent_ts=1.0)
+    fresh.close()
+    (tmp_path / "bw.db.damaged-20261205-120000").write_text("the damaged one, moved aside")
+    store = EventStore(db)
+    assert store.recent()[0].id == e.id and not repair.repairing_path(db).exists()
+    store.close()
 
 
 def test_a_history_damaged_under_the_running_service_is_repaired_at_the_first_error(tmp_path: Path) -> None:

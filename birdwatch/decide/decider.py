@@ -93,6 +93,7 @@ class Decider:
             self._prune()
             if self.snapshots is not None:
                 self.snapshots.prune_if_due()
+        self.store.check()  # a history that refused writes, opened again when due
         self.outbox.pump()  # what the publisher or the history refused before
         if self.store.problem != self._history_problem:
             self._history_problem = self.store.problem

@@ -20,6 +20,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from collections.abc import Iterable
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Any
 from typing import TypeVar
 
 from birdwatch.deliver import repair
+from birdwatch.deliver import visitbook
 from birdwatch.errors import BirdwatchError
 from birdwatch.types import EndReason
 from birdwatch.types import EventKind
@@ -36,7 +38,7 @@ from birdwatch.types import local_day
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the visit book (deliver/visitbook.py)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -108,6 +110,7 @@ class EventStore:
         self._retry_at = 0.0  # monotonic: when to open it again
         self.set_aside: list[Path] = []  # damaged files moved aside by this process
         self._opened = False  # once: later opens never create the file
+        self._damaged: str | None = None  # found damaged, not repaired yet
         if readonly:
             self._db = self._open_readonly()
         elif self.path.is_dir():
@@ -137,52 +140,104 @@ class EventStore:
             db = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True, check_same_thread=False)
             db.execute("PRAGMA busy_timeout=5000")
             db.execute("SELECT count(*) FROM events").fetchone()
+            old = db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION
         except sqlite3.Error as exc:
             hint = "; birdwatch run repairs it at its next start" if repair.is_damage(exc) else ""
             raise StoreError(
                 f"store.path: cannot read {self.path} as birdwatch's event history ({exc}){hint}"
             ) from None
+        if old:
+            db.close()
+            raise StoreError(
+                f"{self.path} is a history from an older birdwatch: `birdwatch run` upgrades it as it starts"
+            )
         return db
 
-    def _connect(self, create: bool = True) -> sqlite3.Connection:
+    def _connect(self, path: Path, create: bool = True) -> sqlite3.Connection:
         """Open for writing. Only the first open (and a repair) may create the file: one that vanished later
         is a disk unmounted under the service, and a new history beneath its mount point would hide events."""
         if create:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        uri = self.path.absolute().as_uri() + ("?mode=rwc" if create else "?mode=rw")
+            path.parent.mkdir(parents=True, exist_ok=True)
+        uri = path.absolute().as_uri() + ("?mode=rwc" if create else "?mode=rw")
         db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
         try:
             db.execute("PRAGMA busy_timeout=5000")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")  # committed means on disk: a power cut keeps it
-            db.executescript(_SCHEMA)
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            db.executescript(_SCHEMA + visitbook.SCHEMA)
+            if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                with _transaction(db):  # a history from before the visit book: built once, from its events
+                    visitbook.rebuild(db)
+                    db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             db.execute("SELECT count(*) FROM events").fetchone()
         except BaseException:
             db.close()
             raise
         return db
 
-    def _open(self, damaged: str | None = None) -> None:
-        """Open the file for writing, repairing it first if it is damaged; a disk that refuses leaves it
-        closed, with `problem` set. The problem clears at the first write that goes through."""
-        try:
-            damaged = damaged or repair.damage(self.path)
-            if damaged is not None:
-                self._db = self._repair(damaged)
-            else:
-                self._db = self._connect(create=not self._opened)
-        except (sqlite3.Error, OSError) as exc:
-            self._refused(exc)
-            return
-        self._opened = True
+    def check(self) -> None:
+        """The decide thread, every tick: a history that refused writes is opened again when due (and repaired
+        if it is damaged), so the problem clears without waiting for the next bird."""
+        with self._lock:
+            if not self.closed and not self.readonly and self._db is None and time.monotonic() >= self._retry_at:
+                self._open()
 
-    def _repair(self, damaged: str) -> sqlite3.Connection:
-        """Move the damaged file aside and copy its readable events into a fresh one."""
+    @property
+    def repairs(self) -> int:
+        return len(self.set_aside)
+
+    def _open(self) -> None:
+        """Open the file for writing, repairing it first if it is damaged (checked at the first open and after a
+        corruption error only: a whole-file check every retry would wear a failing card). A disk that refuses
+        leaves it closed, `problem` set, tried again after retry_s; after a refusal, the problem clears only once
+        a write has gone through."""
+        db: sqlite3.Connection | None = None
+        try:
+            if not self._opened:
+                repair.finish_interrupted(self.path)
+                self._damaged = repair.damage(self.path)
+            if self._damaged is not None:
+                self._repair(self._damaged)
+                self._damaged = None
+            db = self._connect(self.path, create=not self._opened)
+            self._opened = True
+            if self.problem is not None:
+                with _transaction(db):  # a write: the disk takes them again
+                    db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except (sqlite3.Error, OSError) as exc:
+            if db is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    db.close()
+            damaged = f"it is damaged ({self._damaged}) and repairing it failed: " if self._damaged else ""
+            self._refused(exc, damaged)
+            return
+        self._db = db
+        if self.problem is not None:
+            log.warning("event history %s takes writes again", self.path)
+            self.problem = None
+
+    def _repair(self, damaged: str) -> None:
+        """Copy the readable events into a fresh history built beside the damaged one, then swap the two: the
+        damaged file to `<name>.damaged-<time>`, the fresh one into its place. Cut short (a full disk, a kill),
+        it leaves the damaged file where it was, to be repaired again."""
+        fresh = repair.repairing_path(self.path)
+        repair.remove_with_sidecars(fresh)  # what a repair cut short left
+        try:
+            db = self._connect(fresh)
+            try:
+                saved = repair.recover(self.path, db)
+                with _transaction(db):
+                    visitbook.rebuild(db)
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # all of it in the one file that is moved
+            finally:
+                db.close()
+        except BaseException:
+            repair.remove_with_sidecars(fresh)
+            raise
         moved = repair.set_aside(self.path)
+        repair.remove_with_sidecars(fresh, keep_main=True)
+        fresh.rename(self.path)
         self.set_aside.append(moved)
-        db = self._connect()
-        saved = repair.recover(moved, db)
         log.error(
             "event history %s was damaged (%s): moved aside to %s, %d event(s) saved into a fresh history",
             self.path,
@@ -190,16 +245,12 @@ class EventStore:
             moved,
             saved,
         )
-        return db
 
-    def _refused(self, exc: BaseException) -> None:
+    def _refused(self, exc: BaseException, context: str = "") -> None:
         first = self.problem is None
-        self.problem = repair.reason(exc)
+        self.problem = context + repair.reason(exc)
         self._retry_at = time.monotonic() + self.retry_s
-        if self._db is not None:
-            with contextlib.suppress(sqlite3.Error):
-                self._db.close()
-            self._db = None
+        self._close_db()
         if first:
             log.error(
                 "event history %s refuses writes: %s; events are told live and kept in memory until it takes them "
@@ -209,18 +260,26 @@ class EventStore:
                 self.retry_s,
             )
 
+    def _close_db(self) -> None:
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None
+
     def _run(self, work: Callable[[sqlite3.Connection], T], write: bool = False) -> T:
-        """`work` on the connection, under the lock. Writable: a damaged file is repaired and `work` tried once
-        more; a refusing disk raises HistoryUnavailable (and is opened again after `retry_s`)."""
+        """`work` on the connection, under the lock. A refusing disk raises HistoryUnavailable; only writes (on
+        the decide thread) open the file again, and repair it after a corruption error, then try `work` once
+        more; a read (a metrics scrape) never does."""
         with self._lock:
             if self.closed:
                 raise StoreError(f"event history {self.path} is closed")
-            if self._db is None and time.monotonic() >= self._retry_at:
+            if self._db is None and write and time.monotonic() >= self._retry_at:
                 self._open()
             if self._db is None:
-                raise HistoryUnavailable(f"event history {self.path}: {self.problem}")
+                why = self.problem or f"it is damaged ({self._damaged}), repaired at the next write"
+                raise HistoryUnavailable(f"event history {self.path}: {why}")
             try:
-                done = work(self._db)
+                return work(self._db)
             except sqlite3.IntegrityError:
                 raise  # the caller's (an event stored already)
             except (sqlite3.Error, OSError) as exc:
@@ -228,50 +287,36 @@ class EventStore:
                     raise
                 if not repair.is_damage(exc):
                     self._refused(exc)
-                    raise HistoryUnavailable(f"event history {self.path}: {self.problem}") from None
-                with contextlib.suppress(sqlite3.Error):
-                    self._db.close()
-                self._db = None
-                self._open(damaged=str(exc))
-                if self._db is None:
-                    raise HistoryUnavailable(f"event history {self.path}: {self.problem}") from None
-                try:
-                    done = work(self._db)  # on the fresh history
-                except (sqlite3.Error, OSError) as again:
-                    self._refused(again)
-                    raise HistoryUnavailable(f"event history {self.path}: {self.problem}") from None
-            if write and self.problem is not None:
-                log.warning("event history %s takes writes again", self.path)
-                self.problem = None
-            return done
+                else:
+                    self._damaged, self._retry_at = str(exc), 0.0
+                    self._close_db()
+                    if write:
+                        self._open()
+                    if self._db is not None:
+                        try:
+                            return work(self._db)  # on the repaired history
+                        except (sqlite3.Error, OSError) as again:
+                            self._refused(again)
+                why = self.problem or f"it is damaged ({self._damaged}), repaired at the next write"
+                raise HistoryUnavailable(f"event history {self.path}: {why}") from None
 
     # -- outbox --
 
     def add(self, event: VisitEvent, sent_ts: float | None = None) -> int:
         """Commit the event (pending, or delivered already at `sent_ts`); returns its outbox sequence number."""
-        payload = event.to_json()
-        row = (
-            event.id,
-            event.kind,
-            event.visit_id,
-            event.camera,
-            event.species,
-            event.score,
-            event.ts,
-            local_day(event.first_seen),
-            payload,
-            event.snapshot,
-            sent_ts,
-        )
 
         def insert(db: sqlite3.Connection) -> int:
             with _transaction(db):
-                cur = db.execute(
-                    "INSERT INTO events (id, kind, visit_id, camera, species, score, ts, day, payload, snapshot,"
-                    " sent_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    row,
-                )
-            return int(cur.lastrowid or 0)
+                return _insert(db, event, sent_ts)
+
+        return self._run(insert, write=True)
+
+    def add_many(self, events: Iterable[VisitEvent], sent_ts: float | None = None) -> int:
+        """Many events in one transaction (a bulk load: the bench's years of history); returns how many."""
+
+        def insert(db: sqlite3.Connection) -> int:
+            with _transaction(db):
+                return sum(1 for event in events if _insert(db, event, sent_ts))
 
         return self._run(insert, write=True)
 
@@ -312,21 +357,9 @@ class EventStore:
     ) -> list[tuple[str, str, int]]:
         """(day, species, visits) for the last `days` days up to today, newest day first, most visits first.
 
-        A visit counts once, under the species of its latest event and the day it started.
+        A visit counts once, under the species it was last told with and the day it started.
         """
-        today = today or local_day(time.time())
-        first = _day_minus(today, days - 1)
-        where, args = _filters(camera=camera)
-        where = f"{where} {'AND' if where else 'WHERE'} day BETWEEN ? AND ?"
-        rows = self._run(
-            lambda db: db.execute(
-                "SELECT day, species, count(*) FROM events WHERE seq IN"
-                f" (SELECT max(seq) FROM events {where} GROUP BY visit_id)"
-                " GROUP BY day, species ORDER BY day DESC, count(*) DESC, species",
-                (*args, first, today),
-            ).fetchall()
-        )
-        return [(str(d), str(s), int(n)) for d, s, n in rows]
+        return self._run(lambda db: visitbook.per_day(db, days, camera, today))
 
     def visits_on(self, camera: str, day: str) -> int:
         row = self._one("SELECT count(DISTINCT visit_id) FROM events WHERE camera = ? AND day = ?", (camera, day))
@@ -346,7 +379,9 @@ class EventStore:
 
         def delete(db: sqlite3.Connection) -> int:
             with _transaction(db):
-                return int(db.execute("DELETE FROM events WHERE sent_ts IS NOT NULL AND ts < ?", (cutoff,)).rowcount)
+                removed = db.execute("DELETE FROM events WHERE sent_ts IS NOT NULL AND ts < ?", (cutoff,)).rowcount
+                visitbook.prune(db, cutoff)
+            return int(removed)
 
         removed = self._run(delete, write=True)
         if removed:
@@ -360,6 +395,29 @@ class EventStore:
     def _one(self, sql: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
         row: tuple[Any, ...] = self._run(lambda db: db.execute(sql, args).fetchone())
         return row
+
+
+def _insert(db: sqlite3.Connection, event: VisitEvent, sent_ts: float | None) -> int:
+    """The event and its visit's row, inside the caller's transaction; returns its sequence number."""
+    cur = db.execute(
+        "INSERT INTO events (id, kind, visit_id, camera, species, score, ts, day, payload, snapshot, sent_ts)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            event.id,
+            event.kind,
+            event.visit_id,
+            event.camera,
+            event.species,
+            event.score,
+            event.ts,
+            local_day(event.first_seen),
+            event.to_json(),
+            event.snapshot,
+            sent_ts,
+        ),
+    )
+    visitbook.record(db, event)
+    return int(cur.lastrowid or 0)
 
 
 @contextlib.contextmanager
@@ -401,8 +459,3 @@ def _filters(**values: str | None) -> tuple[str, tuple[str, ...]]:
     if not given:
         return "", ()
     return "WHERE " + " AND ".join(f"{k} = ?" for k, _ in given), tuple(v for _, v in given if v)
-
-
-def _day_minus(day: str, n: int) -> str:
-    t = time.mktime(time.strptime(day, "%Y-%m-%d")) + 12 * 3600  # noon: safe across DST changes
-    return local_day(t - n * 86400)

@@ -63,6 +63,9 @@ class Outbox:
         self._held: deque[Held] = deque()  # not in the history yet, oldest first
         self._held_ids: dict[str, Held] = {}
         self._handed_seq = 0  # every row up to here was handed in this process
+        self._repairs_seen = 0  # the history's repairs: a repaired one numbers its rows anew
+        self._from_memory: set[str] = set()  # handed from memory: not again when read back from the history
+        self._dropping = False  # said so in the log already
         self.sent = 0
         self.mark_failures = 0
         self.store_failures = 0  # writes the history refused (each retry counts)
@@ -94,7 +97,11 @@ class Outbox:
                 self._held_ids.pop(self._held.popleft().event.id, None)
         if extra > 0:
             self.dropped += extra
-            log.error("%d event(s) dropped: the history has refused events for too long (%d held)", extra, MAX_HELD)
+            if not self._dropping:  # once per spell: counted in events_lost
+                self._dropping = True
+                log.error(
+                    "the history has refused events for too long: beyond %d held, the oldest are dropped", MAX_HELD
+                )
         self.pump()
 
     def pump(self) -> int:
@@ -116,6 +123,8 @@ class Outbox:
                 self.store.add(held.event, sent_ts)
             except sqlite3.IntegrityError:  # its id is stored already: a write that went through after all
                 log.warning("event %s was stored already", held.event.id[:8])
+                if sent_ts is not None:
+                    self._mark(held.event.id, sent_ts)
             except Exception:  # StoreError mostly: the history said why, once
                 self.store_failures += 1
                 return  # held (and delivered) meanwhile; tried again at the next pump
@@ -123,6 +132,10 @@ class Outbox:
                 self._held.popleft()
                 self._held_ids.pop(held.event.id, None)
                 acked_since = held.sent_ts if held.sent_ts != sent_ts else None
+                if held.sent_ts is not None:  # stored as delivered, or marked below: never read back as pending
+                    self._from_memory.discard(held.event.id)
+                if len(self._held) < MAX_HELD // 2:
+                    self._dropping = False
             if acked_since is not None:  # acknowledged while it was being stored
                 self._mark(held.event.id, acked_since)
 
@@ -132,6 +145,8 @@ class Outbox:
 
     def _pump_stored(self) -> tuple[int, bool]:
         """Pending rows of the history, in order: (how many were handed, whether the publisher refused one)."""
+        if self.store.repairs != self._repairs_seen:  # its rows are numbered anew: read them all again
+            self._repairs_seen, self._handed_seq = self.store.repairs, 0
         handed = 0
         while (room := self._room()) > 0:
             try:
@@ -142,8 +157,9 @@ class Outbox:
                 return handed, False
             for row in rows:
                 with self._cond:
-                    done = row.id in self._in_flight or row.id in self._unmarked
-                if not done:  # (handed from memory before it was stored)
+                    done = row.id in self._in_flight or row.id in self._unmarked or row.id in self._from_memory
+                    self._from_memory.discard(row.id)  # read back once: the mark moves past it
+                if not done:
                     if not self._hand(row.id, row.camera, row.payload, _read(row.snapshot)):
                         return handed, True
                     handed += 1
@@ -163,6 +179,8 @@ class Outbox:
             if not self._hand(event.id, event.camera, payload, _read(event.snapshot)):
                 return handed
             held.handed = True
+            with self._cond:
+                self._from_memory.add(event.id)
             handed += 1
         return handed
 

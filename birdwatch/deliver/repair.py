@@ -15,7 +15,6 @@ import logging
 import shutil
 import sqlite3
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,8 @@ log = logging.getLogger(__name__)
 
 HEADER = b"SQLite format 3\x00"
 QUICK_CHECK_ERRORS = 10  # quick_check stops after this many: enough to know, bounded on a big file
-RECOVER_TIMEOUT_S = 300.0
+RECOVER_TIMEOUT_S = 30.0  # the decide thread (or the start) waits on it; the watchdog allows 60 s
+MAX_MISSES = 200_000  # rows stepped over in a row before a scan without a known end gives up
 _DAMAGE = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
 COLUMNS = "seq, id, kind, visit_id, camera, species, score, ts, day, payload, snapshot, sent_ts"
 _TYPES: tuple[type | tuple[type, ...], ...] = (
@@ -94,11 +94,32 @@ def set_aside(path: Path) -> Path:
     return moved
 
 
+def repairing_path(path: Path) -> Path:
+    return path.with_name(path.name + ".repairing")
+
+
+def remove_with_sidecars(path: Path, keep_main: bool = False) -> None:
+    for side in ("-wal", "-shm", "-journal", *(() if keep_main else ("",))):
+        with contextlib.suppress(FileNotFoundError):
+            path.with_name(path.name + side).unlink()
+
+
+def finish_interrupted(path: Path) -> None:
+    """A repair killed between its two renames left the damaged file aside and the fresh one complete (it is
+    renamed only once committed): put the fresh one in place."""
+    fresh = repairing_path(path)
+    if not path.exists() and fresh.exists():
+        remove_with_sidecars(fresh, keep_main=True)
+        fresh.rename(path)
+        log.warning("event history %s: a repair cut short is finished", path)
+
+
 def recover(damaged: Path, into: sqlite3.Connection) -> int:
     """Copy the readable events of `damaged` into the (fresh) history `into`; returns how many."""
-    with tempfile.TemporaryDirectory(prefix="birdwatch-recover-") as tmp:
-        rebuilt = _sqlite_recover(damaged, Path(tmp) / "rebuilt.db")
-        source = rebuilt or damaged
+    rebuilt = damaged.with_name(damaged.name + ".recovered")  # beside it: /tmp is RAM on many boards
+    remove_with_sidecars(rebuilt)
+    try:
+        source = _sqlite_recover(damaged, rebuilt) or damaged
         try:
             db = sqlite3.connect(source.resolve().as_uri() + "?mode=ro", uri=True)
             # A file shorter than its header says (truncated) is refused whole without this.
@@ -109,19 +130,27 @@ def recover(damaged: Path, into: sqlite3.Connection) -> int:
             return _copy(_readable_rows(db), into)
         finally:
             db.close()
+    finally:
+        remove_with_sidecars(rebuilt)
 
 
 def _sqlite_recover(damaged: Path, out: Path) -> Path | None:
-    """SQLite's recovery extension, through the CLI: a rebuilt database, or None where it is not installed
-    (or fails: the row-by-row copy reads the damaged file itself)."""
+    """SQLite's recovery extension, through the CLI, its SQL streamed from one `sqlite3` into another: a
+    rebuilt database, or None where it is not installed (or fails: the row-by-row copy reads the damaged
+    file itself)."""
     cli = shutil.which("sqlite3")
     if cli is None:
         return None
     try:
-        sql = subprocess.run(
-            [cli, str(damaged), ".recover"], capture_output=True, timeout=RECOVER_TIMEOUT_S, check=True
-        ).stdout
-        subprocess.run([cli, str(out)], input=sql, capture_output=True, timeout=RECOVER_TIMEOUT_S, check=True)
+        with subprocess.Popen(
+            [cli, str(damaged), ".recover"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        ) as dump:
+            load = subprocess.run(
+                [cli, str(out)], stdin=dump.stdout, capture_output=True, timeout=RECOVER_TIMEOUT_S, check=False
+            )
+            dumped = dump.wait(RECOVER_TIMEOUT_S)
+        if dumped or load.returncode:
+            raise subprocess.CalledProcessError(dumped or load.returncode, ".recover")
     except (OSError, subprocess.SubprocessError) as exc:
         # Some builds lack what .recover needs (Debian 12's 3.40: "SQL logic error" on any file).
         log.info("sqlite3 .recover could not read %s (%s); copying row by row instead", damaged, exc)
@@ -131,34 +160,35 @@ def _sqlite_recover(damaged: Path, out: Path) -> Path | None:
 
 def _readable_rows(db: sqlite3.Connection) -> Iterator[tuple[object, ...]]:
     """Every row of `events` that can be read, in order. A scan that fails, or that a damaged page leads
-    back to rows already read, steps over the row after the last one read and goes on."""
+    back to rows already read, steps over the row after the last one read and goes on, up to the highest
+    sequence number the file still knows (else until MAX_MISSES steps in a row find nothing)."""
     last = _highest_seq(db)
-    seq = 0
-    while seq < last:
+    seq = misses = 0
+    while (seq < last) if last is not None else (misses < MAX_MISSES):
         try:
             for row in db.execute(f"SELECT {COLUMNS} FROM events WHERE seq > ? ORDER BY seq", (seq,)):
-                if not isinstance(row[0], int) or row[0] <= seq or row[0] > last:
+                if not isinstance(row[0], int) or row[0] <= seq or (last is not None and row[0] > last):
                     raise _Stray
-                seq = row[0]
+                seq, misses = row[0], 0
                 yield row
             return
         except (sqlite3.DatabaseError, _Stray) as exc:
             if "no such table" in str(exc):
                 return  # nothing of birdwatch's in it
-            seq += 1
+            seq, misses = seq + 1, misses + 1
 
 
 class _Stray(Exception):
     """A row out of order: the scan went through a damaged page."""
 
 
-def _highest_seq(db: sqlite3.Connection) -> int:
+def _highest_seq(db: sqlite3.Connection) -> int | None:
     for sql in ("SELECT max(seq) FROM events", "SELECT seq FROM sqlite_sequence WHERE name = 'events'"):
         with contextlib.suppress(sqlite3.DatabaseError, TypeError):
             value = db.execute(sql).fetchone()
             if value and value[0] is not None:
                 return int(value[0])
-    return 100_000  # both unreadable: look that far (a year of a busy feeder)
+    return None
 
 
 def _copy(rows: Iterator[tuple[object, ...]], into: sqlite3.Connection) -> int:
