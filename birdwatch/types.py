@@ -191,6 +191,28 @@ class VisitEvent:
         """The payload as published and stored."""
         return json.dumps(self.to_payload(), separators=(",", ":"), ensure_ascii=False)
 
+    @classmethod
+    def from_payload(cls, p: dict[str, Any]) -> VisitEvent:
+        """A stored payload back as a VisitEvent (for state carried over a restart)."""
+        return cls(
+            kind=EventKind(p["kind"]),
+            visit_id=p["visit_id"],
+            camera=p["camera"],
+            ts=p["ts"],
+            species=p["species"],
+            score=p["score"],
+            top_k=tuple(SpeciesScore(s["species"], s["score"]) for s in p["top_k"]),
+            first_seen=p["first_seen"],
+            last_seen=p["last_seen"],
+            frames=p["frames"],
+            box=(p["box"][0], p["box"][1], p["box"][2], p["box"][3]),
+            model=p["model"],
+            end_reason=EndReason(p["end_reason"]) if p.get("end_reason") else None,
+            snapshot=p.get("snapshot"),
+            bird_score=p.get("bird_score"),  # absent in events stored before it was told
+            id=p["id"],
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class CameraState:

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import errno
 import json
+import logging
 import random
 import sqlite3
 import subprocess
@@ -424,3 +425,16 @@ def test_cli_without_history_says_where_it_looked(tmp_path: Path) -> None:
     assert "Traceback" not in out.stderr and not (tmp_path / "nowhere.db").exists()
     out = birdwatch("stats", "--days", "0", "--db", "x.db", cwd=tmp_path)
     assert out.returncode == 2 and "0 is too small" in out.stderr
+
+
+def test_a_quick_check_that_runs_out_of_time_holds_up_no_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "bw.db"
+    store = EventStore(db)
+    store.add_many([event(visit=f"v{n}") for n in range(3000)])
+    store.close()
+    monkeypatch.setattr(repair, "QUICK_CHECK_S", 0.0)  # a big history on a slow card
+    with caplog.at_level(logging.INFO):
+        assert repair.damage(db) is None, "no verdict: the start goes on"
+    assert "quick_check stopped after" in caplog.text

@@ -30,9 +30,6 @@ from typing import TypeVar
 from birdwatch.deliver import repair
 from birdwatch.deliver import visitbook
 from birdwatch.errors import BirdwatchError
-from birdwatch.types import EndReason
-from birdwatch.types import EventKind
-from birdwatch.types import SpeciesScore
 from birdwatch.types import VisitEvent
 from birdwatch.types import local_day
 
@@ -371,7 +368,7 @@ class EventStore:
             " ORDER BY seq DESC LIMIT 1",
             (camera,),
         )
-        return event_from_payload(rows[0].data) if rows else None
+        return VisitEvent.from_payload(rows[0].data) if rows else None
 
     def prune(self, retention_days: float, now: float | None = None) -> int:
         """Delete delivered events older than the retention; unsent ones stay until they are delivered."""
@@ -430,28 +427,6 @@ def _transaction(db: sqlite3.Connection) -> Iterator[None]:
             db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
-
-
-def event_from_payload(p: dict[str, Any]) -> VisitEvent:
-    """A stored payload back as a VisitEvent (for state carried over a restart)."""
-    return VisitEvent(
-        kind=EventKind(p["kind"]),
-        visit_id=p["visit_id"],
-        camera=p["camera"],
-        ts=p["ts"],
-        species=p["species"],
-        score=p["score"],
-        top_k=tuple(SpeciesScore(s["species"], s["score"]) for s in p["top_k"]),
-        first_seen=p["first_seen"],
-        last_seen=p["last_seen"],
-        frames=p["frames"],
-        box=(p["box"][0], p["box"][1], p["box"][2], p["box"][3]),
-        model=p["model"],
-        end_reason=EndReason(p["end_reason"]) if p.get("end_reason") else None,
-        snapshot=p.get("snapshot"),
-        bird_score=p.get("bird_score"),  # absent in events stored before it was told
-        id=p["id"],
-    )
 
 
 def _filters(**values: str | None) -> tuple[str, tuple[str, ...]]:

@@ -22,7 +22,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 HEADER = b"SQLite format 3\x00"
-QUICK_CHECK_ERRORS = 10  # quick_check stops after this many: enough to know, bounded on a big file
+QUICK_CHECK_ERRORS = 10  # quick_check stops after this many: enough to know
+QUICK_CHECK_S = 20.0  # and after this long: a big history on a slow card must not hold up every start
 RECOVER_TIMEOUT_S = 30.0  # the decide thread (or the start) waits on it; the watchdog allows 60 s
 MAX_MISSES = 200_000  # rows stepped over in a row before a scan without a known end gives up
 _DAMAGE = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
@@ -67,9 +68,17 @@ def damage(path: Path) -> str | None:
         db = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
     except sqlite3.Error:
         return None
+    deadline = time.monotonic() + QUICK_CHECK_S
+    db.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)  # nonzero: interrupt it
     try:
         rows = db.execute(f"PRAGMA quick_check({QUICK_CHECK_ERRORS})").fetchall()
     except sqlite3.DatabaseError as exc:
+        if getattr(exc, "sqlite_errorname", "") == "SQLITE_INTERRUPT":
+            log.info(
+                "event history %s: quick_check stopped after %.0f s; a damage found later is repaired then",
+                path,
+                QUICK_CHECK_S,
+            )
         return str(exc) if is_damage(exc) else None
     finally:
         db.close()
