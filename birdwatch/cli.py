@@ -254,6 +254,37 @@ def cmd_events(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_visits(args: argparse.Namespace) -> int:
+    import contextlib
+    import sqlite3
+
+    from birdwatch.config import LocationConfig
+    from birdwatch.config import load_config
+    from birdwatch.tools import export
+
+    if not args.csv and not args.ebird:
+        raise BirdwatchError("say where to write: --csv FILE, --ebird FILE, or both")
+    location = LocationConfig() if args.db else load_config(args.config).location
+    _open_store(args).close()  # one clear line for a history that is missing, damaged or too old
+    path = Path(args.db) if args.db else Path(load_config(args.config).store.path)
+    with contextlib.closing(sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)) as db:
+        visits = [v for v in export.visits_since(db, args.days) if not args.camera or v.camera == args.camera]
+        for out, write in ((args.csv, "csv"), (args.ebird, "ebird")):
+            if out is None:
+                continue
+            try:
+                with Path(out).open("w", newline="", encoding="utf-8") as f:
+                    n = (
+                        export.write_visits_csv(db, visits, f)
+                        if write == "csv"
+                        else export.write_ebird_csv(visits, location, f)
+                    )
+            except OSError as exc:
+                raise BirdwatchError(f"cannot write {out} ({exc.strerror or exc})") from None
+            print(f"{out}: {n} row(s)")
+    return 0
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     store = _open_store(args)
     try:
@@ -405,6 +436,15 @@ def build_parser() -> argparse.ArgumentParser:
     history_args(stats)
     stats.add_argument("--days", type=_positive, default=7, help="this many days up to today (default 7)")
     stats.set_defaults(func=cmd_stats)
+
+    export = sub.add_parser("export", help="the history's visits as CSV, or as eBird's Record Format")
+    export_sub = export.add_subparsers(dest="what", required=True)
+    visits = export_sub.add_parser("visits", help="one row per visit (--csv), or one eBird checklist per camera a day")
+    history_args(visits)
+    visits.add_argument("--csv", type=Path, help="write every visit, with its latest event's fields, to this file")
+    visits.add_argument("--ebird", type=Path, help="write eBird Record Format (no header) to this file")
+    visits.add_argument("--days", type=_positive, help="only the last this many days (default: all)")
+    visits.set_defaults(func=cmd_export_visits)
 
     from birdwatch.tools.detector.cli import add_learn_parser
     from birdwatch.tools.detector.cli import add_parser as add_detector_parser

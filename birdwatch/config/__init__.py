@@ -21,6 +21,7 @@ from birdwatch.config.schema import DetectorConfig
 from birdwatch.config.schema import EngineConfig
 from birdwatch.config.schema import EventsConfig
 from birdwatch.config.schema import HomeAssistantConfig
+from birdwatch.config.schema import LocationConfig
 from birdwatch.config.schema import MetricsConfig
 from birdwatch.config.schema import ModelConfig
 from birdwatch.config.schema import MotionConfig
@@ -47,6 +48,7 @@ __all__ = [
     "EngineConfig",
     "EventsConfig",
     "HomeAssistantConfig",
+    "LocationConfig",
     "MetricsConfig",
     "ModelConfig",
     "MotionConfig",

@@ -240,6 +240,17 @@ class RecordConfig:
 
 
 @dataclass
+class LocationConfig:
+    """Where the feeder is, for the eBird export (`birdwatch export visits --ebird`)."""
+
+    name: str = ""  # eBird's location name, e.g. "Back garden feeder"; empty: the camera's name
+    latitude: float | None = field(default=None, metadata=_range(-90, 90))
+    longitude: float | None = field(default=None, metadata=_range(-180, 180))
+    state: str = ""  # state or province code, e.g. "BY", "NY"
+    country: str = ""  # ISO 3166-1 alpha-2, e.g. "DE", "US"
+
+
+@dataclass
 class MetricsConfig:
     """Prometheus /metrics and /healthz over HTTP. Off by default; loopback only unless `bind` says otherwise."""
 
@@ -264,6 +275,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    location: LocationConfig = field(default_factory=LocationConfig)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     stats_interval_s: float = field(default=60.0, metadata=_range(1, 86400))
 

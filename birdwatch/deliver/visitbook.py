@@ -134,7 +134,7 @@ def on_day(db: sqlite3.Connection, day: str, camera: str | None = None) -> list[
     where = "day = ?" + (" AND camera = ?" if camera else "")
     args = (day, camera) if camera else (day,)
     rows = db.execute(f"SELECT {COLUMNS} FROM visits WHERE {where} ORDER BY first_seen DESC", args).fetchall()
-    return [_visit(row) for row in rows]
+    return [visit_of(row) for row in rows]
 
 
 def per_day(
@@ -194,7 +194,8 @@ def day_minus(day: str, n: int) -> str:
     return local_day(t - n * 86400)
 
 
-def _visit(row: Any) -> Visit:
+def visit_of(row: Any) -> Visit:
+    """A row of COLUMNS as a Visit."""
     values = list(row)
     values[10] = bool(values[10])  # SQLite's 0/1
     return Visit(*values)
