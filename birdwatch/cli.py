@@ -260,13 +260,15 @@ def cmd_export_visits(args: argparse.Namespace) -> int:
 
     from birdwatch.config import LocationConfig
     from birdwatch.config import load_config
+    from birdwatch.deliver.history import EventStore
     from birdwatch.tools import export
 
     if not args.csv and not args.ebird:
         raise BirdwatchError("say where to write: --csv FILE, --ebird FILE, or both")
-    location = LocationConfig() if args.db else load_config(args.config).location
-    _open_store(args).close()  # one clear line for a history that is missing, damaged or too old
-    path = Path(args.db) if args.db else Path(load_config(args.config).store.path)
+    config = None if args.db else load_config(args.config)
+    location = config.location if config else LocationConfig()
+    path = Path(config.store.path) if config else Path(args.db)
+    EventStore(path, readonly=True).close()  # one clear line for a history that is missing, damaged or too old
     with contextlib.closing(sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)) as db:
         visits = [v for v in export.visits_since(db, args.days) if not args.camera or v.camera == args.camera]
         for out, write in ((args.csv, "csv"), (args.ebird, "ebird")):
