@@ -260,8 +260,8 @@ def cmd_export_visits(args: argparse.Namespace) -> int:
 
     from birdwatch.config import LocationConfig
     from birdwatch.config import load_config
+    from birdwatch.deliver import export
     from birdwatch.deliver.history import EventStore
-    from birdwatch.tools import export
 
     if not args.csv and not args.ebird:
         raise BirdwatchError("say where to write: --csv FILE, --ebird FILE, or both")
@@ -285,6 +285,32 @@ def cmd_export_visits(args: argparse.Namespace) -> int:
                 raise BirdwatchError(f"cannot write {out} ({exc.strerror or exc})") from None
             print(f"{out}: {n} row(s)")
     return 0
+
+
+def cmd_export_corrections(args: argparse.Namespace) -> int:
+    import contextlib
+    import sqlite3
+
+    from birdwatch.config import load_config
+    from birdwatch.deliver import export
+    from birdwatch.deliver.history import EventStore
+
+    path = Path(args.db) if args.db else Path(load_config(args.config).store.path)
+    EventStore(path, readonly=True).close()  # one clear line for a history that is missing, damaged or too old
+    with contextlib.closing(sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)) as db:
+        try:
+            crops, species = export.write_corrections(db, Path(args.out))
+        except OSError as exc:
+            raise BirdwatchError(f"cannot write into {args.out} ({exc.strerror or exc})") from None
+    print(f"{args.out}: {crops} crop(s) of {species} species, one folder per species")
+    return 0
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    from birdwatch.web.alone import serve_history
+
+    setup_logging("INFO")
+    return serve_history(args.config, bind=args.bind, port=args.port)
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -447,6 +473,18 @@ def build_parser() -> argparse.ArgumentParser:
     visits.add_argument("--ebird", type=Path, help="write eBird Record Format (no header) to this file")
     visits.add_argument("--days", type=_positive, help="only the last this many days (default: all)")
     visits.set_defaults(func=cmd_export_visits)
+    fixes = export_sub.add_parser(
+        "corrections", help="the crops people named, one folder per species (birder's layout)"
+    )
+    history_args(fixes)
+    fixes.add_argument("--out", type=Path, required=True, help="folder to write into (created)")
+    fixes.set_defaults(func=cmd_export_corrections)
+
+    web = sub.add_parser("web", help="serve the page over the history alone (no cameras, no model run)")
+    web.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=f"YAML config (default {DEFAULT_CONFIG})")
+    web.add_argument("--bind", help="address to listen on (default: web.bind)")
+    web.add_argument("--port", type=int, help="port to listen on (default: web.port)")
+    web.set_defaults(func=cmd_web)
 
     from birdwatch.tools.detector.cli import add_learn_parser
     from birdwatch.tools.detector.cli import add_parser as add_detector_parser

@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from birdwatch.cli import main
+from birdwatch.deliver.export import EBIRD_COLUMNS
 from birdwatch.deliver.history import EventStore
-from birdwatch.tools.export import EBIRD_COLUMNS
 from birdwatch.types import EndReason
 from birdwatch.types import VisitEvent
 from tests.test_store import event

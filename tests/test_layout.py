@@ -15,7 +15,7 @@ from pathlib import Path
 import birdwatch
 
 PACKAGE = Path(birdwatch.__file__).parent
-ROOMS = ("capture", "locate", "classify", "backends", "decide", "deliver", "runtime", "tools", "config")
+ROOMS = ("capture", "locate", "classify", "backends", "decide", "deliver", "runtime", "tools", "config", "web")
 TOOLS = "birdwatch.tools"
 ALLOWED = {PACKAGE / "cli.py"}
 

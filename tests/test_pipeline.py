@@ -45,6 +45,7 @@ class ListSink:
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
         self.states: list[CameraState] = []
+        self.corrections: list[dict[str, Any]] = []
 
     def describe(self, cameras: list[str], model: str) -> None: ...
 
@@ -54,6 +55,11 @@ class ListSink:
         self, camera: str, payload: str, on_sent: Callable[[], None], snapshot: bytes | None = None
     ) -> bool:
         self.events.append(json.loads(payload))
+        on_sent()
+        return True
+
+    def publish_correction(self, camera: str, payload: str, on_sent: Callable[[], None]) -> bool:
+        self.corrections.append(json.loads(payload))
         on_sent()
         return True
 
@@ -282,3 +288,41 @@ def test_a_cameras_events_reach_the_outbox_in_visit_order(tmp_path: Path, danube
                 assert earlier["end"] is not None and earlier["end"] < later["new"], (
                     f"a new visit was told before the end of the one that came before it: {events}"
                 )
+
+
+@pytest.mark.timeout(90)
+def test_a_correction_made_on_the_page_is_told_once_and_renames_the_cameras_latest_visit(
+    tmp_path: Path, small_weights: Path
+) -> None:
+    import sqlite3
+
+    from birdwatch.deliver import corrections
+    from tests.support.process import wait_until
+
+    clip = tmp_path / "feeder.avi"
+    write_video(clip, generate_frames(320, 240, 30, n_birds=1, seed=4, present_fraction=1.0), fps=25)
+    config = config_for({"feeder": clip}, small_weights)
+    sink = ListSink()
+    pipeline = Pipeline(config, sink=sink)
+    pipeline.start()
+    stop = threading.Event()
+    runner = threading.Thread(target=pipeline.run, args=(stop,), daemon=True)
+    runner.start()
+    try:
+        wait_until(lambda: sink.events, timeout=60, what="a visit")
+        visit = sink.events[-1]["visit_id"]
+        wait_until(lambda: sink.states and sink.states[-1].visit_id == visit, timeout=10, what="its state")
+        name = next(s for s in pipeline.parts.classifier.class_names if s != sink.events[-1]["species"])
+        with sqlite3.connect(config.store.path) as db:  # what the page does, through its own connection
+            corrections.correct(db, [visit], name, "Anna")
+        wait_until(lambda: sink.corrections, timeout=10, what="the correction told")
+        [told] = sink.corrections
+        assert (told["visit_id"], told["species"], told["by"], told["undo"]) == (visit, name, "Anna", False)
+        wait_until(lambda: sink.states[-1].species == name, timeout=10, what="the state renamed")
+        with sqlite3.connect(config.store.path) as db:
+            assert corrections.untold(db) == [], "marked told once the sink had it: not told again"
+    finally:
+        stop.set()
+        runner.join(30)
+        pipeline.stop()
+    assert len(sink.corrections) == 1

@@ -33,6 +33,7 @@ from birdwatch.config.schema import SnapshotsConfig
 from birdwatch.config.schema import StoreConfig
 from birdwatch.config.schema import TeacherConfig
 from birdwatch.config.schema import TrackingConfig
+from birdwatch.config.schema import WebConfig
 from birdwatch.config.secrets import to_redacted_dict
 from birdwatch.config.secrets import url_has_password
 from birdwatch.config.secrets import warn_if_exposed
@@ -60,6 +61,7 @@ __all__ = [
     "StoreConfig",
     "TeacherConfig",
     "TrackingConfig",
+    "WebConfig",
     "check_rules",
     "load_config",
     "parse_config",

@@ -198,6 +198,28 @@ def metrics_port_not_broker_port(config: Config) -> None:
         )
 
 
+def web_one_password_source(config: Config) -> None:
+    """At most one of web.password_file and web.password_env."""
+    if config.web.password_file and config.web.password_env:
+        raise ConfigError("web: give only one of web.password_file and web.password_env")
+
+
+def web_beyond_loopback_needs_password(config: Config) -> None:
+    """A page others can reach takes corrections only with a password: one must be set to bind beyond loopback."""
+    web = config.web
+    if web.enabled and not is_loopback(web.bind) and not (web.password_file or web.password_env):
+        raise ConfigError(
+            f"web.bind: {web.bind} lets other machines reach the page, which then needs a password; "
+            "set web.password_file (the password on one line, mode 600) or web.password_env, or bind 127.0.0.1"
+        )
+
+
+def web_port_free_of_metrics(config: Config) -> None:
+    """The page and /metrics cannot share a port."""
+    if config.web.enabled and config.metrics.enabled and config.web.port == config.metrics.port:
+        raise ConfigError(f"web.port: {config.web.port} is also metrics.port; choose another, e.g. 8765")
+
+
 RULES: tuple[Callable[[Config], None], ...] = (
     cameras_not_empty,
     camera_names_unique,
@@ -216,6 +238,9 @@ RULES: tuple[Callable[[Config], None], ...] = (
     species_names_not_empty,
     species_not_both_allowed_and_blocked,
     metrics_port_not_broker_port,
+    web_one_password_source,
+    web_beyond_loopback_needs_password,
+    web_port_free_of_metrics,
 )
 
 

@@ -260,6 +260,25 @@ class MetricsConfig:
 
 
 @dataclass
+class WebConfig:
+    """The page (birdwatch/web): on by default, this machine only. Viewing is open to whoever can reach it from
+    this machine; a correction, an export or any other change needs the password, and so does viewing from
+    elsewhere unless `public_view` says otherwise. Bound beyond loopback, a password is required."""
+
+    enabled: bool = True
+    bind: str = field(default="127.0.0.1", metadata={"check": "bind_address"})  # 0.0.0.0: every interface
+    port: int = field(default=8765, metadata=_range(1, 65535))
+    password_file: str | None = field(default=None, metadata=PATH)  # the password on one line
+    password_env: str | None = None  # or the environment variable holding it
+    public_view: bool = False  # beyond loopback, viewing without the password too (writes still need it)
+    review_below: float = field(default=0.7, metadata=_range(0.0, 1.0))  # a visit less sure than this: review it
+
+    def password_value(self) -> str | None:
+        """The page's password (or API token), read at start-up, never logged."""
+        return _secrets.web_password_value(self)
+
+
+@dataclass
 class Config:
     cameras: list[CameraConfig]
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -276,6 +295,7 @@ class Config:
     record: RecordConfig = field(default_factory=RecordConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     location: LocationConfig = field(default_factory=LocationConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     stats_interval_s: float = field(default=60.0, metadata=_range(1, 86400))
 

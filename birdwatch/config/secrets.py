@@ -16,6 +16,7 @@ from birdwatch.redact import redact_url
 if TYPE_CHECKING:
     from birdwatch.config.schema import Config
     from birdwatch.config.schema import MqttConfig
+    from birdwatch.config.schema import WebConfig
 
 log = logging.getLogger("birdwatch.config")  # the name these warnings have always had in the journal
 
@@ -33,17 +34,39 @@ def password_value(mqtt: MqttConfig) -> str | None:
             )
         return value
     if mqtt.password_file:
-        warn_if_exposed(mqtt.password_file, "the MQTT password")
-        try:
-            return Path(mqtt.password_file).read_text().strip()
-        except OSError as exc:
-            raise ConfigError(
-                f"mqtt.password_file: cannot read {mqtt.password_file!r} ({exc.strerror}); "
-                "create it with the password on one line"
-            ) from None
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise ConfigError(f"mqtt.password_file: {mqtt.password_file!r} is not text ({exc})") from None
+        return read_secret_file(mqtt.password_file, "mqtt.password_file", "the MQTT password")
     return mqtt.password
+
+
+def web_password_value(web: WebConfig) -> str | None:
+    """The page's password from web.password_env or web.password_file (rules.py allows one), or None."""
+    if web.password_env:
+        value = os.environ.get(web.password_env, "").strip()
+        if not value:
+            raise ConfigError(
+                f"web.password_env: environment variable {web.password_env} is not set or empty; "
+                "export it or use web.password_file"
+            )
+        return value
+    if web.password_file:
+        value = read_secret_file(web.password_file, "web.password_file", "the page's password")
+        if not value:
+            raise ConfigError(f"web.password_file: {web.password_file!r} is empty; put the password on one line")
+        return value
+    return None
+
+
+def read_secret_file(path: str, key: str, holds: str) -> str:
+    """A password file's one line (warning if others can read it), or ConfigError naming `key`."""
+    warn_if_exposed(path, holds)
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"{key}: cannot read {path!r} ({exc.strerror}); create it with the password on one line"
+        ) from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"{key}: {path!r} is not text ({exc})") from None
 
 
 def secrets(config: Config) -> list[str]:

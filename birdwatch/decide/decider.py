@@ -10,20 +10,26 @@ the disk, and a history that cannot be read only starts them without last night'
 
 Each camera's state is published whenever `present` changes, not
 only with events: a visit kept quiet by the cooldown is a bird at the feeder too.
+
+Corrections made on the page (deliver/corrections.py) are told from here too, each tick: on their MQTT topic,
+and in the camera's state when they rename its latest visit.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
+from collections.abc import Callable
 from collections.abc import Iterable
 
 from birdwatch.config import Config
 from birdwatch.decide.snapshots import SnapshotWriter
 from birdwatch.decide.visits import Told
 from birdwatch.decide.visits import Visits
+from birdwatch.deliver import corrections
 from birdwatch.deliver.history import EventStore
 from birdwatch.deliver.history import StoreError
 from birdwatch.deliver.outbox import Outbox
@@ -59,6 +65,8 @@ class Decider:
         self._last_prune = time.monotonic()
         self._present: dict[str, bool] = {}  # camera -> `present` as last published
         self._history_problem: str | None = None  # as last published
+        self._telling: set[tuple[int, bool]] = set()  # (correction, undo) handed to the sink, not yet acknowledged
+        self._renamed: dict[str, tuple[str, str]] = {}  # camera -> (its latest visit, the name a person gave it)
 
     def begin(self) -> None:
         """ "Last species" and "visits today" carry over a restart (from the history); old history goes."""
@@ -68,6 +76,13 @@ class Decider:
             except StoreError:  # the history said why: the camera starts afresh
                 last, today = None, 0
             self.visits.seed(name, last, self._day, today)
+            if last is not None:
+                with contextlib.suppress(StoreError):
+                    self._rename(
+                        name,
+                        last.visit_id,
+                        self.store.run(functools.partial(corrections.name_of, visit_id=last.visit_id)),
+                    )
         self._prune()
         self.sink.publish_history(self.store.problem)
         self._history_problem = self.store.problem
@@ -94,6 +109,7 @@ class Decider:
             if self.snapshots is not None:
                 self.snapshots.prune_if_due()
         self.store.check()  # a history that refused writes, opened again when due
+        self._tell_corrections()
         self.outbox.pump()  # what the publisher or the history refused before
         if self.store.problem != self._history_problem:
             self._history_problem = self.store.problem
@@ -143,8 +159,51 @@ class Decider:
         frame_path = str(snap.frame_path) if snap.frame_path else None
         return dataclasses.replace(told.event, snapshot=str(snap.crop_path), snapshot_frame=frame_path)
 
+    def _tell_corrections(self) -> None:
+        """What the page corrected since the last tick: on MQTT (marked told once the broker has it), and in the
+        state of the camera whose latest visit it renames."""
+        if not self.sink.online:
+            return
+        try:
+            untold = self.store.run(corrections.untold)
+        except StoreError:
+            return  # the history said why; the next tick tries again
+        for correction, undo in untold:
+            key = (correction.id, undo)
+            if key in self._telling:
+                continue
+            told = self._told(correction, undo)
+            if not self.sink.publish_correction(correction.camera, correction.message(undo), told):
+                return  # the sink is full or offline: the rest wait, in order
+            self._telling.add(key)
+            name = correction.before if undo else correction.after
+            if self._rename(correction.camera, correction.visit_id, None if name == correction.model_species else name):
+                self._publish_states([correction.camera])
+
+    def _told(self, correction: corrections.Correction, undo: bool) -> Callable[[], None]:
+        def told() -> None:  # the sink's delivery thread
+            with contextlib.suppress(StoreError):  # still untold: told again from the next start
+                self.store.run(lambda db: corrections.mark_told(db, correction.id, undo, time.time()), write=True)
+            self._telling.discard((correction.id, undo))
+
+        return told
+
+    def _rename(self, camera: str, visit_id: str, name: str | None) -> bool:
+        """A person's name for a visit, shown in its camera's state while it is the latest; True if it is."""
+        if self.visits.state(camera).visit_id != visit_id:
+            return False
+        if name is None:
+            self._renamed.pop(camera, None)
+        else:
+            self._renamed[camera] = (visit_id, name)
+        return True
+
     def _publish_states(self, cameras: Iterable[str]) -> None:
         for camera in cameras:
             state = self.visits.state(camera)
+            renamed = self._renamed.get(camera)
+            if renamed is not None and renamed[0] == state.visit_id:
+                name = renamed[1]
+                state = dataclasses.replace(state, species=None if name == corrections.NOT_A_BIRD else name)
             self.sink.publish_state(state)
             self._present[camera] = state.present

@@ -55,6 +55,9 @@ class Topics:
     def state(self, camera: str) -> str:
         return f"{self.prefix}/{camera}/state"
 
+    def correction(self, camera: str) -> str:
+        return f"{self.prefix}/{camera}/correction"
+
     @property
     def history(self) -> str:
         return f"{self.prefix}/history"

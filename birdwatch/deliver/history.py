@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 from typing import TypeVar
 
+from birdwatch.deliver import corrections
 from birdwatch.deliver import repair
 from birdwatch.deliver import visitbook
 from birdwatch.errors import BirdwatchError
@@ -35,7 +36,7 @@ from birdwatch.types import local_day
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # 2: the visit book (deliver/visitbook.py)
+SCHEMA_VERSION = 3  # 2: the visit book (deliver/visitbook.py); 3: corrections (deliver/corrections.py)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -161,10 +162,13 @@ class EventStore:
             db.execute("PRAGMA busy_timeout=5000")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")  # committed means on disk: a power cut keeps it
-            db.executescript(_SCHEMA + visitbook.SCHEMA)
-            if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-                with _transaction(db):  # a history from before the visit book: built once, from its events
-                    visitbook.rebuild(db)
+            db.executescript(_SCHEMA + visitbook.SCHEMA + corrections.SCHEMA)
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version < SCHEMA_VERSION:
+                with _transaction(db):
+                    corrections.add_columns(db)
+                    if version < 2:  # a history from before the visit book: built once, from its events
+                        visitbook.rebuild(db)
                     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             db.execute("SELECT count(*) FROM events").fetchone()
         except BaseException:
@@ -225,6 +229,7 @@ class EventStore:
                 saved = repair.recover(self.path, db)
                 with _transaction(db):
                     visitbook.rebuild(db)
+                    corrections.reapply(db)
                 db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # all of it in the one file that is moved
             finally:
                 db.close()
@@ -369,6 +374,10 @@ class EventStore:
             (camera,),
         )
         return VisitEvent.from_payload(rows[0].data) if rows else None
+
+    def run(self, work: Callable[[sqlite3.Connection], T], write: bool = False) -> T:
+        """`work` on the history's connection, as its own queries run: for the tables other rooms keep in it."""
+        return self._run(work, write)
 
     def prune(self, retention_days: float, now: float | None = None) -> int:
         """Delete delivered events older than the retention; unsent ones stay until they are delivered."""

@@ -177,6 +177,12 @@ class MqttSink:
             self.published += 1
         return True
 
+    def publish_correction(self, camera: str, payload: str, on_sent: Callable[[], None]) -> bool:
+        """A person's correction of a visit (deliver/corrections.py), at the events' QoS; False: try later."""
+        with self._lock:
+            topic = self.topics.correction(camera)
+            return self.online and self._publish(topic, payload, qos=self.cfg.qos, on_sent=on_sent)
+
     def publish_state(self, state: CameraState) -> None:
         with self._lock:
             self._set_latest(self.topics.state(state.camera), _json(state.to_payload()))

@@ -19,6 +19,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from birdwatch.deliver import corrections
+
 log = logging.getLogger(__name__)
 
 HEADER = b"SQLite format 3\x00"
@@ -136,7 +138,9 @@ def recover(damaged: Path, into: sqlite3.Connection) -> int:
         except sqlite3.Error:
             return 0
         try:
-            return _copy(_readable_rows(db), into)
+            saved = _copy(_readable_rows(db), into)
+            corrections.copy(db, into)
+            return saved
         finally:
             db.close()
     finally:

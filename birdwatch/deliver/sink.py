@@ -23,6 +23,7 @@ class EventSink(Protocol):
     def publish_event(
         self, camera: str, payload: str, on_sent: Callable[[], None], snapshot: bytes | None = None
     ) -> bool: ...
+    def publish_correction(self, camera: str, payload: str, on_sent: Callable[[], None]) -> bool: ...
     def publish_state(self, state: CameraState) -> None: ...
     def publish_history(self, problem: str | None) -> None: ...  # why the history refuses writes, or None
     def publish_stats(self, payload: str) -> None: ...
@@ -50,6 +51,11 @@ class LogSink:
         self, camera: str, payload: str, on_sent: Callable[[], None], snapshot: bytes | None = None
     ) -> bool:
         on_sent()  # delivered as far as it goes: nothing would ever send it later
+        return True
+
+    def publish_correction(self, camera: str, payload: str, on_sent: Callable[[], None]) -> bool:
+        log.info("correction on %s: %s", camera, payload)
+        on_sent()
         return True
 
     def publish_state(self, state: CameraState) -> None:

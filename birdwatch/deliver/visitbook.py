@@ -4,7 +4,9 @@ every event again. A history from before the book (schema 1) gets it built from 
 first opened, and so does a repaired one.
 
 A visit's row follows its latest event: the species and score the visit was last told with, its frames,
-the bird score, and the best crop so far (an event whose picture did not improve carries none).
+the bird score, and the best crop so far (an event whose picture did not improve carries none). A person's
+correction (deliver/corrections.py) sits beside the model's species, and `name`, the one the queries read, is
+theirs where they gave one; a visit named "not a bird" counts for no species.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from birdwatch.deliver.corrections import NOT_A_BIRD
 from birdwatch.types import EventKind
 from birdwatch.types import VisitEvent
 from birdwatch.types import local_day
@@ -34,8 +37,7 @@ CREATE TABLE IF NOT EXISTS visits (
     events INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS visits_day ON visits (day, first_seen);
-CREATE INDEX IF NOT EXISTS visits_species ON visits (species, first_seen, last_seen);
-CREATE INDEX IF NOT EXISTS visits_best ON visits (species, score) WHERE snapshot IS NOT NULL;
+CREATE INDEX IF NOT EXISTS visits_open ON visits (camera, first_seen) WHERE ended = 0;
 """
 
 _UPSERT = """
@@ -83,13 +85,23 @@ class Visit:
     snapshot: str | None
     ended: bool
     events: int
+    corrected: str | None = None  # a person's word: a species, or NOT_A_BIRD
+
+    @property
+    def name(self) -> str:
+        """The species this visit counts as: the person's word where there is one, else the model's."""
+        return self.corrected if self.corrected is not None else self.species
 
     @property
     def duration_s(self) -> float:
         return max(0.0, self.last_seen - self.first_seen)
 
 
-COLUMNS = "visit_id, camera, day, first_seen, last_seen, species, score, frames, bird_score, snapshot, ended, events"
+COLUMNS = (
+    "visit_id, camera, day, first_seen, last_seen, species, score, frames, bird_score, snapshot, ended, events,"
+    " corrected"
+)
+A_BIRD = f"name != '{NOT_A_BIRD}'"  # visits that count
 
 
 def record(db: sqlite3.Connection, event: VisitEvent) -> None:
@@ -145,8 +157,8 @@ def per_day(
     where = "day BETWEEN ? AND ?" + (" AND camera = ?" if camera else "")
     args = (day_minus(today, days - 1), today, *([camera] if camera else []))
     rows = db.execute(
-        f"SELECT day, species, count(*) FROM visits WHERE {where}"
-        " GROUP BY day, species ORDER BY day DESC, count(*) DESC, species",
+        f"SELECT day, name, count(*) FROM visits WHERE {where} AND {A_BIRD}"
+        " GROUP BY day, name ORDER BY day DESC, count(*) DESC, name",
         args,
     ).fetchall()
     return [(str(d), str(s), int(n)) for d, s, n in rows]
@@ -164,10 +176,10 @@ class SpeciesSeen:
 def species_seen(db: sqlite3.Connection) -> list[SpeciesSeen]:
     """Every species ever told, most visits first, with its best picture."""
     rows = db.execute(
-        "SELECT species, count(*), min(first_seen), max(last_seen) FROM visits GROUP BY species"
-        " ORDER BY count(*) DESC, species"
+        f"SELECT name, count(*), min(first_seen), max(last_seen) FROM visits WHERE {A_BIRD} GROUP BY name"
+        " ORDER BY count(*) DESC, name"
     ).fetchall()
-    best = "SELECT snapshot FROM visits WHERE species = ? AND snapshot IS NOT NULL ORDER BY score DESC LIMIT 1"
+    best = "SELECT snapshot FROM visits WHERE name = ? AND snapshot IS NOT NULL ORDER BY score DESC LIMIT 1"
     out = []
     for species, n, first, last in rows:
         snap = db.execute(best, (species,)).fetchone()
@@ -180,7 +192,7 @@ def by_hour(db: sqlite3.Connection, days: int, today: str | None = None) -> list
     today = today or local_day(time.time())
     rows = db.execute(
         "SELECT CAST(strftime('%H', first_seen, 'unixepoch', 'localtime') AS INTEGER), count(*) FROM visits"
-        " WHERE day BETWEEN ? AND ? GROUP BY 1",
+        f" WHERE day BETWEEN ? AND ? AND {A_BIRD} GROUP BY 1",
         (day_minus(today, days - 1), today),
     ).fetchall()
     hours = [0] * 24

@@ -20,10 +20,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
 from typing import Any
-
-import numpy as np
 
 from birdwatch.capture.reader import CameraReader
 from birdwatch.classify.engine import ClassifierEngine
@@ -44,6 +41,7 @@ from birdwatch.runtime.metrics import summary_line
 from birdwatch.runtime.stages import Batch
 from birdwatch.runtime.stages import ClassifyJob
 from birdwatch.runtime.stages import Guard
+from birdwatch.runtime.stages import spread
 from birdwatch.runtime.stats import Feed
 from birdwatch.runtime.stats import FeedRates
 from birdwatch.runtime.stats import RunStats
@@ -53,15 +51,14 @@ from birdwatch.runtime.stats import new_event_read_times
 from birdwatch.runtime.stats import stats_line
 from birdwatch.types import Detections
 from birdwatch.types import Frame
-from birdwatch.types import SpeciesScore
 from birdwatch.types import VisitEvent
+from birdwatch.web.live import LatestFrames
 
 log = logging.getLogger(__name__)
 
 FLUSH_S = 5.0  # at stop, wait at most this long for the broker to acknowledge what is still in flight
-# All of stop() before the sink's own `offline` (up to 3 s) fits in this, inside the unit's
-# TimeoutStopSec=15, however many cameras are stalled: they are asked to stop together, and a read
-# blocked in FFmpeg is not waited for beyond READERS_STOP_S.
+# All of stop() before the sink's `offline` (up to 3 s) fits in this, inside the unit's TimeoutStopSec=15, however many
+# cameras are stalled: they are asked to stop together; a read blocked in FFmpeg is not waited for past READERS_STOP_S.
 STOP_BUDGET_S = 11.0
 SINK_STOP_S = 3.0  # the sink's `offline`, and its delivery thread handing on the last acknowledgements
 READERS_STOP_S = 2.0
@@ -107,6 +104,7 @@ class Pipeline:
         self._stats_report = StatsReport()
         self._rates = FeedRates()
         self.status_note = ""  # put before the summary in systemd's STATUS=, e.g. why a reload failed
+        self.live = LatestFrames()  # the page's *Now* (references only, never waited on); the service gives its own
 
     # -- parts, for callers that look inside (tests, the bench) --
 
@@ -337,6 +335,8 @@ class Pipeline:
         self.stats.crops += batch.crops
         by_name = {feed.name: feed for feed in self.feeds}
         for frame, boxes in zip(frames, found, strict=True):
+            if len(boxes):
+                self.live.put_boxes(frame, boxes)
             if len(boxes) and frame.camera in by_name:
                 by_name[frame.camera].classified += 1
         self.stats.read_to_decision_s.extend(done - f.mono for f in frames)
@@ -400,6 +400,7 @@ class Pipeline:
         out = self.parts.locator(frames)
         by_name = {feed.name: feed for feed in self.feeds}
         for frame, found in zip(frames, out, strict=True):
+            self.live.put_frame(frame)
             if frame.camera in by_name:
                 by_name[frame.camera].processed += 1
                 by_name[frame.camera].regions += len(found)
@@ -417,7 +418,7 @@ class Pipeline:
         if not any(boxes):
             return [d.with_species([()] * len(d)) for d in found]
         species = self.parts.engine.classify(frames, boxes)
-        return [d.with_species(_spread(s, keep)) for d, s, keep in zip(found, species, birds, strict=True)]
+        return [d.with_species(spread(s, keep)) for d, s, keep in zip(found, species, birds, strict=True)]
 
     def decide(self, frames: list[Frame], found: list[Detections]) -> list[VisitEvent]:
         """Tracks and visits: which boxes are which bird, and what is worth telling; on the decide thread."""
@@ -442,9 +443,3 @@ class Pipeline:
         if self.parts is not None and not final:
             self.parts.sink.publish_stats(self._stats_report.json(snap))
         log.info("%s %s", "final stats:" if final else "stats:", stats_line(snap, self._rates.line(self.feeds, snap)))
-
-
-def _spread(species: Sequence[tuple[SpeciesScore, ...]], keep: np.ndarray) -> list[tuple[SpeciesScore, ...]]:
-    """The classified boxes' species back in place among all the boxes; () for the boxes not classified."""
-    given = iter(species)
-    return [next(given) if bird else () for bird in keep.tolist()]

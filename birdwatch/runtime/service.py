@@ -25,6 +25,9 @@ from birdwatch.errors import BirdwatchError
 from birdwatch.runtime import systemd
 from birdwatch.runtime.metrics import MetricsServer
 from birdwatch.runtime.pipeline import Pipeline
+from birdwatch.web.live import LatestFrames
+from birdwatch.web.server import WebServer
+from birdwatch.web.site import site_for
 from birdwatch.weights import PROGRESS_EVERY_S
 from birdwatch.weights import FetchStopped
 from birdwatch.weights import WhileFetching
@@ -82,6 +85,8 @@ class Service:
         self.metrics: MetricsServer | None = None
         self._metrics_cfg: MetricsConfig | None = None  # what self.metrics serves
         self._left_behind: list[Pipeline] = []  # stopped at a reload with a camera read still blocked
+        self.live = LatestFrames()  # the page's live pictures, kept across reloads
+        self.web: WebServer | None = None
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self._on_stop)
@@ -110,12 +115,14 @@ class Service:
             log.info("%s", exc)
             return 0
         running = Pipeline(self.config)
+        running.live = self.live
         pipeline: Pipeline | None = running
         self.pipeline = running
         code = EXIT_RESTART
         try:
             running.start()
             self._start_metrics()
+            self._start_web(running)
             systemd.ready(running.status_line())
             while True:
                 code = running.run(self._wake)
@@ -132,6 +139,7 @@ class Service:
                 running = pipeline
                 systemd.ready(running.status_line())
         finally:
+            self._stop_web()
             self._stop_metrics()
             if pipeline is not None:
                 self._stop(pipeline, code)
@@ -172,6 +180,8 @@ class Service:
             pipeline.status_note = f"reload failed, running the previous config: {exc}"
             return pipeline
         self.config = new
+        self._stop_web()
+        self._start_web(pipeline)
         logging.getLogger().setLevel(new.log_level)
         log.info("config reloaded: %d camera(s)", len(new.cameras))
         return pipeline
@@ -185,6 +195,7 @@ class Service:
 
     def _start_pipeline(self, config: Config) -> Pipeline:
         pipeline = self.pipeline = Pipeline(config)
+        pipeline.live = self.live
         try:
             pipeline.start()
         except BaseException:
@@ -237,6 +248,25 @@ class Service:
         if self.metrics is not None:
             self.metrics.stop()
             self.metrics = None
+
+    # -- the page --
+
+    def _start_web(self, pipeline: Pipeline) -> None:
+        """The page, if the config has it on: a guest of the service, whose problems are logged, never fatal."""
+        if not self.config.web.enabled or pipeline.parts is None:
+            return
+        try:
+            site = site_for(self.config, pipeline.parts.classifier.class_names, self.live, self._snapshot)
+        except BirdwatchError as exc:
+            log.error("the page is off: %s", exc)
+            return
+        self.web = WebServer(site, self.config.web.bind, self.config.web.port)
+        self.web.start()
+
+    def _stop_web(self) -> None:
+        if self.web is not None:
+            self.web.stop()
+            self.web = None
 
     # -- exit --
 

@@ -10,14 +10,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from dataclasses import field
 from typing import TypeVar
 
+import numpy as np
+
 from birdwatch.runtime.stats import StageStats
 from birdwatch.types import Detections
 from birdwatch.types import Frame
+from birdwatch.types import SpeciesScore
 from birdwatch.types import VisitEvent
 
 log = logging.getLogger(__name__)
@@ -98,3 +102,9 @@ class Guard:
         log.error("%s stage failed on frames %s: %s", self.stage, which, exc, exc_info=exc)
         if self.consecutive >= MAX_CONSECUTIVE_FAILURES and self.fatal is None:
             self.fatal = f"the {self.stage} stage failed {self.consecutive} times in a row (last: {exc})"
+
+
+def spread(species: Sequence[tuple[SpeciesScore, ...]], keep: np.ndarray) -> list[tuple[SpeciesScore, ...]]:
+    """The classified boxes' species back in place among all the boxes; () for the boxes not classified."""
+    given = iter(species)
+    return [next(given) if bird else () for bird in keep.tolist()]

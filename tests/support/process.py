@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from tests.support.servers import free_port
+
 if TYPE_CHECKING:
     from tests.support.servers import MosquittoBroker
 
@@ -43,6 +45,7 @@ def service_config(
         "tracking": {"timeout_s": 1.0, **(tracking or {})},
         "events": {"min_score": 0.0, "cooldown_s": cooldown_s},
         "stats_interval_s": 2,
+        "web": {"port": free_port()},  # the page is on by default: each service its own port
     }
     if broker is not None:
         config["mqtt"] = {"host": broker.host, "port": broker.port, "topic_prefix": prefix, "reconnect_max_s": 2}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The system packages the tests start for real: a mosquitto broker, the GStreamer RTSP server (run by
-# the system python with python3-gi), openssl for a throwaway CA, systemd-analyze for the unit file.
+# the system python with python3-gi), openssl for a throwaway CA, systemd-analyze for the unit file,
+# and Debian's chromium with its chromedriver, which selenium drives for the web page (tests/support/browser.py).
 # Installs what is missing when it can (root, or sudo without a password, on a Debian-like system);
 # otherwise says the one command to run, and fails.
 set -euo pipefail
@@ -12,6 +13,7 @@ packages=(
     gstreamer1.0-tools
     openssl
     systemd
+    chromium chromium-driver  # /usr/bin/chromium, /usr/bin/chromedriver
 )
 
 # `make test` builds .venv with this python: Debian's needs python3-venv for that.
@@ -27,7 +29,8 @@ present() {
         command -v gst-inspect-1.0 >/dev/null &&
         gst-inspect-1.0 x264enc >/dev/null 2>&1 && gst-inspect-1.0 rtph264pay >/dev/null 2>&1 &&
         gst-inspect-1.0 jpegdec >/dev/null 2>&1 &&
-        /usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0')" >/dev/null 2>&1
+        /usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0')" >/dev/null 2>&1 &&
+        command -v chromium >/dev/null && command -v chromedriver >/dev/null
 }
 
 present && exit 0
@@ -35,7 +38,7 @@ present && exit 0
 command="apt-get install -y --no-install-recommends ${packages[*]}"
 if ! command -v apt-get >/dev/null; then
     echo "make test: the tests need a mosquitto broker, the GStreamer RTSP server with x264enc, python3-gi," \
-        "openssl and systemd-analyze; install them with this system's package manager" >&2
+        "openssl, systemd-analyze, chromium and chromedriver; install them with this system's package manager" >&2
     exit 1
 fi
 if [ "$(id -u)" -eq 0 ]; then

@@ -16,15 +16,18 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict
+from pathlib import Path
 from typing import TextIO
 
 from birdwatch.config import LocationConfig
 from birdwatch.deliver import visitbook
+from birdwatch.deliver.corrections import NOT_A_BIRD
 from birdwatch.deliver.visitbook import Visit
 from birdwatch.errors import BirdwatchError
 
@@ -92,7 +95,8 @@ def write_ebird_csv(visits: Iterable[Visit], location: LocationConfig, out: Text
         )
     checklists: dict[tuple[str, str], list[Visit]] = defaultdict(list)
     for visit in visits:
-        checklists[(visit.camera, visit.day)].append(visit)
+        if visit.name != NOT_A_BIRD:
+            checklists[(visit.camera, visit.day)].append(visit)
     writer = csv.writer(out, lineterminator="\n")
     n = 0
     for (camera, day), seen in sorted(checklists.items(), key=lambda item: (item[0][1], item[0][0])):
@@ -100,7 +104,7 @@ def write_ebird_csv(visits: Iterable[Visit], location: LocationConfig, out: Text
         minutes = max(1, math.ceil((max(v.last_seen for v in seen) - start) / 60))
         by_species: dict[str, list[Visit]] = defaultdict(list)
         for visit in seen:
-            by_species[visit.species].append(visit)
+            by_species[visit.name].append(visit)
         for species, visits_of in sorted(by_species.items()):
             writer.writerow(
                 [
@@ -138,3 +142,30 @@ def most_at_once(visits: Iterable[Visit]) -> int:
         now += step
         most = max(most, now)
     return most
+
+
+def write_corrections(db: sqlite3.Connection, out: Path) -> tuple[int, int]:
+    """Every crop of every visit a person named (corrected or confirmed), copied into `out/<species>/`, the
+    folder-per-class layout birder trains from; "not a bird" visits are left out. Returns (crops, species)."""
+    rows = db.execute(
+        "SELECT v.visit_id, v.corrected, e.snapshot FROM visits v JOIN events e ON e.visit_id = v.visit_id"
+        " WHERE v.corrected IS NOT NULL AND v.corrected != ? AND e.snapshot IS NOT NULL ORDER BY v.first_seen, e.seq",
+        (NOT_A_BIRD,),
+    ).fetchall()
+    crops = 0
+    species: set[str] = set()
+    for visit_id, name, snapshot in rows:
+        source = Path(snapshot)
+        if not source.is_file():
+            continue  # retention removed the picture; the correction alone has nothing to train on
+        folder = out / safe_folder_name(name)
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, folder / f"{visit_id[:12]}_{source.name}")
+        crops += 1
+        species.add(name)
+    return crops, len(species)
+
+
+def safe_folder_name(species: str) -> str:
+    """A species as a folder name: birder reads the class from it, so only what a file system refuses changes."""
+    return species.replace("/", "_").replace("\0", "").strip(". ") or "_"
