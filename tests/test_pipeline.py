@@ -27,6 +27,7 @@ from birdwatch.config import StoreConfig
 from birdwatch.config import TrackingConfig
 from birdwatch.deliver.history import EventStore
 from birdwatch.runtime.pipeline import Pipeline
+from birdwatch.tools.synthetic import Scene
 from birdwatch.tools.synthetic import generate_frames
 from birdwatch.tools.synthetic import write_video
 from birdwatch.types import CameraState
@@ -46,6 +47,7 @@ class ListSink:
         self.events: list[dict[str, Any]] = []
         self.states: list[CameraState] = []
         self.corrections: list[dict[str, Any]] = []
+        self.refusing = False
 
     def describe(self, cameras: list[str], model: str) -> None: ...
 
@@ -59,6 +61,8 @@ class ListSink:
         return True
 
     def publish_correction(self, camera: str, payload: str, on_sent: Callable[[], None]) -> bool:
+        if self.refusing:  # full, or the broker away: the decide thread tries again later
+            return False
         self.corrections.append(json.loads(payload))
         on_sent()
         return True
@@ -299,9 +303,11 @@ def test_a_correction_made_on_the_page_is_told_once_and_renames_the_cameras_late
     from birdwatch.deliver import corrections
     from tests.support.process import wait_until
 
-    clip = tmp_path / "feeder.avi"
-    write_video(clip, generate_frames(320, 240, 30, n_birds=1, seed=4, present_fraction=1.0), fps=25)
+    clip = tmp_path / "feeder.avi"  # one bird, then 20 s of an empty feeder: its visit stays the camera's latest
+    frames = [frame for frame, _ in Scene(320, 240, 40, n_birds=1, seed=4, presence=[(2, 20)])]
+    write_video(clip, [*frames, *[frames[-1]] * 500], fps=25)
     config = config_for({"feeder": clip}, small_weights)
+    config.cameras[0].realtime = True
     sink = ListSink()
     pipeline = Pipeline(config, sink=sink)
     pipeline.start()
@@ -321,8 +327,23 @@ def test_a_correction_made_on_the_page_is_told_once_and_renames_the_cameras_late
         wait_until(lambda: sink.states[-1].species == name, timeout=10, what="the state renamed")
         with sqlite3.connect(config.store.path) as db:
             assert corrections.untold(db) == [], "marked told once the sink had it: not told again"
+
+        # The broker away: a correction, its undo and another correction. Back, only the one that stands is told,
+        # and the state shows it, whatever order they were made in.
+        sink.refusing = True
+        others = [s for s in pipeline.parts.classifier.class_names if s not in (name, sink.events[-1]["species"])]
+        with sqlite3.connect(config.store.path) as db:
+            [passing] = corrections.correct(db, [visit], others[0], "Anna")
+            corrections.undo(db, [passing.id])
+            corrections.correct(db, [visit], others[1], "Ben")
+        sink.refusing = False
+        wait_until(lambda: len(sink.corrections) == 2, timeout=10, what="the standing correction told")
+        assert (sink.corrections[1]["species"], sink.corrections[1]["was"]) == (others[1], name)
+        wait_until(lambda: sink.states[-1].species == others[1], timeout=10, what="the state renamed again")
+        with sqlite3.connect(config.store.path) as db:
+            wait_until(lambda: corrections.untold(db) == [], timeout=10, what="all marked told")
     finally:
         stop.set()
         runner.join(30)
         pipeline.stop()
-    assert len(sink.corrections) == 1
+    assert len(sink.corrections) == 2, "the correction undone while the broker was away was never told"

@@ -68,8 +68,7 @@ class Feeder:
 def feeder(tmp_path: Path) -> Feeder:
     history, snapshots = tmp_path / "birdwatch.db", tmp_path / "snapshots"
     store = EventStore(history)
-    noon = time.mktime(time.strptime(time.strftime("%Y-%m-%d") + " 12:00", "%Y-%m-%d %H:%M"))
-    start = min(noon, time.time() - 3600)  # today, and in the past
+    start = time.mktime(time.strptime(time.strftime("%Y-%m-%d"), "%Y-%m-%d")) + 60  # today, whatever the hour
     told = {"v1": ("Great Tit", 0.9), "v2": ("Great Tit", 0.85), "v3": ("Great Tit", 0.8), "v4": ("Coal Tit", 0.3)}
     for i, (visit, (species, score)) in enumerate(told.items()):
         snap = jpeg(snapshots / time.strftime("%Y-%m-%d") / f"{visit}_crop.jpg", 40 * i)
@@ -174,6 +173,40 @@ def test_from_another_machine_viewing_needs_the_password_unless_public(feeder: F
 # ---- pictures: the snapshot folder and nothing else -------------------------------------------------
 
 
+@pytest.mark.timeout(60)
+def test_no_path_outside_the_snapshot_folder_is_served_to_raw_requests(feeder: Feeder, tmp_path: Path) -> None:
+    """Through a real server, the paths sent as written (an HTTP client library would tidy them first)."""
+    import http.client
+
+    from birdwatch.web.server import WebServer
+    from tests.support.process import wait_until
+    from tests.support.servers import free_port
+
+    secret = jpeg(tmp_path / "secret.jpg", 7)
+    (feeder.snapshots / "link.jpg").symlink_to(secret)
+    server = WebServer(feeder.site, "127.0.0.1", free_port(), retry_s=0.1)
+    server.start()
+    try:
+        wait_until(lambda: server.port is not None, timeout=20, what="the page listens")
+        for path in (
+            "/media/../secret.jpg",
+            "/media/../../secret.jpg",
+            "/media/%2e%2e/secret.jpg",
+            "/media/..%2fsecret.jpg",
+            "/media/%2e%2e%2f%2e%2e%2fsecret.jpg",
+            "/media/link.jpg",
+        ):
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+            conn.request("GET", path)
+            answer = conn.getresponse()
+            body = answer.read()
+            conn.close()
+            assert answer.status in (400, 404), (path, answer.status)
+            assert body[:2] != b"\xff\xd8", path
+    finally:
+        server.stop()
+
+
 def test_no_path_outside_the_snapshot_folder_is_served(feeder: Feeder, local: TestClient, tmp_path: Path) -> None:
     secret = tmp_path / "secret.jpg"
     jpeg(secret, 7)
@@ -239,6 +272,40 @@ def test_five_wrong_passwords_lock_the_address_out_even_for_the_right_one(feeder
     assert locked.status_code == 429 and int(locked.headers["retry-after"]) > 0
     other = TestClient(create_app(feeder.site), client=("192.168.1.21", 1))
     assert other.post("/login", data={"password": PASSWORD}, follow_redirects=False).status_code == 303
+
+
+def test_a_wrong_bearer_token_counts_as_a_wrong_password_and_is_locked_out_too(feeder: Feeder) -> None:
+    client = TestClient(create_app(feeder.site), client=REMOTE)
+    for _ in range(MAX_FAILURES):
+        guess = client.get("/export/visits.csv", headers={"Authorization": "Bearer guess"})
+        assert guess.status_code in (303, 403)
+    right = client.get("/export/visits.csv", headers={"Authorization": f"Bearer {PASSWORD}"})
+    assert right.status_code == 403, "locked out: the right token is refused too, for now"
+    assert client.post("/login", data={"password": PASSWORD}, follow_redirects=False).status_code == 429
+
+
+def test_a_forged_or_garbled_session_cookie_or_csrf_token_is_no_session_and_no_error(feeder: Feeder) -> None:
+    client = TestClient(create_app(feeder.site), client=REMOTE)
+    for cookie in (b"1.a.b.\xe9", b"9999999999.41.00." + b"0" * 64, b"x"):
+        raw = {"Cookie": b"birdwatch_session=" + cookie}
+        assert client.get("/now", headers=raw, follow_redirects=False).status_code == 303, cookie  # type: ignore[arg-type]
+    signed = signed_in(feeder)
+    garbled = {"X-CSRF-Token": b"\xe9"}
+    answer = signed.post("/api/correct", json={"visits": ["v1"], "species": "Coal Tit"}, headers=garbled)  # type: ignore[arg-type]
+    assert answer.status_code == 403
+
+
+def test_signing_out_needs_the_sessions_own_form(feeder: Feeder) -> None:
+    client = signed_in(feeder)
+    assert client.post("/logout", data={}, follow_redirects=False).status_code == 403
+    assert client.get("/export/visits.csv").status_code == 200, "still signed in"
+    out = client.post("/logout", data={"csrf": csrf_of(client)}, follow_redirects=False)
+    assert out.status_code == 303 and 'birdwatch_session=""' in out.headers["set-cookie"]
+
+
+def test_a_request_relayed_by_a_proxy_on_this_machine_is_not_this_machine(feeder: Feeder, local: TestClient) -> None:
+    relayed = local.get("/", headers={"X-Forwarded-For": "203.0.113.9"}, follow_redirects=False)
+    assert relayed.status_code == 303 and relayed.headers["location"].startswith("/login")
 
 
 def test_signing_in_goes_back_only_to_a_page_of_this_site(feeder: Feeder) -> None:

@@ -65,7 +65,8 @@ class Decider:
         self._last_prune = time.monotonic()
         self._present: dict[str, bool] = {}  # camera -> `present` as last published
         self._history_problem: str | None = None  # as last published
-        self._telling: set[tuple[int, bool]] = set()  # (correction, undo) handed to the sink, not yet acknowledged
+        self._telling: set[tuple[int, bool]] = set()  # (correction, undo) handed to the sink, not yet marked told
+        self._unmarked: dict[tuple[int, bool], float] = {}  # acknowledged (when), not yet marked told in the history
         self._renamed: dict[str, tuple[str, str]] = {}  # camera -> (its latest visit, the name a person gave it)
 
     def begin(self) -> None:
@@ -165,28 +166,51 @@ class Decider:
         if not self.sink.online:
             return
         try:
+            self._mark_unmarked()
             untold = self.store.run(corrections.untold)
+            for correction, undo in untold:
+                if not self._tell(correction, undo):
+                    return  # the sink is full or offline: the rest wait, in order
         except StoreError:
             return  # the history said why; the next tick tries again
-        for correction, undo in untold:
-            key = (correction.id, undo)
-            if key in self._telling:
-                continue
-            told = self._told(correction, undo)
-            if not self.sink.publish_correction(correction.camera, correction.message(undo), told):
-                return  # the sink is full or offline: the rest wait, in order
-            self._telling.add(key)
-            name = correction.before if undo else correction.after
-            if self._rename(correction.camera, correction.visit_id, None if name == correction.model_species else name):
-                self._publish_states([correction.camera])
 
-    def _told(self, correction: corrections.Correction, undo: bool) -> Callable[[], None]:
-        def told() -> None:  # the sink's delivery thread
-            with contextlib.suppress(StoreError):  # still untold: told again from the next start
-                self.store.run(lambda db: corrections.mark_told(db, correction.id, undo, time.time()), write=True)
-            self._telling.discard((correction.id, undo))
+    def _tell(self, correction: corrections.Correction, undo: bool) -> bool:
+        key = (correction.id, undo)
+        if key in self._telling:
+            return True
+        if not undo and correction.undone_ts is not None:  # undone before anyone heard of it: nothing to tell
+            self.store.run(functools.partial(corrections.skip, correction_id=correction.id), write=True)
+            return True
+        self._telling.add(key)  # before: a sink may acknowledge within the call
+        if not self.sink.publish_correction(correction.camera, correction.message(undo), self._told(key)):
+            self._telling.discard(key)
+            return False
+        # The camera's state shows the visit's standing name, whatever order the messages were made in.
+        standing = self.store.run(functools.partial(corrections.name_of, visit_id=correction.visit_id))
+        name = None if standing in (None, correction.model_species) else standing
+        if self._rename(correction.camera, correction.visit_id, name):
+            self._publish_states([correction.camera])
+        return True
+
+    def _told(self, key: tuple[int, bool]) -> Callable[[], None]:
+        def told() -> None:  # the sink's delivery thread (the log sink: the decide thread, within the call)
+            self._unmarked[key] = time.time()
+            with contextlib.suppress(StoreError):  # kept in _unmarked: marked by a later tick
+                self._mark(key)
 
         return told
+
+    def _mark_unmarked(self) -> None:
+        for key in list(self._unmarked):
+            self._mark(key)
+
+    def _mark(self, key: tuple[int, bool]) -> None:
+        when = self._unmarked.get(key)
+        if when is None:
+            return
+        self.store.run(lambda db: corrections.mark_told(db, key[0], key[1], when), write=True)
+        self._unmarked.pop(key, None)
+        self._telling.discard(key)
 
     def _rename(self, camera: str, visit_id: str, name: str | None) -> bool:
         """A person's name for a visit, shown in its camera's state while it is the latest; True if it is."""

@@ -108,6 +108,7 @@ def correct(db: sqlite3.Connection, visit_ids: Sequence[str], after: str, who: s
     now = time.time()
     made: list[Correction] = []
     with db:
+        db.execute("BEGIN IMMEDIATE")  # the names read below are the ones changed: no writer between
         for visit_id in dict.fromkeys(visit_ids):
             row = db.execute(
                 "SELECT camera, species, name, corrected FROM visits WHERE visit_id = ?", (visit_id,)
@@ -134,6 +135,7 @@ def undo(db: sqlite3.Connection, correction_ids: Sequence[int]) -> list[Correcti
     now = time.time()
     done: list[Correction] = []
     with db:
+        db.execute("BEGIN IMMEDIATE")
         for cid in dict.fromkeys(correction_ids):
             row = db.execute(f"SELECT {FIELDS} FROM corrections WHERE id = ? AND undone_ts IS NULL", (cid,)).fetchone()
             if row is None:
@@ -181,13 +183,20 @@ def recent(db: sqlite3.Connection, limit: int = 50) -> list[Correction]:
 
 
 def untold(db: sqlite3.Connection, limit: int = 100) -> list[tuple[Correction, bool]]:
-    """(correction, undo) not yet told on MQTT, oldest first: a correction, then its undo once it is told."""
+    """(correction, undo) not yet told on MQTT, oldest first: a correction, then its undo once it is told. One
+    undone before it was ever told comes with `undone_ts` set and undo False: `skip` it."""
     rows = db.execute(
         f"SELECT {FIELDS}, told_ts FROM corrections WHERE told_ts IS NULL OR"
         " (undone_ts IS NOT NULL AND undo_told_ts IS NULL) ORDER BY id LIMIT ?",
         (limit,),
     ).fetchall()
     return [(Correction(*row[:9]), row[9] is not None) for row in rows]
+
+
+def skip(db: sqlite3.Connection, correction_id: int) -> None:
+    """A correction undone before anyone heard of it: nothing to tell, then or now (telling both later would
+    land after a newer correction of the same visit)."""
+    db.execute("UPDATE corrections SET told_ts = undone_ts, undo_told_ts = undone_ts WHERE id = ?", (correction_id,))
 
 
 def mark_told(db: sqlite3.Connection, correction_id: int, undo: bool, when: float) -> None:
@@ -197,16 +206,20 @@ def mark_told(db: sqlite3.Connection, correction_id: int, undo: bool, when: floa
 
 
 def copy(source: sqlite3.Connection, into: sqlite3.Connection) -> int:
-    """The corrections `source` can still give, into a fresh history (a repair): a person's word is kept as
-    far as the damaged file lets it be read. Returns how many."""
+    """The corrections `source` can still give, into a fresh history (a repair), in one transaction: a person's
+    word is kept as far as the damaged file lets it be read, row by row. Returns how many."""
+    marks = ", ".join("?" * 11)
+    insert = f"INSERT OR IGNORE INTO corrections ({FIELDS}, told_ts, undo_told_ts) VALUES ({marks})"
+    n = 0
+    into.execute("BEGIN IMMEDIATE")
     try:
-        rows = source.execute(f"SELECT {FIELDS}, told_ts, undo_told_ts FROM corrections ORDER BY id").fetchall()
+        for row in source.execute(f"SELECT {FIELDS}, told_ts, undo_told_ts FROM corrections ORDER BY id"):
+            into.execute(insert, row)
+            n += 1
     except sqlite3.DatabaseError:
-        return 0
-    with into:
-        marks = ", ".join("?" * 11)
-        into.executemany(f"INSERT OR IGNORE INTO corrections ({FIELDS}, told_ts, undo_told_ts) VALUES ({marks})", rows)
-    return len(rows)
+        pass  # a damaged page: what came before it is kept
+    into.execute("COMMIT")
+    return n
 
 
 def _statements(script: str) -> list[str]:

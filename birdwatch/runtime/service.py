@@ -257,8 +257,8 @@ class Service:
             return
         try:
             site = site_for(self.config, pipeline.parts.classifier.class_names, self.live, self._snapshot)
-        except BirdwatchError as exc:
-            log.error("the page is off: %s", exc)
+        except Exception as exc:  # whatever it is, the page is a guest: the service goes on without it
+            log.error("the page is off: %s", exc if isinstance(exc, BirdwatchError) else f"{type(exc).__name__}: {exc}")
             return
         self.web = WebServer(site, self.config.web.bind, self.config.web.port)
         self.web.start()

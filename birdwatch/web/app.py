@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse
@@ -192,19 +193,7 @@ def create_app(site: Site) -> Starlette:
         if who is None:
             return _refused(site, request)
         body = await _json(request)
-        ids = body.get("visits")
-        if body.get("species_today"):  # "all the visits of this species today"
-            with book.connect(site.history) as db:
-                ids = book.visit_ids_of(db, str(body["species_today"]), str(body.get("day") or local_day(time.time())))
-        name = NOT_A_BIRD if body.get("not_a_bird") else str(body.get("species") or "").strip()
-        if not isinstance(ids, list) or not ids or len(ids) > MAX_BULK or not all(isinstance(i, str) for i in ids):
-            return JSONResponse({"error": f"name 1 to {MAX_BULK} visits"}, status_code=400)
-        if name != NOT_A_BIRD and name not in site.species:
-            return JSONResponse({"error": f"{name!r} is not one of the model's species"}, status_code=400)
-        with book.connect(site.history, write=True) as db:
-            made = corrections.correct(db, ids, name, who)
-        log.info("%s corrected %d visit(s) to %s", who, len(made), name)
-        return JSONResponse({"corrections": [c.id for c in made], "name": name})
+        return await run_in_threadpool(_correct, site, body, who)
 
     async def undo(request: Request) -> Response:
         who = site.guard.writer(request)
@@ -213,10 +202,7 @@ def create_app(site: Site) -> Starlette:
         ids = (await _json(request)).get("corrections")
         if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
             return JSONResponse({"error": "name the corrections to undo"}, status_code=400)
-        with book.connect(site.history, write=True) as db:
-            done = corrections.undo(db, ids)
-        log.info("%s undid %d correction(s)", who, len(done))
-        return JSONResponse({"undone": [c.id for c in done]})
+        return await run_in_threadpool(_undo, site, ids, who)
 
     def export(request: Request) -> Response:
         if site.guard.session(request) is None and not site.guard.bearer_ok(request):
@@ -274,7 +260,10 @@ def create_app(site: Site) -> Starlette:
         response.set_cookie(COOKIE, session.token, max_age=SESSION_S, httponly=True, samesite="strict")
         return response
 
-    def logout(request: Request) -> Response:
+    async def logout(request: Request) -> Response:
+        form = await request.form()
+        if site.guard.writer(request, str(form.get("csrf", ""))) is None:
+            return _refused(site, request)
         response = RedirectResponse("/", status_code=303)
         response.delete_cookie(COOKIE)
         return response
@@ -300,6 +289,29 @@ def create_app(site: Site) -> Starlette:
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     return Starlette(routes=routes, exception_handlers={HTTPException: _error(templates)})
+
+
+def _correct(site: Site, body: dict[str, Any], who: str) -> Response:
+    ids = body.get("visits")
+    if body.get("species_today"):  # "all the visits of this species today"
+        with book.connect(site.history) as db:
+            ids = book.visit_ids_of(db, str(body["species_today"]), str(body.get("day") or local_day(time.time())))
+    name = NOT_A_BIRD if body.get("not_a_bird") else str(body.get("species") or "").strip()
+    if not isinstance(ids, list) or not ids or len(ids) > MAX_BULK or not all(isinstance(i, str) for i in ids):
+        return JSONResponse({"error": f"name 1 to {MAX_BULK} visits"}, status_code=400)
+    if name != NOT_A_BIRD and name not in site.species:
+        return JSONResponse({"error": f"{name!r} is not one of the model's species"}, status_code=400)
+    with book.connect(site.history, write=True) as db:
+        made = corrections.correct(db, ids, name, who)
+    log.info("%s corrected %d visit(s) to %s", who, len(made), name)
+    return JSONResponse({"corrections": [c.id for c in made], "name": name})
+
+
+def _undo(site: Site, ids: list[int], who: str) -> Response:
+    with book.connect(site.history, write=True) as db:
+        done = corrections.undo(db, ids)
+    log.info("%s undid %d correction(s)", who, len(done))
+    return JSONResponse({"undone": [c.id for c in done]})
 
 
 def _now_status(site: Site) -> dict[str, Any]:

@@ -49,6 +49,7 @@ def _uvicorn(site: Site) -> uvicorn.Server:
         log_config=None,  # the service's logging stays as it is
         access_log=False,
         lifespan="off",
+        proxy_headers=False,  # a client's address is the peer's: a header cannot make it "this machine"
         timeout_graceful_shutdown=2,
     )
     return uvicorn.Server(config)
@@ -112,6 +113,8 @@ class WebServer:
 
     def _serve(self, sock: socket.socket) -> None:
         server = self._server = _uvicorn(self.site)
+        if self._stop.is_set():  # stop() came between the bind and here: serve nothing
+            server.should_exit = True
         crashed = False
         try:
             asyncio.run(server.serve(sockets=[sock]))

@@ -20,6 +20,7 @@ from birdwatch.web.live import LatestFrames
 log = logging.getLogger(__name__)
 
 PASSWORD_FILE = "web-password"  # beside the history, when the config names none
+SESSION_KEY_FILE = "web-session-key"  # beside the history: signs sessions, so they outlive a restart
 
 
 def site_for(
@@ -34,7 +35,7 @@ def site_for(
         snapshots=Path(config.snapshots.dir),
         species=species,
         cameras=[cam.name for cam in config.cameras],
-        guard=Guard(page_password(config), public_view=cfg.public_view),
+        guard=Guard(page_password(config), public_view=cfg.public_view, secret=session_key(config)),
         review_below=cfg.review_below,
         location=config.location,
         live=live,
@@ -49,20 +50,29 @@ def page_password(config: Config) -> str:
     if given is not None:
         return given
     path = Path(config.store.path).parent / PASSWORD_FILE
-    if path.is_file():
-        warn_if_exposed(path, "the page's password")
-        value = path.read_text().strip()
-        if value:
-            return value
-    value = secrets.token_urlsafe(12)
+    return _kept(path, lambda: secrets.token_urlsafe(12), "the page's password", "set web.password_file")
+
+
+def session_key(config: Config) -> bytes:
+    path = Path(config.store.path).parent / SESSION_KEY_FILE
+    return bytes.fromhex(_kept(path, lambda: secrets.token_hex(32), "the page's session key", "check its folder"))
+
+
+def _kept(path: Path, make: Callable[[], str], holds: str, otherwise: str) -> str:
+    """A secret kept in `path` (mode 600): read, or made and written the first time. ConfigError if neither."""
     try:
+        if path.is_file():
+            warn_if_exposed(path, holds)
+            value = path.read_text().strip()
+            if value:
+                return value
+        value = make()
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(value + "\n")
-    except OSError as exc:
-        raise ConfigError(
-            f"web: no password is set and one cannot be kept at {path} ({exc.strerror or exc}); set web.password_file"
-        ) from None
-    log.info("the page's password is in %s (set web.password_file to choose your own)", path)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"web: {holds} cannot be kept at {path} ({why}); {otherwise}") from None
+    log.info("%s is in %s", holds, path)
     return value

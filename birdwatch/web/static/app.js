@@ -173,7 +173,7 @@ function review() {
     }
   });
   document.addEventListener("keydown", (event) => {
-    if (event.target.matches("input")) return;
+    if (event.target.closest("input, textarea, select, button, a")) return; // their own keys: a button's Enter clicks it
     const item = items[at];
     const alts = [...item.querySelectorAll("button.pickname")];
     if (event.key === "j" || event.key === "ArrowDown") focus(at + 1);
