@@ -504,3 +504,10 @@ def test_a_page_server_that_crashes_logs_one_line_and_serves_again(
     assert [r.getMessage() for r in caplog.records] == [
         "the page stopped (RuntimeError: event loop broke); starting it again in 0 s"
     ]
+
+
+def test_signed_in_a_species_page_offers_all_of_its_visits_today_at_once(feeder: Feeder) -> None:
+    page = signed_in(feeder).get("/species/Great%20Tit").text
+    today = time.strftime("%Y-%m-%d")
+    assert f'data-pick-day="{today}">Tick all of today (Great Tit)' in page
+    assert page.count(f'data-day="{today}"') == 3

@@ -50,7 +50,7 @@ COLUMNS = (
 INDEXES = """
 DROP INDEX IF EXISTS visits_species;
 DROP INDEX IF EXISTS visits_best;
-CREATE INDEX IF NOT EXISTS visits_name ON visits (name, first_seen);
+CREATE INDEX IF NOT EXISTS visits_name ON visits (name, first_seen, last_seen);  -- covers the gallery
 CREATE INDEX IF NOT EXISTS visits_name_best ON visits (name, score) WHERE snapshot IS NOT NULL;
 """
 

@@ -95,6 +95,7 @@ def create_app(site: Site) -> Starlette:
             return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
         session = site.guard.session(request)
         context.update(
+            today=local_day(time.time()),
             request=request,
             session=session,
             csrf=session.csrf if session else "",

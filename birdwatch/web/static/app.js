@@ -135,6 +135,15 @@ function bulk() {
     for (const box of document.querySelectorAll("input.pick")) box.closest(".card").classList.toggle("selected", box.checked);
   };
   document.addEventListener("change", (event) => { if (event.target.matches("input.pick")) update(); });
+  const pickDay = document.querySelector("button[data-pick-day]");
+  if (pickDay) {
+    pickDay.addEventListener("click", () => {
+      for (const box of document.querySelectorAll("input.pick")) {
+        if (box.closest(".card").dataset.day === pickDay.dataset.pickDay) box.checked = true;
+      }
+      update();
+    });
+  }
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     const species = form.species.value.trim();
