@@ -113,18 +113,28 @@ def get(url: str) -> int:
 # -- A: pages on a big history --
 
 
+def schema(con: sqlite3.Connection) -> list[tuple[str, str]]:
+    return con.execute("SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY name").fetchall()
+
+
 def history(db: Path, n: int, days: int) -> tuple[float | None, bool]:
-    """The history to serve: `db` as it is if it already holds these visits (and is recent enough that today
-    has some), else built afresh. Returns (seconds it took to build, None if reused; reused)."""
+    """The history to serve: `db` as it is if it already holds these visits (recent enough that today has
+    some) in the schema, indexes included, that EventStore makes now; else built afresh. Returns (seconds it
+    took to build, None if reused; reused)."""
     if db.exists():
+        with tempfile.TemporaryDirectory() as tmp:
+            EventStore(Path(tmp) / "fresh.db").close()
+            with contextlib.closing(sqlite3.connect(Path(tmp) / "fresh.db")) as con:
+                fresh = schema(con)
         try:
             with contextlib.closing(sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True)) as con:
                 count, oldest, newest = con.execute(
                     "SELECT count(*), min(first_seen), max(first_seen) FROM visits"
                 ).fetchone()
+                same = schema(con) == fresh
             recent = newest is not None and time.time() - newest < max(86400.0, 5 * days * 86400 / max(1, n))
             span_ok = oldest is not None and abs((newest - oldest) / 86400 - days) < 2
-            if count == n and recent and span_ok:
+            if count == n and recent and span_ok and same:
                 return None, True
         except sqlite3.Error:
             pass
@@ -423,17 +433,6 @@ def cpu_seconds() -> tuple[float, float, float]:
     return used.get(me, 0) / TICK_HZ, children / TICK_HZ, busy / TICK_HZ
 
 
-def openvino_first_call() -> None:
-    """Work around a deadlock in OpenVINO's Python binding (2026.4): the first `Type.to_dtype()` (every
-    `InferRequest.infer` makes one) initialises a C++ static that lets go of the GIL inside; two classify workers
-    making their first inference at once can hang the whole process (about 1 start in 4 with 2 workers, once
-    the backend choice is cached and no timing ran first). One call here, on one thread, before the workers."""
-    with contextlib.suppress(ImportError):
-        import openvino
-
-        openvino.Type.f32.to_dtype()
-
-
 def pipeline_part(args: argparse.Namespace) -> dict[str, Any]:
     from birdwatch.runtime.pipeline import Pipeline
     from birdwatch.web.site import site_for
@@ -450,7 +449,6 @@ def pipeline_part(args: argparse.Namespace) -> dict[str, Any]:
         server = None
         poller: Chromium | Plain | None = None
         try:
-            openvino_first_call()
             pipeline.start()
             assert pipeline.parts is not None
             live = CountingLive(pipeline.live)

@@ -50,6 +50,10 @@ class OpenVinoRunner:
         effective = self._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         self.precision = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(effective, effective)
         self._local = threading.local()
+        # OpenVINO's binding builds a C++ static in its first Type.to_dtype() (every inference makes one) and lets go
+        # of the GIL inside: two classify workers making their first call at once deadlocked the process (7 starts
+        # in 30 of a two-thread probe). Made here, once, before any worker runs.
+        ov.Type.f32.to_dtype()
 
     def _request(self) -> ov.InferRequest:
         request = getattr(self._local, "request", None)
