@@ -19,10 +19,12 @@ from birdwatch.types import SpeciesScore
 from birdwatch.types import VisitEvent
 
 
-def event(visit: str = "0123456789abcdef", box: tuple[int, int, int, int] = (40, 30, 120, 110)) -> VisitEvent:
+def event(visit: str = "0123456789abcdef", box: tuple[int, int, int, int] = (40, 30, 120, 110),
+          first_seen: float | None = None) -> VisitEvent:  # fmt: skip
     now = time.time()
+    first_seen = now if first_seen is None else first_seen
     return VisitEvent("new", visit, "feeder", now, "Eurasian Blue Tit", 0.87, (SpeciesScore("Eurasian Blue Tit", 0.87),),
-                      now, now, 3, box, "m")  # fmt: skip
+                      first_seen, now, 3, box, "m")  # fmt: skip
 
 
 def frame() -> np.ndarray:
@@ -33,9 +35,10 @@ def frame() -> np.ndarray:
 def test_crop_and_annotated_frame_are_written_as_jpeg(tmp_path: Path) -> None:
     writer = SnapshotWriter(SnapshotsConfig(dir=str(tmp_path / "snaps")))
     image = frame()
-    snap = writer.save(event(), image)
+    seen = event()
+    snap = writer.save(seen, image)
     assert snap is not None and snap.frame_path is not None
-    day = time.strftime("%Y-%m-%d")
+    day = time.strftime("%Y-%m-%d", time.localtime(seen.first_seen))
     assert snap.crop_path.parent == tmp_path / "snaps" / "feeder" / day
     assert snap.crop_path.name.endswith("_0123456789ab_crop.jpg")
     crop = cv2.imread(str(snap.crop_path))
@@ -50,8 +53,9 @@ def test_crop_and_annotated_frame_are_written_as_jpeg(tmp_path: Path) -> None:
 
 def test_a_better_picture_replaces_the_visits_files(tmp_path: Path) -> None:
     writer = SnapshotWriter(SnapshotsConfig(dir=str(tmp_path)))
-    first = writer.save(event(box=(0, 0, 50, 50)), frame())
-    second = writer.save(event(box=(10, 10, 110, 110)), frame())
+    started = time.time() - 5  # the visit began before its first picture; its files are named for that
+    first = writer.save(event(box=(0, 0, 50, 50), first_seen=started), frame())
+    second = writer.save(event(box=(10, 10, 110, 110), first_seen=started), frame())
     assert first is not None and second is not None and first.crop_path == second.crop_path
     assert cv2.imread(str(second.crop_path)).shape[:2] == (100, 100)
     assert len(list(tmp_path.rglob("*.jpg"))) == 2
