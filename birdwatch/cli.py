@@ -292,17 +292,22 @@ def cmd_export_corrections(args: argparse.Namespace) -> int:
     import sqlite3
 
     from birdwatch.config import load_config
+    from birdwatch.deliver import embeddings
     from birdwatch.deliver import export
     from birdwatch.deliver.history import EventStore
+    from birdwatch.tools import memory
 
     path = Path(args.db) if args.db else Path(load_config(args.config).store.path)
     EventStore(path, readonly=True).close()  # one clear line for a history that is missing, damaged or too old
     with contextlib.closing(sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)) as db:
         try:
             crops, species = export.write_corrections(db, Path(args.out))
+            # Files beside the species folders: birder's image folder reads every folder as a class.
+            vectors, dim = memory.write(embeddings.remembered(db), Path(args.out))
         except OSError as exc:
             raise BirdwatchError(f"cannot write into {args.out} ({exc.strerror or exc})") from None
     print(f"{args.out}: {crops} crop(s) of {species} species, one folder per species")
+    print(f"{args.out}/embeddings.npy: {vectors} embedding(s) of length {dim}, labelled in labels.csv")
     return 0
 
 
@@ -486,8 +491,11 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--port", type=int, help="port to listen on (default: web.port)")
     web.set_defaults(func=cmd_web)
 
+    from birdwatch.tools import memory
     from birdwatch.tools.detector.cli import add_learn_parser
     from birdwatch.tools.detector.cli import add_parser as add_detector_parser
+
+    memory.add_parser(sub, history_args)
 
     add_detector_parser(sub)
     add_learn_parser(sub)

@@ -85,6 +85,9 @@ class Detections:
     # (N,) float32, 0..1: how sure the localiser is that the box is a bird; 0 for a box it calls something
     # else (a cat); None when it cannot tell (motion regions).
     birds: np.ndarray | None = None
+    # (N, D) float32: each classified box's embedding from the classifier's backbone (zeros for a box not
+    # classified); None before classification.
+    embeddings: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
@@ -103,6 +106,8 @@ class Detections:
             if len(birds) != len(boxes):
                 raise ValueError(f"Detections: {len(boxes)} boxes but {len(birds)} bird scores")
             object.__setattr__(self, "birds", birds)
+        if self.embeddings is not None and len(self.embeddings) != len(boxes):
+            raise ValueError(f"Detections: {len(boxes)} boxes but {len(self.embeddings)} embeddings")
         object.__setattr__(self, "boxes", boxes)
         object.__setattr__(self, "scores", scores)
 
@@ -118,6 +123,7 @@ class Detections:
             None if self.species is None else tuple(self.species[i] for i in rows),
             None if self.track_ids is None else self.track_ids[rows],
             None if self.birds is None else self.birds[rows],
+            None if self.embeddings is None else self.embeddings[rows],
         )
 
     @classmethod
@@ -127,17 +133,50 @@ class Detections:
     def int_boxes(self) -> list[Box]:
         return [tuple(int(v) for v in row) for row in np.rint(self.boxes)]  # type: ignore[misc]
 
-    def with_species(self, species: Sequence[tuple[SpeciesScore, ...]]) -> Detections:
-        return Detections(self.boxes, self.scores, self.source, tuple(species), self.track_ids, self.birds)
+    def with_species(
+        self, species: Sequence[tuple[SpeciesScore, ...]], embeddings: np.ndarray | None = None
+    ) -> Detections:
+        return Detections(self.boxes, self.scores, self.source, tuple(species), self.track_ids, self.birds, embeddings)
 
     def with_tracks(self, track_ids: Sequence[int] | np.ndarray) -> Detections:
-        return Detections(
-            self.boxes, self.scores, self.source, self.species, np.asarray(track_ids, np.int64), self.birds
-        )
+        tracks = np.asarray(track_ids, np.int64)
+        return Detections(self.boxes, self.scores, self.source, self.species, tracks, self.birds, self.embeddings)
 
     def not_birds(self) -> np.ndarray:
         """(N,) bool: the boxes the localiser calls something other than a bird."""
         return np.zeros(len(self), bool) if self.birds is None else self.birds <= 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Named:
+    """The classifier's word on one frame's boxes: each box's top-k species (best first) and its embedding,
+    the backbone's summary of the crop that the feeder memory compares (rows in box order)."""
+
+    species: tuple[tuple[SpeciesScore, ...], ...]
+    embeddings: np.ndarray  # (N, D) float32
+
+    @classmethod
+    def empty(cls) -> Named:
+        return cls((), np.zeros((0, 0), np.float32))
+
+
+@dataclass(frozen=True, slots=True)
+class Embedding:
+    """A crop's embedding as the history keeps it: float16, with the weights that made it (another model's
+    embeddings mean nothing beside these)."""
+
+    model: str  # `<model name>@<the first 12 hex digits of its weights' SHA-256>`
+    vector: np.ndarray  # (D,) float16, of length 1
+
+    @classmethod
+    def of(cls, model: str, vector: np.ndarray) -> Embedding:
+        """Scaled to length 1 first: the memory compares directions only, and float16 would round the tiny
+        embeddings of some networks to zero (an untrained MobileNet's are about 1e-8)."""
+        norm = float(np.linalg.norm(vector))
+        return cls(model, (vector / norm if norm > 0 else vector).astype(np.float16))
+
+    def to_bytes(self) -> bytes:
+        return np.ascontiguousarray(self.vector, dtype="<f2").tobytes()
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +203,12 @@ class VisitEvent:
     # The localiser's mean bird score over the visit's frames; None when it cannot tell (motion).
     bird_score: float | None = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # The best crop's embedding, when this event brings a new best crop: kept in the history (the feeder
+    # memory's material), never published.
+    embedding: Embedding | None = field(default=None, repr=False, compare=False)
+    # Like none of the birds people named at this camera, and unsure of its species: worth a look. None while
+    # the camera's memory is empty (nothing to compare with).
+    novel: bool | None = None
 
     def to_payload(self) -> dict[str, Any]:
         return {
@@ -185,6 +230,7 @@ class VisitEvent:
             "snapshot": self.snapshot,
             "end_reason": self.end_reason,
             "model": self.model,
+            "novel": self.novel,
         }
 
     def to_json(self) -> str:
@@ -210,6 +256,7 @@ class VisitEvent:
             end_reason=EndReason(p["end_reason"]) if p.get("end_reason") else None,
             snapshot=p.get("snapshot"),
             bird_score=p.get("bird_score"),  # absent in events stored before it was told
+            novel=p.get("novel"),
             id=p["id"],
         )
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from birder.inference.classification import infer_batch
 from torchvision.ops import box_iou
 
 from birdwatch.backends import PACKAGE
@@ -54,8 +55,8 @@ def classifier(weights: Path) -> Classifier:
     return load_classifier(ModelConfig(file=str(weights), device="cpu"))
 
 
-def probabilities(clf: Classifier, runner: object | None) -> torch.Tensor:
-    """Softmax of the engine over 12 real crops (two batches), as the classify stage computes it."""
+def engine_and_batch(clf: Classifier, runner: object | None) -> tuple[ClassifierEngine, torch.Tensor]:
+    """The engine and 12 real crops (two batches), preprocessed as the classify stage does it."""
     engine = ClassifierEngine(clf, batch_size=8, precision=Precision(Dtype.FP32), runner=runner)  # type: ignore[arg-type]
     frames, boxes = synthetic_crops(12)
     crops = [
@@ -63,7 +64,27 @@ def probabilities(clf: Classifier, runner: object | None) -> torch.Tensor:
         for f, bs in zip(frames, boxes, strict=True)
         for b in bs
     ]
-    return engine.probabilities(engine.preprocess(crops))
+    return engine, engine.preprocess(crops)
+
+
+def probabilities(clf: Classifier, runner: object | None) -> torch.Tensor:
+    """Softmax of the engine over 12 real crops, as the classify stage computes it."""
+    engine, batch = engine_and_batch(clf, runner)
+    return engine.probabilities(batch)
+
+
+def assert_birders_embedding(clf: Classifier, runner: object | None) -> None:
+    """The engine's embeddings, from the pass that gives its probabilities, are birder's own
+    (`infer_batch(..., return_embedding=True)`, what `infer_image` calls) on the same crops."""
+    engine, batch = engine_and_batch(clf, runner)
+    probs, embedding = engine.forward(batch)
+    with torch.inference_mode():
+        birder_probs, birder_embedding = infer_batch(clf.net, batch, return_embedding=True)
+    assert birder_embedding is not None and embedding.shape == birder_embedding.shape
+    assert embedding.shape[1] == clf.net.embedding_size
+    max_de = np.abs(embedding.cpu().numpy() - birder_embedding).max()
+    assert max_de <= MAX_DP, f"max |d embedding| {max_de:.2e} over {MAX_DP}"
+    assert np.abs(probs.cpu().numpy() - birder_probs).max() <= MAX_DP
 
 
 def assert_same_species(theirs: torch.Tensor, torch_p: torch.Tensor) -> None:
@@ -84,6 +105,12 @@ def test_the_default_architectures_give_torchs_species_on_every_backend(
     runner = build_runner(classifier_graph(clf), backend, tmp_path, FP32)
     assert runner.backend is backend
     assert_same_species(probabilities(clf, runner), reference)
+    assert_birders_embedding(clf, runner)
+
+
+@pytest.mark.parametrize("weights", ["danube_weights", "eu_common_weights"])
+def test_torch_gives_birders_embedding_from_the_same_pass(weights: str, request: pytest.FixtureRequest) -> None:
+    assert_birders_embedding(classifier(request.getfixturevalue(weights)), None)
 
 
 REGION = 120  # not a multiple of the stride: the export's canvas is padded to 128, as torch pads
@@ -144,6 +171,7 @@ def test_tensorrt_gives_torchs_species_on_the_gpu(danube_weights: Path, tmp_path
     reference = probabilities(clf, None)
     runner = build_runner(classifier_graph(clf), Backend.TENSORRT, tmp_path, FP32)
     assert_same_species(probabilities(clf, runner).cpu(), reference.cpu())
+    assert_birders_embedding(clf, runner)
 
 
 def test_the_cpu_backends_are_installed_with_the_tests() -> None:

@@ -74,9 +74,10 @@ def test_classify_maps_results_back_to_each_frame_and_box(classifier: Classifier
     engine = ClassifierEngine(classifier, top_k=3, batch_size=2)  # several chunks
     boxes = [[CROPS[0], CROPS[1]], [], [CROPS[2]], [CROPS[3], CROPS[0], CROPS[1]]]
     results = engine.classify(scene_frames, boxes)
-    assert [len(r) for r in results] == [2, 0, 1, 3]
+    assert [len(r.species) for r in results] == [2, 0, 1, 3]
+    assert [r.embeddings.shape for r in results] == [(n, classifier.net.embedding_size) for n in (2, 0, 1, 3)]
     for frame, frame_boxes, frame_results in zip(scene_frames, boxes, results, strict=True):
-        for box, top_k in zip(frame_boxes, frame_results, strict=True):
+        for box, top_k in zip(frame_boxes, frame_results.species, strict=True):
             reference = birder_reference(classifier, frame.image, box)
             assert len(top_k) == 3
             assert [s.score for s in top_k] == sorted((s.score for s in top_k), reverse=True)
@@ -90,14 +91,16 @@ def test_batched_and_one_at_a_time_agree(classifier: Classifier, scene_frames: l
     batched = engine.classify(scene_frames, boxes)
     for i, frame in enumerate(scene_frames):
         for j, box in enumerate(boxes[i]):
-            (single,) = engine.classify([frame], [[box]])[0]
-            assert [s.name for s in single] == [s.name for s in batched[i][j]]
-            assert np.allclose([s.score for s in single], [s.score for s in batched[i][j]], atol=1e-4)
+            (one,) = engine.classify([frame], [[box]])
+            (single,) = one.species
+            assert [s.name for s in single] == [s.name for s in batched[i].species[j]]
+            assert np.allclose([s.score for s in single], [s.score for s in batched[i].species[j]], atol=1e-4)
+            assert np.allclose(one.embeddings[0], batched[i].embeddings[j], atol=1e-4), "each box its own row"
 
 
 def test_no_crops_no_forward_pass(classifier: Classifier, scene_frames: list[Frame]) -> None:
     engine = ClassifierEngine(classifier)
-    assert engine.classify(scene_frames[:2], [[], []]) == [[], []]
+    assert [r.species for r in engine.classify(scene_frames[:2], [[], []])] == [(), ()]
 
 
 def test_boxes_are_clipped_into_the_frame() -> None:
@@ -119,6 +122,6 @@ def test_bf16_channels_last_agrees_with_fp32(classifier: Classifier, scene_frame
     fast = ClassifierEngine(classifier, top_k=1, precision=Precision("bf16", True)).classify(scene_frames, boxes)
     classifier.net.to(memory_format=torch.contiguous_format)  # the module is shared with other tests
     for frame_exact, frame_fast in zip(exact, fast, strict=True):
-        for a, b in zip(frame_exact, frame_fast, strict=True):
+        for a, b in zip(frame_exact.species, frame_fast.species, strict=True):
             assert a[0].name == b[0].name
             assert abs(a[0].score - b[0].score) < 0.05

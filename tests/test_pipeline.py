@@ -155,8 +155,9 @@ def test_a_model_that_keeps_failing_stops_the_service(
     def broken(_x: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
-    classifier.net.forward = broken  # type: ignore[method-assign]
-    # The broken forward is the torch module's: an exported backend would not call it.
+    classifier.net.embedding = broken  # type: ignore[method-assign]
+    # The broken pass is the torch module's (the engine runs embedding, then classify): an exported backend
+    # would not call it.
     pipeline = Pipeline(config_for(clips, danube_weights, backend="torch"), classifier=classifier, sink=ListSink())
     pipeline.start()
     with caplog.at_level(logging.ERROR, logger="birdwatch"):

@@ -159,7 +159,7 @@ def test_a_hung_stage_withholds_the_watchdog(
         release.wait(30)  # a driver call that never returns
         raise RuntimeError("released")
 
-    classifier.net.forward = hang  # type: ignore[method-assign]
+    classifier.net.embedding = hang  # type: ignore[method-assign]  # the engine runs embedding, then classify
     pipeline = Pipeline(config, classifier=classifier)
     pipeline.start()
     stop = threading.Event()

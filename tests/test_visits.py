@@ -12,7 +12,7 @@ import pytest
 from birdwatch.config import EventsConfig
 from birdwatch.config import TrackingConfig
 from birdwatch.decide.species import check_species_lists
-from birdwatch.decide.visits import Told
+from birdwatch.decide.visit import Told
 from birdwatch.decide.visits import Visits
 from birdwatch.errors import ConfigError
 from birdwatch.types import Detections

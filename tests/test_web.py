@@ -456,6 +456,9 @@ def test_export_corrections_writes_the_named_crops_one_folder_per_species(feeder
         "Eurasian Nuthatch/v1_v1_crop.jpg",
         "Great Tit/v2_v2_crop.jpg",
     ]
+    # birder's image folder takes every folder for a class: the embeddings are files beside them.
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["Eurasian Nuthatch", "Great Tit"]
+    assert (out / "embeddings.npy").is_file() and (out / "labels.csv").is_file()
 
 
 def test_a_history_from_before_corrections_gains_them_with_every_visit_named_as_told(feeder: Feeder) -> None:

@@ -14,8 +14,11 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
+from torch import nn
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
@@ -29,6 +32,7 @@ from birdwatch.imaging import bgr_to_tensor
 from birdwatch.precision import Precision
 from birdwatch.types import Box
 from birdwatch.types import Frame
+from birdwatch.types import Named
 from birdwatch.types import SpeciesScore
 
 log = logging.getLogger(__name__)
@@ -65,13 +69,31 @@ class WorkerPlan:
         return before
 
 
+class LogitsAndEmbedding(nn.Module):
+    """The network as birder's `infer_image(..., return_embedding=True)` runs it: the embedding, then the
+    classifier on it, so both come out of one forward pass (and one export)."""
+
+    def __init__(self, net: Any) -> None:
+        super().__init__()
+        self.net = net  # a birder network: `embedding` and `classify` are its own
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        embedding = self.net.embedding(x)
+        logits = self.net.classify(embedding)
+        # One row per crop whatever the network: DeiT's embedding is (N, 2, D) (class and distillation tokens),
+        # CrossViT's a list of its branches'.
+        if isinstance(embedding, list | tuple):
+            embedding = torch.cat([e.flatten(1) for e in embedding], dim=1)
+        return logits, embedding.flatten(1)
+
+
 def classifier_graph(classifier: Classifier) -> Graph:
-    """The classifier's logits, as every backend runs them; the export is keyed by its weights file."""
+    """The classifier's logits and embedding, as every backend runs them; the export is keyed by its weights file."""
     return Graph(
         name=classifier.name,
-        module=classifier.net,
+        module=LogitsAndEmbedding(classifier.net),
         input_hw=tuple(classifier.size),  # type: ignore[arg-type]
-        outputs=("logits",),
+        outputs=("logits", "embedding"),
         sources=(classifier.path,),
         device=classifier.device,
     )
@@ -118,18 +140,25 @@ class ClassifierEngine:
         return torch.stack(resized).to(torch.float32).mul_(self._scale).add_(self._shift)
 
     @torch.inference_mode()
-    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        """Softmax over species, in chunks of batch_size; stays on the device."""
-        outs = []
+    def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(softmax over species, embedding) per crop, in chunks of batch_size; both stay on the device."""
+        probs, embeddings = [], []
         # Near-equal chunks: 9 crops at batch 8 run as 5 + 4, not 8 + an inefficient 1.
         chunks = max(1, math.ceil(len(batch) / self.batch_size))
         for chunk in batch.tensor_split(chunks):
-            (logits,) = self.runner(chunk)
-            outs.append(torch.softmax(logits.to(self.device), dim=1))
-        return torch.cat(outs) if outs else torch.zeros((0, len(self.classifier.class_names)), device=self.device)
+            logits, embedding = self.runner(chunk)
+            probs.append(torch.softmax(logits.to(self.device), dim=1))
+            embeddings.append(embedding.to(self.device))
+        if not probs:
+            return torch.zeros((0, len(self.classifier.class_names)), device=self.device), torch.zeros((0, 0))
+        return torch.cat(probs), torch.cat(embeddings)
 
-    def classify(self, frames: Sequence[Frame], boxes: Sequence[Sequence[Box]]) -> list[list[tuple[SpeciesScore, ...]]]:
-        """Top-k species for every box of every frame, in one pass; result[i][j] is frame i, box j."""
+    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        """Softmax over species, in chunks of batch_size; stays on the device."""
+        return self.forward(batch)[0]
+
+    def classify(self, frames: Sequence[Frame], boxes: Sequence[Sequence[Box]]) -> list[Named]:
+        """Top-k species and the embedding of every box of every frame, in one pass; result[i] is frame i."""
         crops: list[tuple[torch.Tensor, Box]] = []
         for frame, frame_boxes in zip(frames, boxes, strict=True):
             if not frame_boxes:
@@ -137,18 +166,20 @@ class ClassifierEngine:
             image = bgr_to_tensor(frame.image, self.device)
             crops.extend((image, clip_box(box, frame.size)) for box in frame_boxes)
         if not crops:
-            return [[] for _ in frames]
-        probs = self.probabilities(self.preprocess(crops))
+            return [Named.empty() for _ in frames]
+        probs, embeddings = self.forward(self.preprocess(crops))
         scores, indices = probs.topk(self.top_k, dim=1)
         scores_np, indices_np = scores.cpu().numpy(), indices.cpu().numpy()
+        embeddings_np = embeddings.float().cpu().numpy()
         names = self.classifier.class_names
-        results: list[list[tuple[SpeciesScore, ...]]] = []
+        results: list[Named] = []
         row = 0
         for frame_boxes in boxes:
-            per_frame = []
-            for _ in frame_boxes:
-                pairs = zip(indices_np[row], scores_np[row], strict=True)
-                per_frame.append(tuple(SpeciesScore(names[i], float(s)) for i, s in pairs))
-                row += 1
-            results.append(per_frame)
+            rows = range(row, row + len(frame_boxes))
+            species = tuple(
+                tuple(SpeciesScore(names[i], float(s)) for i, s in zip(indices_np[r], scores_np[r], strict=True))
+                for r in rows
+            )
+            results.append(Named(species, np.ascontiguousarray(embeddings_np[row : row + len(frame_boxes)])))
+            row += len(frame_boxes)
         return results

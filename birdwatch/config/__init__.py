@@ -22,6 +22,7 @@ from birdwatch.config.schema import EngineConfig
 from birdwatch.config.schema import EventsConfig
 from birdwatch.config.schema import HomeAssistantConfig
 from birdwatch.config.schema import LocationConfig
+from birdwatch.config.schema import MemoryConfig
 from birdwatch.config.schema import MetricsConfig
 from birdwatch.config.schema import ModelConfig
 from birdwatch.config.schema import MotionConfig
@@ -50,6 +51,7 @@ __all__ = [
     "EventsConfig",
     "HomeAssistantConfig",
     "LocationConfig",
+    "MemoryConfig",
     "MetricsConfig",
     "ModelConfig",
     "MotionConfig",

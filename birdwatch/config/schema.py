@@ -279,6 +279,22 @@ class WebConfig:
 
 
 @dataclass
+class MemoryConfig:
+    """The feeder memory (decide/memory.py): the embeddings of the visits people corrected or confirmed, per
+    camera; a crop that looks like them leans toward their names."""
+
+    enabled: bool = True
+    strength: float = field(default=0.6, metadata=_range(0.0, 1.0))  # how far a close memory moves the scores
+    neighbours: int = field(default=5, metadata=_range(1, 100))  # the nearest remembered crops that vote
+    # Cosine similarity below which a remembered crop is too unlike to have a say; at 1 it would be the same crop.
+    min_similarity: float = field(default=0.5, metadata=_range(-1.0, 1.0))
+    # How much a nearer neighbour outvotes a farther one: one `temperature` less alike counts e times less.
+    temperature: float = field(default=0.05, metadata=_range(0.001, 10.0))
+    # A visit less sure of its species than this, and like none of the camera's remembered birds, is `novel`.
+    novel_below: float = field(default=0.6, metadata=_range(0.0, 1.0))
+
+
+@dataclass
 class Config:
     cameras: list[CameraConfig]
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -296,6 +312,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     location: LocationConfig = field(default_factory=LocationConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     stats_interval_s: float = field(default=60.0, metadata=_range(1, 86400))
 

@@ -26,8 +26,9 @@ from collections.abc import Callable
 from collections.abc import Iterable
 
 from birdwatch.config import Config
+from birdwatch.decide.memory import FeederMemory
 from birdwatch.decide.snapshots import SnapshotWriter
-from birdwatch.decide.visits import Told
+from birdwatch.decide.visit import Told
 from birdwatch.decide.visits import Visits
 from birdwatch.deliver import corrections
 from birdwatch.deliver.history import EventStore
@@ -53,8 +54,10 @@ class Decider:
         outbox: Outbox,
         sink: EventSink,
         snapshots: SnapshotWriter | None,
+        memory: FeederMemory | None = None,
     ) -> None:
         self.config = config
+        self.memory = memory
         self.visits = visits
         self.store = store
         self.outbox = outbox
@@ -68,6 +71,7 @@ class Decider:
         self._telling: set[tuple[int, bool]] = set()  # (correction, undo) handed to the sink, not yet marked told
         self._unmarked: dict[tuple[int, bool], float] = {}  # acknowledged (when), not yet marked told in the history
         self._renamed: dict[str, tuple[str, str]] = {}  # camera -> (its latest visit, the name a person gave it)
+        self._novel: dict[str, bool | None] = {}  # visit -> its `novel`, while it is open
 
     def begin(self) -> None:
         """ "Last species" and "visits today" carry over a restart (from the history); old history goes."""
@@ -85,6 +89,8 @@ class Decider:
                         self.store.run(functools.partial(corrections.name_of, visit_id=last.visit_id)),
                     )
         self._prune()
+        if self.memory is not None:
+            self.memory.refresh()
         self.sink.publish_history(self.store.problem)
         self._history_problem = self.store.problem
         self._publish_states(self.cameras)
@@ -95,6 +101,12 @@ class Decider:
         for frame, boxes in zip(frames, found, strict=True):
             told += self.visits.observe(frame, boxes)[1]
         return self._deliver(told, dict.fromkeys(frame.camera for frame in frames))
+
+    def recall(self, frames: list[Frame], found: list[Detections]) -> list[Detections]:
+        """Each frame's classified boxes with their top-k re-ranked by its camera's feeder memory."""
+        if self.memory is None:
+            return found
+        return [self.memory.rerank(frame.camera, boxes) for frame, boxes in zip(frames, found, strict=True)]
 
     def tick(self, now: float | None = None) -> list[VisitEvent]:
         """Time passing: visits of birds that left end, heartbeats, midnight, retention, and what the
@@ -112,6 +124,8 @@ class Decider:
         self.store.check()  # a history that refused writes, opened again when due
         self._tell_corrections()
         self.outbox.pump()  # what the publisher or the history refused before
+        if self.memory is not None:
+            self.memory.refresh()  # what the page's corrections taught it
         if self.store.problem != self._history_problem:
             self._history_problem = self.store.problem
             self.sink.publish_history(self.store.problem)
@@ -131,7 +145,7 @@ class Decider:
     def _deliver(self, told: list[Told], cameras: Iterable[str]) -> list[VisitEvent]:
         """Snapshots first (the event names their files), then each event into the outbox (SQLite, then
         MQTT), then the states of the cameras with events or whose `present` changed."""
-        events = [self._with_snapshot(t) for t in told]
+        events = [self._with_novelty(self._with_snapshot(t)) for t in told]
         for event in events:
             log.info(
                 "%s on %s: %s (%.2f) visit %s, %d frame(s)",
@@ -159,6 +173,15 @@ class Decider:
             return told.event
         frame_path = str(snap.frame_path) if snap.frame_path else None
         return dataclasses.replace(told.event, snapshot=str(snap.crop_path), snapshot_frame=frame_path)
+
+    def _with_novelty(self, event: VisitEvent) -> VisitEvent:
+        """Judged on the visit's best crop, each time it brings a better one; its other events repeat the verdict."""
+        if self.memory is None:
+            return event
+        if event.embedding is not None:
+            self._novel[event.visit_id] = self.memory.novel(event.camera, event.embedding, event.score)
+        novel = self._novel.pop(event.visit_id, None) if event.kind == "end" else self._novel.get(event.visit_id)
+        return dataclasses.replace(event, novel=novel)
 
     def _tell_corrections(self) -> None:
         """What the page corrected since the last tick: on MQTT (marked told once the broker has it), and in the

@@ -28,6 +28,7 @@ from typing import Any
 from typing import TypeVar
 
 from birdwatch.deliver import corrections
+from birdwatch.deliver import embeddings
 from birdwatch.deliver import repair
 from birdwatch.deliver import visitbook
 from birdwatch.errors import BirdwatchError
@@ -36,7 +37,7 @@ from birdwatch.types import local_day
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3  # 2: the visit book (deliver/visitbook.py); 3: corrections (deliver/corrections.py)
+SCHEMA_VERSION = 4  # 2: the visit book (visitbook.py); 3: corrections (corrections.py); 4: embeddings.py
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -162,7 +163,7 @@ class EventStore:
             db.execute("PRAGMA busy_timeout=5000")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")  # committed means on disk: a power cut keeps it
-            db.executescript(_SCHEMA + visitbook.SCHEMA + corrections.SCHEMA)
+            db.executescript(_SCHEMA + visitbook.SCHEMA + corrections.SCHEMA + embeddings.SCHEMA)
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version < SCHEMA_VERSION:
                 with _transaction(db):
@@ -387,6 +388,7 @@ class EventStore:
             with _transaction(db):
                 removed = db.execute("DELETE FROM events WHERE sent_ts IS NOT NULL AND ts < ?", (cutoff,)).rowcount
                 visitbook.prune(db, cutoff)
+                embeddings.prune(db)
             return int(removed)
 
         removed = self._run(delete, write=True)
@@ -423,6 +425,8 @@ def _insert(db: sqlite3.Connection, event: VisitEvent, sent_ts: float | None) ->
         ),
     )
     visitbook.record(db, event)
+    if event.embedding is not None:
+        embeddings.keep(db, event.visit_id, event.embedding)
     return int(cur.lastrowid or 0)
 
 

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from birdwatch.deliver import corrections
+from birdwatch.deliver import embeddings
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,7 @@ def recover(damaged: Path, into: sqlite3.Connection) -> int:
         try:
             saved = _copy(_readable_rows(db), into)
             corrections.copy(db, into)
+            embeddings.copy(db, into)
             return saved
         finally:
             db.close()

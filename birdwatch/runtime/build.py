@@ -24,6 +24,7 @@ from birdwatch.classify.models import Classifier
 from birdwatch.classify.models import load_classifier
 from birdwatch.config import Config
 from birdwatch.decide.decider import Decider
+from birdwatch.decide.memory import FeederMemory
 from birdwatch.decide.snapshots import SnapshotWriter
 from birdwatch.decide.species import check_species_lists
 from birdwatch.decide.visits import Visits
@@ -38,6 +39,7 @@ from birdwatch.locate.locator import Locator
 from birdwatch.precision import Precision
 from birdwatch.runtime import systemd
 from birdwatch.types import Part
+from birdwatch.weights import file_sha256
 
 PREPARE_MAX_S = 900.0  # exports, auto's timing and engine builds of a first start
 
@@ -95,12 +97,19 @@ def build(config: Config, classifier: Classifier | None = None, sink: EventSink 
         if recorder is not None:
             undo.callback(recorder.close)
         locator = Locator(config.cameras, localiser, on_motion=recorder.offer_all if recorder else None)
-        visits = Visits(config.tracking, config.events, classifier.name, top_k=engine.top_k)
+        embedder = embedder_of(classifier)
+        visits = Visits(config.tracking, config.events, classifier.name, top_k=engine.top_k, embedder=embedder)
         outbox = Outbox(store, sink)
         snapshots = SnapshotWriter(config.snapshots) if config.snapshots.enabled else None
-        decider = Decider(config, visits, store, outbox, sink, snapshots)
+        memory = FeederMemory(config.memory, embedder, store)
+        decider = Decider(config, visits, store, outbox, sink, snapshots, memory)
         undo.pop_all()  # built: from here the pipeline owns them
     return Parts(classifier, plan, threads_before, engine, locator, store, outbox, sink, decider, recorder)
+
+
+def embedder_of(classifier: Classifier) -> str:
+    """`Embedding.model` of these weights: embeddings of a retrained file of the same name are not comparable."""
+    return f"{classifier.name}@{file_sha256(classifier.path)[:12]}"
 
 
 def run_options(config: Config, classifier: Classifier, plan: WorkerPlan) -> RunOptions:

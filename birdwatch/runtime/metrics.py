@@ -153,6 +153,8 @@ FAULT_METRICS = (
     ("snapshots_failed", CounterMetricFamily, "Snapshots the disk refused (the visit was told without them)."),
     ("frames_held", GaugeMetricFamily, "Whole frames the open visits keep for their snapshots."),
     ("frames_held_bytes", GaugeMetricFamily, "Bytes of the whole frames the open visits keep."),
+    ("memory_visits", GaugeMetricFamily, "Corrected or confirmed visits in the feeder memory, all cameras."),
+    ("memory_reranked", CounterMetricFamily, "Crops whose leading species the feeder memory changed."),
 )
 
 

@@ -335,8 +335,6 @@ class Pipeline:
         self.stats.crops += batch.crops
         by_name = {feed.name: feed for feed in self.feeds}
         for frame, boxes in zip(frames, found, strict=True):
-            if len(boxes):
-                self.live.put_boxes(frame, boxes)
             if len(boxes) and frame.camera in by_name:
                 by_name[frame.camera].classified += 1
         self.stats.read_to_decision_s.extend(done - f.mono for f in frames)
@@ -417,13 +415,17 @@ class Pipeline:
         ]
         if not any(boxes):
             return [d.with_species([()] * len(d)) for d in found]
-        species = self.parts.engine.classify(frames, boxes)
-        return [d.with_species(spread(s, keep)) for d, s, keep in zip(found, species, birds, strict=True)]
+        named = self.parts.engine.classify(frames, boxes)
+        return [d.with_species(*spread(n, keep)) for d, n, keep in zip(found, named, birds, strict=True)]
 
     def decide(self, frames: list[Frame], found: list[Detections]) -> list[VisitEvent]:
         """Tracks and visits: which boxes are which bird, and what is worth telling; on the decide thread."""
         assert self.parts is not None
-        return self.parts.decider.decide(frames, found)
+        named = self.parts.decider.recall(frames, found)  # the feeder memory's names: the live picture shows them
+        for frame, boxes in zip(frames, named, strict=True):
+            if len(boxes):
+                self.live.put_boxes(frame, boxes)
+        return self.parts.decider.decide(frames, named)
 
     # -- stats --
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from dataclasses import field
@@ -21,6 +20,7 @@ import numpy as np
 from birdwatch.runtime.stats import StageStats
 from birdwatch.types import Detections
 from birdwatch.types import Frame
+from birdwatch.types import Named
 from birdwatch.types import SpeciesScore
 from birdwatch.types import VisitEvent
 
@@ -104,7 +104,12 @@ class Guard:
             self.fatal = f"the {self.stage} stage failed {self.consecutive} times in a row (last: {exc})"
 
 
-def spread(species: Sequence[tuple[SpeciesScore, ...]], keep: np.ndarray) -> list[tuple[SpeciesScore, ...]]:
-    """The classified boxes' species back in place among all the boxes; () for the boxes not classified."""
-    given = iter(species)
-    return [next(given) if bird else () for bird in keep.tolist()]
+def spread(named: Named, keep: np.ndarray) -> tuple[list[tuple[SpeciesScore, ...]], np.ndarray]:
+    """The classified boxes' species and embeddings back in place among all the boxes; () and zeros for the
+    boxes not classified."""
+    given = iter(named.species)
+    species = [next(given) if bird else () for bird in keep.tolist()]
+    embeddings = np.zeros((len(keep), named.embeddings.shape[1]), np.float32)
+    if keep.any():
+        embeddings[keep] = named.embeddings
+    return species, embeddings

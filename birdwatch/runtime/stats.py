@@ -241,6 +241,8 @@ def decide_counters(decider: Decider) -> dict[str, int]:
         "tracks_not_birds": decider.visits.not_birds,
         "frames_held": frames,
         "frames_held_bytes": frame_bytes,
+        "memory_visits": sum(decider.memory.sizes().values()) if decider.memory is not None else 0,
+        "memory_reranked": decider.memory.reranked if decider.memory is not None else 0,
     }
 
 

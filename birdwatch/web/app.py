@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import time
 from collections.abc import Callable
 from collections.abc import Mapping
@@ -150,6 +151,32 @@ def create_app(site: Site) -> Starlette:
         frame = found.crops[0].replace("_crop.jpg", "_frame.jpg") if found.crops else None
         return page(request, "visit.html", v=found.visit, page=found, frame=frame)
 
+    def alike(request: Request) -> Response:
+        visit_id, least = request.path_params["visit_id"], _similarity(request)
+        if not site.guard.can_view(request):  # before the comparison, which reads every visit's crop
+            return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
+        with book.connect(site.history) as db:
+            found = book.visit_page(db, visit_id)
+            near = book.alike(db, visit_id, least) if found else None
+        if found is None:
+            raise HTTPException(404, "no such visit (retention may have removed it)")
+        return page(request, "alike.html", v=found.visit, near=near, least=least, limit=book.PAGE)
+
+    def alike_json(request: Request) -> Response:
+        if not site.guard.can_view(request):
+            return JSONResponse({"error": "sign in"}, status_code=401)
+        try:
+            least = _similarity(request)
+        except HTTPException as exc:
+            return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+        with book.connect(site.history) as db:
+            near = book.alike(db, request.path_params["visit_id"], least)
+        if near is None:
+            return JSONResponse({"error": "no such visit, or none of its crops was kept to compare"}, status_code=404)
+        return JSONResponse(
+            [{"visit_id": a.visit.visit_id, "similarity": round(a.similarity, 4), "name": a.visit.name} for a in near]
+        )
+
     def species(request: Request) -> Response:
         with book.connect(site.history) as db:
             seen = visitbook.species_seen(db)
@@ -275,6 +302,8 @@ def create_app(site: Site) -> Starlette:
         Route("/api/now", now_json),
         Route("/live/{camera}.jpg", live),
         Route("/visit/{visit_id}", visit),
+        Route("/visit/{visit_id}/alike", alike),
+        Route("/api/alike/{visit_id}", alike_json),
         Route("/species", species),
         Route("/species/{name:path}", one_species),
         Route("/charts", charts_page),
@@ -290,6 +319,18 @@ def create_app(site: Site) -> Starlette:
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     return Starlette(routes=routes, exception_handlers={HTTPException: _error(templates)})
+
+
+def _similarity(request: Request) -> float:
+    """`?min=`: how alike a visit must be to be listed, a cosine similarity."""
+    text = request.query_params.get("min") or str(book.ALIKE_MIN)
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not -1.0 <= value <= 1.0:
+        raise HTTPException(400, f"min={text!r}: give a similarity between -1 and 1, like 0.8")
+    return value
 
 
 def _correct(site: Site, body: dict[str, Any], who: str) -> Response:

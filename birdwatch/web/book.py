@@ -12,7 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from birdwatch.deliver import corrections
+from birdwatch.deliver import embeddings
 from birdwatch.deliver import visitbook
 from birdwatch.deliver.corrections import NOT_A_BIRD
 from birdwatch.deliver.visitbook import Visit
@@ -20,6 +23,10 @@ from birdwatch.deliver.visitbook import Visit
 REVIEW_DAYS = 30  # the review queue looks this far back
 RARE_VISITS = 2  # a name given this few times or fewer is worth a second look
 PAGE = 200  # visits on one page of a species
+# "Visits like this one" compares with the newest this many: a busy feeder's year, read in well under a second.
+ALIKE_SCAN = 20_000
+ALIKE_CHUNK = 2_000  # rows compared at a time: a few megabytes
+ALIKE_MIN = 0.8  # "visits like this one" lists those at least this alike, unless the page asks otherwise
 
 
 @contextlib.contextmanager
@@ -85,34 +92,74 @@ def going_on(db: sqlite3.Connection, camera: str) -> Visit | None:
 
 
 def review_queue(db: sqlite3.Connection, below: float, limit: int = 100) -> list[Review]:
-    """Visits of the last REVIEW_DAYS nobody has looked at yet that are worth it: the species unsure, a name the
-    model rarely gives, or a species' first visit ever; newest first."""
+    """Visits of the last REVIEW_DAYS nobody has looked at yet that are worth it: like none of the birds named
+    at their camera (`novel`, first), the species unsure, a name the model rarely gives, or a species' first
+    visit ever; newest first."""
     since = visitbook.day_minus(time.strftime("%Y-%m-%d"), REVIEW_DAYS - 1)
     cols = ", ".join(f"v.{c.strip()}" for c in visitbook.COLUMNS.split(","))
     rows = db.execute(
         f"""
-        WITH seen AS (SELECT name, count(*) AS n, min(first_seen) AS first FROM visits GROUP BY name)
-        SELECT {cols}, seen.n, v.first_seen = seen.first,
-               (SELECT payload FROM events e WHERE e.visit_id = v.visit_id ORDER BY e.seq DESC LIMIT 1)
-        FROM visits v JOIN seen ON seen.name = v.name
-        WHERE v.day >= ? AND v.corrected IS NULL AND (v.score < ? OR seen.n <= ? OR v.first_seen = seen.first)
-        ORDER BY v.first_seen DESC LIMIT ?""",
+        WITH seen AS (SELECT name, count(*) AS n, min(first_seen) AS first FROM visits GROUP BY name),
+        open AS (
+            SELECT {cols}, seen.n AS n, v.first_seen = seen.first AS first,
+                   (SELECT payload FROM events e WHERE e.visit_id = v.visit_id ORDER BY e.seq DESC LIMIT 1) AS told
+            FROM visits v JOIN seen ON seen.name = v.name
+            WHERE v.day >= ? AND v.corrected IS NULL)
+        SELECT *, coalesce(json_extract(told, '$.novel'), 0) AS novel FROM open
+        WHERE novel OR score < ? OR n <= ? OR first
+        ORDER BY novel DESC, first_seen DESC LIMIT ?""",
         (since, below, RARE_VISITS, limit),
     ).fetchall()
     out = []
     width = len(visitbook.COLUMNS.split(","))
     for row in rows:
         visit = visitbook.visit_of(row[:width])
-        n, first, payload = row[width:]
+        n, first, payload, novel = row[width:]
         why = (
-            f"unsure ({visit.score:.2f})"
+            f"like none of the birds named here, and unsure ({visit.score:.2f})"
+            if novel
+            else f"unsure ({visit.score:.2f})"
             if visit.score < below
             else "first ever"
             if first
             else f"rare: named {n} time{'s' if n != 1 else ''}"
         )
-        out.append(Review(visit, why, json.loads(payload)["top_k"] if payload else []))
+        out.append(Review(visit, why, json.loads(payload).get("top_k", []) if payload else []))
     return out
+
+
+@dataclass(frozen=True)
+class Alike:
+    visit: Visit
+    similarity: float  # cosine of the two visits' best crops, as the classifier's backbone sees them
+
+
+def alike(db: sqlite3.Connection, visit_id: str, min_similarity: float, limit: int = PAGE) -> list[Alike] | None:
+    """The visits whose best crop looks most like this one's (the same weights' embeddings only), most alike
+    first, down to `min_similarity`; None when the visit has no embedding to compare. Read in chunks: a year of
+    a busy feeder's crops is tens of megabytes."""
+    target = embeddings.of_visit(db, visit_id)
+    if target is None or not isinstance(target[1], bytes) or not target[1] or len(target[1]) % 2:
+        return None
+    model, vector = target
+    query = np.frombuffer(vector, dtype="<f2").astype(np.float32)  # stored at length 1, as every row
+    best: list[tuple[float, str]] = []
+    rows = db.execute(
+        "SELECT visit_id, vector FROM embeddings WHERE model = ? AND visit_id != ? AND length(vector) = ?"
+        " ORDER BY rowid DESC LIMIT ?",
+        (model, visit_id, len(vector), ALIKE_SCAN),
+    )
+    while chunk := [r for r in rows.fetchmany(ALIKE_CHUNK) if isinstance(r[1], bytes)]:
+        keys = np.frombuffer(b"".join(r[1] for r in chunk), dtype="<f2").reshape(len(chunk), -1)
+        similarity = keys.astype(np.float32) @ query
+        best += [(float(similarity[i]), chunk[i][0]) for i in np.flatnonzero(similarity >= min_similarity)]
+        best = sorted(best, reverse=True)[: limit * 2]  # twice: some may be gone from the book
+    marks = ", ".join("?" * len(best))
+    found = {
+        r[0]: visitbook.visit_of(r)
+        for r in db.execute(f"SELECT {visitbook.COLUMNS} FROM visits WHERE visit_id IN ({marks})", [v for _, v in best])
+    }  # a corrected visit outlives the history's retention in the memory, not in the book
+    return [Alike(found[v], s) for s, v in best if v in found][:limit]
 
 
 def counts(db: sqlite3.Connection) -> dict[str, int]:

@@ -144,6 +144,13 @@ function bulk() {
       update();
     });
   }
+  const pickAll = document.querySelector("button[data-pick-all]");
+  if (pickAll) {
+    pickAll.addEventListener("click", () => {
+      for (const box of document.querySelectorAll("input.pick")) box.checked = true;
+      update();
+    });
+  }
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     const species = form.species.value.trim();
