@@ -26,7 +26,7 @@ from tests.support.servers import MqttCollector
 
 DOCUMENTED_FIELDS = {
     "id", "kind", "visit_id", "camera", "ts", "time", "species", "score", "top_k", "first_seen", "last_seen",
-    "duration_s", "frames", "box", "snapshot", "end_reason", "bird_score", "model",
+    "duration_s", "frames", "box", "snapshot", "end_reason", "bird_score", "model", "novel",
 }  # fmt: skip
 
 
